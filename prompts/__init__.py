@@ -1,0 +1,1 @@
+"""The prompt model: briefs in, validated scene prompts out."""

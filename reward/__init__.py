@@ -1,0 +1,1 @@
+"""The CTR reward model: (creative, prompt, audience group, category) -> predicted CTR."""

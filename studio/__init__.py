@@ -1,0 +1,3 @@
+"""Creative Studio: product photo in, personalised ad creatives out, learned from clicks."""
+
+__version__ = "0.1.0"
