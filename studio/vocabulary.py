@@ -30,3 +30,18 @@ LAYOUTS: tuple[str, ...] = ("studio", "tabletop", "horizon")
 
 # Product kinds the renderer can cut out.
 PRODUCTS: tuple[str, ...] = ("bottle", "box", "shoe", "mug", "bag")
+
+# The catalogue category of each product kind.
+CATEGORIES: dict[str, str] = {
+    "bottle": "beverage",
+    "box": "cosmetics",
+    "shoe": "footwear",
+    "mug": "kitchen",
+    "bag": "accessories",
+}
+
+# Interest tags users carry (the audience feature table's multi-hot column, the prompt model's brief).
+INTEREST_TAGS: tuple[str, ...] = (
+    "outdoors", "luxury", "tech", "fitness", "home", "travel",
+    "eco", "fashion", "coffee", "beach", "nightlife", "minimal",
+)
