@@ -1,0 +1,279 @@
+"""The CTR reward model: (creative image, prompt, audience group, product category) -> predicted CTR.
+
+After CG4CTR's reward model: one small projection per input turns it into a token, a small transformer fuses the
+tokens, and a linear head reads the CTR logit off a summary token. Unlike CG4CTR's public code it also takes the
+audience group (its profile vector), so one model ranks creatives differently for different groups.
+
+The artefact is a folder: ``config.json`` (hyper-parameters, known groups, format version) + ``model.safetensors``.
+Transformers encoders are saved beside them in ``image_encoder/`` and ``text_encoder/``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from studio import vocabulary
+from studio.errors import InputError, ModelNotFoundError
+from reward.encoders import EMBEDDED, build_image_encoder, build_text_encoder
+
+# Bump when the meaning of config.json or the weight names change; folders of another version are refused.
+FORMAT_VERSION = 1
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+SHIPPED_MODELS = Path(__file__).parent / "models"
+
+
+@dataclass
+class RewardConfig:
+    """Hyper-parameters of a reward model (what ``config.json`` holds).
+
+    group_dim: length of an audience group's profile vector.
+    group_ids: the groups seen in training; their profile vectors are stored with the weights, so a group can be
+        scored by id.
+    image_encoder / text_encoder: ``"embedded"`` or a transformers hub id / local folder.
+    image_size: side (pixels) the embedded CNN sees after area-downsampling.
+    base_ctr: the head's initial CTR, so training starts from the log's average instead of 50 %.
+    """
+
+    group_dim: int = 8
+    group_ids: list[str] = field(default_factory=list)
+    categories: list[str] = field(default_factory=lambda: sorted(set(vocabulary.CATEGORIES.values())))
+    image_encoder: str = EMBEDDED
+    text_encoder: str = EMBEDDED
+    freeze_encoders: bool = True
+    image_size: int = 64
+    hidden_dim: int = 64
+    num_heads: int = 4
+    num_layers: int = 2
+    dropout: float = 0.1
+    base_ctr: float = 0.03
+    format_version: int = FORMAT_VERSION
+
+
+def _mlp(in_dim: int, out_dim: int) -> nn.Sequential:
+    return nn.Sequential(nn.Linear(in_dim, out_dim), nn.GELU(), nn.Linear(out_dim, out_dim))
+
+
+class RewardModel(nn.Module):
+    """Predicts the click-through rate of a creative shown to an audience group.
+
+    Tokens: [summary, image, prompt, group, category], each a ``hidden_dim`` vector; a transformer encoder mixes them
+    and the head reads the CTR logit off the summary token.
+    """
+
+    def __init__(self, config: RewardConfig):
+        super().__init__()
+        self.config = config
+        width = config.hidden_dim
+        self.image_encoder = build_image_encoder(
+            config.image_encoder, dim=width, image_size=config.image_size, freeze=config.freeze_encoders
+        )
+        self.text_encoder = build_text_encoder(config.text_encoder, dim=32, freeze=config.freeze_encoders)
+        self.image_tokens = _mlp(self.image_encoder.dim, width)
+        self.text_tokens = _mlp(self.text_encoder.dim, width)
+        self.group_tokens = _mlp(config.group_dim, width)
+        self.category_tokens = nn.Embedding(len(config.categories) + 1, width)  # row 0: unknown category
+        self.summary_token = nn.Parameter(torch.zeros(1, 1, width))
+        self.positions = nn.Parameter(torch.randn(1, 5, width) * 0.02)
+        layer = nn.TransformerEncoderLayer(
+            width, config.num_heads, dim_feedforward=2 * width, dropout=config.dropout, batch_first=True,
+            norm_first=True,
+        )
+        self.fusion = nn.TransformerEncoder(layer, config.num_layers, enable_nested_tensor=False)
+        self.head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 1))
+        with torch.no_grad():
+            self.head[1].bias.fill_(float(np.log(config.base_ctr / (1.0 - config.base_ctr))))
+        # Profile vectors are standardised with the training groups' statistics (set by the trainer).
+        self.register_buffer("group_mean", torch.zeros(config.group_dim))
+        self.register_buffer("group_scale", torch.ones(config.group_dim))
+        self.register_buffer("group_table", torch.zeros(len(config.group_ids), config.group_dim))
+
+    # ---- inputs -----------------------------------------------------------------------------------------------------
+
+    def group_vectors(self, group_ids: Sequence[str]) -> torch.Tensor:
+        """Profile vectors (len(group_ids), group_dim) of groups seen in training, looked up by id."""
+        index = {g: i for i, g in enumerate(self.config.group_ids)}
+        unknown = [g for g in group_ids if str(g) not in index]
+        if unknown:
+            raise InputError(
+                f"unknown audience group {unknown[0]!r}; this reward model knows groups {self.config.group_ids} "
+                "(pass a profile vector instead, or retrain on a log that has the group)"
+            )
+        return self.group_table[[index[str(g)] for g in group_ids]]
+
+    def category_ids(self, categories: Sequence[str]) -> torch.Tensor:
+        index = {c: i + 1 for i, c in enumerate(self.config.categories)}
+        # a product kind ("bottle") is accepted in place of its category ("beverage")
+        rows = [index.get(vocabulary.CATEGORIES.get(c, c), 0) for c in categories]
+        return torch.tensor(rows, dtype=torch.long, device=self.summary_token.device)
+
+    # ---- forward ----------------------------------------------------------------------------------------------------
+
+    def encode_images(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) pixels in [0, 1] -> (B, image_encoder.dim) features. Differentiable in the pixels."""
+        if pixels.dim() != 4 or pixels.shape[1] != 3:
+            raise InputError(f"expected pixels of shape (B, 3, H, W), got {tuple(pixels.shape)}")
+        return self.image_encoder(pixels)
+
+    def fuse(
+        self,
+        image_features: torch.Tensor,
+        prompts: Sequence[str],
+        group_vectors: torch.Tensor,
+        categories: Sequence[str],
+    ) -> torch.Tensor:
+        """Encoded images (B, D_img), B prompts, group vectors (B, group_dim), B categories -> CTR logits (B,)."""
+        batch = image_features.shape[0]
+        if not (len(prompts) == len(categories) == group_vectors.shape[0] == batch):
+            raise InputError(
+                f"expected one prompt, group and category per image; got {batch} images, {len(prompts)} prompts, "
+                f"{group_vectors.shape[0]} groups, {len(categories)} categories"
+            )
+        if group_vectors.shape[1] != self.config.group_dim:
+            raise InputError(
+                f"expected group profile vectors of length {self.config.group_dim}, got {group_vectors.shape[1]}"
+            )
+        groups = (group_vectors.to(self.group_mean) - self.group_mean) / self.group_scale
+        tokens = torch.stack(
+            [
+                self.summary_token.expand(batch, 1, -1)[:, 0],
+                self.image_tokens(image_features),
+                self.text_tokens(self.text_encoder(list(prompts))),
+                self.group_tokens(groups),
+                self.category_tokens(self.category_ids(categories)),
+            ],
+            dim=1,
+        )
+        fused = self.fusion(tokens + self.positions)
+        return self.head(fused[:, 0]).squeeze(-1)
+
+    def forward(
+        self,
+        pixels: torch.Tensor,
+        prompts: Sequence[str],
+        group_vectors: torch.Tensor,
+        categories: Sequence[str],
+    ) -> torch.Tensor:
+        """Pixels (B, 3, H, W) in [0, 1], B prompts, group vectors (B, group_dim), B categories -> logits (B,).
+
+        ``torch.sigmoid(logits)`` is the predicted CTR (a probability per impression).
+        """
+        return self.fuse(self.encode_images(pixels), prompts, group_vectors, categories)
+
+    @torch.no_grad()
+    def predict_ctr(
+        self,
+        pixels: torch.Tensor,
+        prompts: Sequence[str],
+        groups: Sequence[str] | torch.Tensor | np.ndarray,
+        categories: Sequence[str],
+        batch_size: int = 64,
+    ) -> np.ndarray:
+        """Predicted CTR (B,) in [0, 1]. ``groups`` is B group ids (known to the model) or (B, group_dim) vectors."""
+        self.eval()
+        if isinstance(groups, (torch.Tensor, np.ndarray)):
+            vectors = torch.as_tensor(np.asarray(groups), dtype=torch.float32)
+        else:
+            vectors = self.group_vectors(list(groups))
+        out = []
+        for start in range(0, pixels.shape[0], batch_size):
+            stop = start + batch_size
+            logits = self(pixels[start:stop], prompts[start:stop], vectors[start:stop], categories[start:stop])
+            out.append(torch.sigmoid(logits).cpu().numpy())
+        return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
+
+    # ---- artefact ---------------------------------------------------------------------------------------------------
+
+    def _external_encoders(self) -> dict[str, nn.Module]:
+        return {
+            name: module
+            for name, module in (("image_encoder", self.image_encoder), ("text_encoder", self.text_encoder))
+            if getattr(self.config, name) != EMBEDDED
+        }
+
+    def save_pretrained(self, folder: str | os.PathLike) -> None:
+        """Write ``config.json`` + ``model.safetensors`` (and transformers encoders in sub-folders) atomically."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        external = self._external_encoders()
+        config = dataclasses.asdict(self.config)
+        for name, module in external.items():
+            module.save_pretrained(folder / name)
+            config[name] = name  # resolved against the folder on load
+        state = {
+            key: value.detach().contiguous().cpu()
+            for key, value in self.state_dict().items()
+            if not any(key.startswith(f"{name}.") for name in external)
+        }
+        _write_atomic(folder / WEIGHTS_NAME, lambda path: save_file(state, str(path), metadata={"format": "pt"}))
+        _write_atomic(folder / CONFIG_NAME, lambda path: path.write_text(json.dumps(config, indent=2) + "\n"))
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | os.PathLike) -> "RewardModel":
+        """Load a folder written by ``save_pretrained``; a bare name like ``"reward-mini"`` means a shipped model."""
+        from safetensors.torch import load_file
+
+        folder = resolve_model_folder(name_or_path)
+        raw = json.loads((folder / CONFIG_NAME).read_text())
+        version = raw.get("format_version")
+        if version != FORMAT_VERSION:
+            raise InputError(
+                f"reward model {str(folder)!r} has format version {version}, but this studio reads version "
+                f"{FORMAT_VERSION}; retrain it with `studio reward train` or use the studio release that wrote it"
+            )
+        known = {f.name for f in dataclasses.fields(RewardConfig)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise InputError(f"reward model config {str(folder / CONFIG_NAME)!r} has unknown keys {unknown}")
+        for name in ("image_encoder", "text_encoder"):
+            if raw.get(name, EMBEDDED) != EMBEDDED and (folder / raw[name]).is_dir():
+                raw[name] = str(folder / raw[name])
+        model = cls(RewardConfig(**raw))
+        state = load_file(str(folder / WEIGHTS_NAME))
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not any(k.startswith(f"{n}.") for n in model._external_encoders())]
+        if missing or unexpected:
+            raise InputError(
+                f"reward model weights in {str(folder)!r} do not match its config (missing {missing[:3]}, "
+                f"unexpected {unexpected[:3]}); the folder is damaged or from another release"
+            )
+        model.eval()
+        return model
+
+
+def resolve_model_folder(name_or_path: str | os.PathLike) -> Path:
+    """A folder with config.json + model.safetensors, or the name of a model shipped in ``reward/models``."""
+    folder = Path(name_or_path)
+    if not folder.is_dir() and (SHIPPED_MODELS / str(name_or_path)).is_dir():
+        folder = SHIPPED_MODELS / str(name_or_path)
+    if not (folder / CONFIG_NAME).is_file() or not (folder / WEIGHTS_NAME).is_file():
+        raise ModelNotFoundError(
+            f"no reward model at {str(name_or_path)!r}: expected a folder with {CONFIG_NAME} and {WEIGHTS_NAME} "
+            "(train one with `studio reward train --log DB --out DIR`, or use 'reward-mini')"
+        )
+    return folder
+
+
+def _write_atomic(target: Path, write) -> None:
+    """Write through a temporary file in the same folder, then rename, so a crash never leaves half a file."""
+    handle, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        write(Path(temp))
+        os.chmod(temp, 0o644)  # mkstemp makes it private; a model folder is meant to be shared
+        os.replace(temp, target)
+    except BaseException:
+        Path(temp).unlink(missing_ok=True)
+        raise
