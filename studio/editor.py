@@ -15,7 +15,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from studio.canvas import product_mask
 from studio.errors import InputError
+from studio.images import ImageSource, load_image
 
 # Translucent magenta: visible on most product photos, while the product stays readable underneath.
 MASK_COLOUR: tuple[int, int, int, int] = (255, 0, 170, 140)
@@ -67,6 +69,26 @@ def editor_value(image: Image.Image, mask: np.ndarray | None = None, *,
         "layers": [layer],
         "composite": Image.alpha_composite(flat, layer).convert("RGB"),
     }
+
+
+def open_for_editing(source: ImageSource, *, max_side: int = PREVIEW_MAX_SIDE) -> tuple[Image.Image, dict[str, Any], str]:
+    """Open a product photo and prepare its mask for editing.
+
+    Returns (the photo as loaded by `studio.images.load_image`, the editor value with the auto-detected mask painted
+    on it, a one-line message for the user). When auto-detection fails the layer is empty and the message asks the
+    user to paint the product. Raises InputError for a file that is not a readable image.
+    """
+    image = load_image(source)
+    try:
+        mask = product_mask(image)
+    except InputError as error:
+        message = (f"Could not find the product automatically ({error}). "
+                   "Paint over the product with the brush, then generate.")
+        return image, editor_value(image, None, max_side=max_side), message
+    found_by = "its transparency" if image.mode == "RGBA" else "the plain background"
+    message = (f"Product found from {found_by}: check the magenta mask, brush to add to it, "
+               "erase to remove from it.")
+    return image, editor_value(image, mask, max_side=max_side), message
 
 
 def mask_from_editor(value: dict[str, Any] | None, size: tuple[int, int]) -> np.ndarray:

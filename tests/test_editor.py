@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from studio.editor import PREVIEW_MAX_SIDE, editor_value, mask_from_editor, mask_layer, preview_size
+from studio.editor import PREVIEW_MAX_SIDE, editor_value, mask_from_editor, mask_layer, open_for_editing, preview_size
 from studio.errors import InputError
 
 
@@ -109,3 +109,46 @@ def test_bad_masks_and_layers_are_clear_errors():
         mask_from_editor(None, photo.size)
     with pytest.raises(InputError, match="editor layer"):
         mask_from_editor({"layers": [np.zeros((2, 2, 2, 2), dtype=np.uint8)]}, photo.size)
+
+
+def test_opening_a_photo_on_a_plain_background_finds_the_product(tmp_path):
+    photo, mask = a_product_photo()
+    path = tmp_path / "product.png"
+    photo.save(path)
+
+    image, value, message = open_for_editing(path)
+
+    assert image.size == photo.size
+    assert "Product found" in message
+    found = mask_from_editor(value, image.size)
+    assert (found & mask).sum() / (found | mask).sum() > 0.9
+
+
+def test_opening_a_transparent_cut_out_uses_its_alpha(tmp_path):
+    pixels = np.zeros((64, 64, 4), dtype=np.uint8)
+    pixels[16:48, 8:40] = (10, 120, 200, 255)
+    path = tmp_path / "cut-out.png"
+    Image.fromarray(pixels, mode="RGBA").save(path)
+
+    _, value, message = open_for_editing(path)
+
+    assert "transparency" in message
+    assert np.array_equal(mask_from_editor(value, (64, 64)), pixels[:, :, 3] == 255)
+
+
+def test_a_busy_photo_opens_with_an_empty_mask_and_asks_the_user_to_paint(tmp_path):
+    noise = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    path = tmp_path / "busy.png"
+    Image.fromarray(noise).save(path)
+
+    _, value, message = open_for_editing(path)
+
+    assert "Paint over the product" in message
+    assert np.asarray(value["layers"][0])[:, :, 3].max() == 0
+
+
+def test_a_corrupt_upload_is_a_clear_error(tmp_path):
+    path = tmp_path / "broken.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n not really a png")
+    with pytest.raises(InputError, match="broken.png"):
+        open_for_editing(path)
