@@ -398,7 +398,8 @@ def model_size(size: tuple[int, int], *, multiple: int = 8, max_side: int = 512)
     shrink = min(1.0, max_side / max(width, height))
 
     def snap(side: float) -> int:
-        return min(max(multiple, round(side * shrink / multiple) * multiple), max_side // multiple * multiple)
+        nearest = math.floor(side * shrink / multiple + 0.5) * multiple  # halves round up, not to even
+        return min(max(multiple, nearest), max_side // multiple * multiple)
 
     return snap(width), snap(height)
 
