@@ -31,7 +31,7 @@ MIN_ASPECT, MAX_ASPECT = 1 / 4, 4.0
 MAX_MASK_COVERAGE = 0.98  # a mask over more than this leaves the model nothing worth painting
 
 
-@dataclass
+@dataclass(eq=False)  # holds arrays: compare fields explicitly
 class Canvas:
     """A frame ready for a generator, and everything paste-back needs.
 
@@ -74,6 +74,11 @@ def product_mask(
         found = np.asarray(image.getchannel("A")) >= 128
     else:
         found = _detect_on_plain_background(np.asarray(image), tolerance)
+        if not found.any():
+            raise InputError(
+                f"no product stands out from the plain background (tolerance {tolerance}); "
+                "supply a mask (white product on black) or a PNG with transparency"
+            )
     return validate_mask(found, image.size)
 
 

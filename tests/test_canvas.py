@@ -78,6 +78,19 @@ def test_a_user_mask_wins_then_the_alpha_channel():
     assert np.array_equal(product_mask(cutout), drawn_bottle())
 
 
+def test_a_blank_photo_has_no_product_to_find():
+    with pytest.raises(InputError, match="no product stands out"):
+        product_mask(Image.new("RGB", (120, 80), (250, 250, 250)))
+
+
+def test_a_transparent_cutout_is_placed_with_its_own_pixels():
+    cutout = product_photo().convert("RGBA")
+    cutout.putalpha(Image.fromarray(drawn_bottle().astype(np.uint8) * 255))
+    canvas = place_product(cutout, product_mask(cutout), aspect="4:5", size=800)
+    out = paste_back(fake_generation(canvas), canvas)
+    assert np.array_equal(np.asarray(out)[canvas.keep], np.asarray(product_photo())[drawn_bottle()])
+
+
 def test_mask_validation_says_what_is_wrong():
     with pytest.raises(InputError, match="empty"):
         validate_mask(np.zeros((20, 30), bool), (30, 20))
