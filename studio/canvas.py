@@ -153,7 +153,7 @@ def _fill_holes(mask: np.ndarray) -> np.ndarray:
     return mask | ~np.isin(labels, edge_labels[edge_labels > 0])
 
 
-# --- background replacement --------------------------------------------------------------------------------------------
+# --- background replacement ------------------------------------------------------------------------------------------
 
 
 def parse_aspect(aspect: str) -> float:

@@ -22,7 +22,9 @@ ImageSource = Union[str, os.PathLike, bytes, bytearray, Image.Image]
 DEFAULT_MAX_PIXELS = 40_000_000
 
 # What PIL raises for damaged files: truncated streams, bad chunks, broken headers.
-_DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, Image.DecompressionBombError)
+_DECODE_ERRORS = (
+    OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError, TypeError, Image.DecompressionBombError,
+)
 
 
 def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
@@ -125,7 +127,10 @@ def _open(source: ImageSource, name: str, max_pixels: int) -> Image.Image:
         if path.stat().st_size == 0:
             raise InputError(f"{name}: file is empty (0 bytes); re-export the image")
         # Read the bytes up front so no file handle stays open behind the lazy image.
-        stream = io.BytesIO(path.read_bytes())
+        try:
+            stream = io.BytesIO(path.read_bytes())
+        except OSError as exc:
+            raise InputError(f"{name}: cannot read the file ({exc.strerror or exc}); check its permissions") from None
     else:
         raise InputError(f"expected an image path, bytes or a PIL image, got {name}")
 

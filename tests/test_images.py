@@ -28,7 +28,8 @@ def png_header_only(width: int, height: int) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    data = zlib.compress(b"\0" * 64)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
 
 
 def test_loads_a_png_from_a_path_bytes_or_pil_image(tmp_path):
@@ -55,6 +56,7 @@ def test_missing_empty_corrupt_and_non_image_files_are_refused_by_name(tmp_path)
         empty: "0 bytes",
         text: "not an image",
         truncated: "corrupt or truncated",
+        tmp_path: "not a file",
     }
     for path, reason in cases.items():
         with pytest.raises(InputError, match=reason) as error:
