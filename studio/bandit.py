@@ -300,8 +300,8 @@ class LinUCB(BaseEstimator):
         A_inv = self.A_inv_[k]
         A_inv_x = A_inv @ x
         # Sherman-Morrison: (A + x x^T)^-1 = A^-1 - (A^-1 x)(A^-1 x)^T / (1 + x^T A^-1 x), A symmetric.
-        A_inv -= np.outer(A_inv_x, A_inv_x) / (1.0 + x @ A_inv_x)
-        self.A_[k] += np.outer(x, x)
+        A_inv -= A_inv_x[:, None] * (A_inv_x / (1.0 + x @ A_inv_x))
+        self.A_[k] += x[:, None] * x
         self.b_[k] += reward * x
         self.theta_[k] = A_inv @ self.b_[k]
         self.n_updates_ += 1
