@@ -1,0 +1,194 @@
+"""Creative Studio's web UI for marketers: a product photo in, ad creatives out.
+
+Run `python app.py` (127.0.0.1:7860; see `--help` for host, port and the output folder). The layout lives here; every
+event handler is a short call into a library function that is tested on its own:
+
+- upload  -> `studio.editor.open_for_editing` (load safely, auto-detect the product mask, show it for editing);
+- Generate -> `studio.editor.mask_from_editor` and `studio.creatives.generate_creatives` (lossless PNGs with their
+  provenance recipe), with progress, and a Cancel button that stops the pipeline at its next step
+  (`studio.cancellation.CancelFlags`);
+- selecting a creative -> its recipe.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gradio as gr
+
+from studio.cancellation import CancelFlags
+from studio.editor import MASK_COLOUR, mask_from_editor, open_for_editing
+from studio.errors import InputError, StudioError
+
+PLACEMENTS = ["1:1", "4:5", "16:9", "9:16"]
+MODES = [("Background replacement", "background"), ("Outpaint (extend the frame)", "outpaint")]
+DIRECTIONS = ["left", "right", "top", "bottom"]
+DEFAULT_OUT = Path("out") / "ui"
+
+NOISE_NOTICE = (
+    "**Notice:** the default generator is a tiny, randomly initialised model: "
+    "outputs are noise until the trained studio-mini model ships. "
+    "Enter a real inpainting model (hub id or local folder) under *Model* for real pictures."
+)
+
+
+def _shown_to_user(handler: Callable[..., Any]) -> Callable[..., Any]:
+    """Report the library's user errors as a Gradio error message (one line), never as a traceback."""
+
+    @functools.wraps(handler)  # keeps the signature, so Gradio still sees gr.Progress and gr.Request parameters
+    def wrapped(*args, **kwargs):
+        try:
+            return handler(*args, **kwargs)
+        except StudioError as error:
+            raise gr.Error(str(error), print_exception=False) from None
+
+    return wrapped
+
+
+def _default_model_is_noise() -> bool:
+    from studio.engine import default_model, is_random_init
+
+    return is_random_init(default_model())
+
+
+def build_app(out_dir: str | os.PathLike = DEFAULT_OUT) -> gr.Blocks:
+    """The Creative Studio UI as a gr.Blocks; creatives are written as PNGs under `out_dir`."""
+    out_dir = Path(out_dir)
+    cancel_flags = CancelFlags()
+
+    # --- event handlers: thin calls into the library ---------------------------------------------------------------
+
+    @_shown_to_user
+    def open_photo(path: str | None):
+        if path is None:
+            return None, ""
+        try:
+            _, value, message = open_for_editing(path)
+        except InputError as error:  # name the user's file, not Gradio's upload cache path
+            raise InputError(str(error).replace(path, Path(path).name)) from None
+        return value, message
+
+    @_shown_to_user
+    def generate(path, editor, prompt, negative_prompt, mode, placement, directions, amount, count, seed, steps,
+                 guidance, model, request: gr.Request, progress=gr.Progress(track_tqdm=True)):
+        from studio.creatives import generate_creatives
+        from studio.images import load_image
+
+        if not path:
+            raise InputError("No product photo yet: upload one first.")
+        product = load_image(path)
+        mask = mask_from_editor(editor, product.size)
+        cancel = cancel_flags.start(request.session_hash)
+        try:
+            creatives = generate_creatives(
+                product, prompt=prompt, negative_prompt=negative_prompt, mode=mode,
+                **_placement(mode, placement, directions, amount), n=int(count), seed=int(seed), steps=int(steps),
+                guidance=float(guidance), model=model.strip() or None, mask=mask, out_dir=out_dir,
+                progress=True, cancel=cancel,
+            )
+        finally:
+            cancel_flags.finish(request.session_hash, cancel)
+        recipes = [_recipe_dict(creative) for creative in creatives]
+        gallery = [(str(creative.path), f"seed {recipe['seed']}") for creative, recipe in zip(creatives, recipes)]
+        return gallery, recipes, recipes[0] if recipes else None
+
+    def cancel(request: gr.Request):
+        if cancel_flags.cancel(request.session_hash):
+            gr.Info("Cancelled: the generator stops at its next step.")
+
+    def show_recipe(recipes: list[dict], event: gr.SelectData):
+        return recipes[event.index] if recipes and 0 <= event.index < len(recipes) else None
+
+    # --- layout ----------------------------------------------------------------------------------------------------
+
+    with gr.Blocks(title="Creative Studio") as app:
+        gr.Markdown("# Creative Studio\nUpload a product photo, check its mask, describe a scene, generate creatives.")
+        gr.Markdown(NOISE_NOTICE, visible=_default_model_is_noise(), elem_id="noise-notice")
+        with gr.Row():
+            with gr.Column(scale=1):
+                photo = gr.File(label="Product photo (PNG, JPEG, WebP)", file_types=["image"], type="filepath",
+                                elem_id="product-photo")
+                mask_message = gr.Markdown(elem_id="mask-message")
+                editor = gr.ImageEditor(
+                    label="Product mask: brush adds, eraser removes", type="pil", image_mode="RGBA", format="png",
+                    sources=(), transforms=(), layers=False, interactive=True, elem_id="mask-editor",
+                    brush=gr.Brush(colors=[(_css(MASK_COLOUR), MASK_COLOUR[3] / 255)], color_mode="fixed"),
+                    eraser=gr.Eraser(),
+                )
+            with gr.Column(scale=1):
+                prompt = gr.Textbox(label="Prompt", placeholder="a warm wooden table in soft morning light",
+                                    lines=2, elem_id="prompt")
+                negative_prompt = gr.Textbox(label="Negative prompt", placeholder="blurry, text, watermark")
+                mode = gr.Radio(MODES, value="background", label="Mode")
+                placement = gr.Radio(PLACEMENTS, value="1:1", label="Placement (aspect ratio)")
+                with gr.Row(visible=False) as outpaint_options:
+                    directions = gr.CheckboxGroup(DIRECTIONS, value=["left", "right"], label="Extend towards")
+                    amount = gr.Slider(16, 1024, value=256, step=16, label="Extend by (pixels per side)")
+                with gr.Row():
+                    count = gr.Slider(1, 8, value=4, step=1, label="Count")
+                    seed = gr.Number(0, precision=0, minimum=0, label="Seed")
+                with gr.Accordion("Advanced", open=False):
+                    steps = gr.Slider(1, 100, value=30, step=1, label="Steps")
+                    guidance = gr.Slider(0, 20, value=7.5, step=0.5, label="Guidance")
+                    model = gr.Textbox(label="Model (hub id or local folder; empty = the embedded default)")
+                with gr.Row():
+                    generate_button = gr.Button("Generate", variant="primary", elem_id="generate")
+                    cancel_button = gr.Button("Cancel", variant="stop", elem_id="cancel")
+        gallery = gr.Gallery(label="Creatives (lossless PNG)", type="filepath", format="png", columns=4,
+                             object_fit="contain", elem_id="creatives")
+        recipe = gr.JSON(label="Recipe of the selected creative (also stored inside its PNG)")
+        recipes = gr.State([])
+
+        # --- events ----------------------------------------------------------------------------------------------
+        photo.change(open_photo, photo, [editor, mask_message], api_name="open_photo")
+        mode.change(lambda chosen: gr.update(visible=chosen == "outpaint"), mode, outpaint_options, api_name=False)
+        generating = generate_button.click(
+            generate,
+            [photo, editor, prompt, negative_prompt, mode, placement, directions, amount, count, seed, steps, guidance,
+             model],
+            [gallery, recipes, recipe],
+            api_name="generate",
+        )
+        cancel_button.click(cancel, None, None, cancels=[generating], api_name="cancel")
+        gallery.select(show_recipe, recipes, recipe, api_name=False)
+    return app
+
+
+def _placement(mode: str, aspect: str, directions: list[str], amount: float) -> dict[str, Any]:
+    """The placement arguments of `generate_creatives` for the chosen mode."""
+    if mode == "outpaint":
+        return {"placement": aspect, "directions": tuple(directions), "amount": int(amount)}
+    return {"placement": aspect}
+
+
+def _recipe_dict(creative) -> dict[str, Any]:
+    import dataclasses
+
+    return dataclasses.asdict(creative.recipe)
+
+
+def _css(rgba: tuple[int, int, int, int]) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*rgba[:3])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Creative Studio web UI.")
+    parser.add_argument("--host", default=os.environ.get("STUDIO_UI_HOST", "127.0.0.1"),
+                        help="address to listen on (env STUDIO_UI_HOST; default 127.0.0.1, local only)")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("STUDIO_UI_PORT", "7860")),
+                        help="port (env STUDIO_UI_PORT; default 7860)")
+    parser.add_argument("--out", default=os.environ.get("STUDIO_UI_OUT", str(DEFAULT_OUT)),
+                        help=f"folder for the generated PNGs (env STUDIO_UI_OUT; default {DEFAULT_OUT})")
+    args = parser.parse_args(argv)
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    build_app(out).queue().launch(server_name=args.host, server_port=args.port, allowed_paths=[str(out)])
+
+
+if __name__ == "__main__":
+    main()
