@@ -30,6 +30,7 @@ from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.compose import ColumnTransformer
 from sklearn.metrics import silhouette_score
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
+from threadpoolctl import threadpool_limits
 
 from studio.errors import InputError, ModelNotFoundError
 
@@ -38,6 +39,8 @@ WEIGHTS_NAME = "model.safetensors"
 ID_COLUMN = "user_id"
 # Above this many users, MiniBatchKMeans keeps fitting time flat.
 MINIBATCH_ABOVE = 20_000
+# Below this many users one thread is fastest: OpenMP start-up and oversubscription cost more than the work.
+SINGLE_THREAD_BELOW = 100_000
 # Silhouette is quadratic in samples; score K on a seeded subsample of this size.
 SILHOUETTE_SAMPLE = 3_000
 
@@ -159,6 +162,13 @@ class AudienceClustering:
         self.encoder_ = build_encoder(self.numeric_, self.categorical_, self.categories_, self._tag_column(frame),
                                       self.tags_)
         features = np.asarray(self.encoder_.fit_transform(self._prepare(frame)), dtype=np.float64)
+        with threadpool_limits(1 if len(features) < SINGLE_THREAD_BELOW else None):
+            self._fit_groups(features)
+        self.labels_ = self._nearest(features)
+        self.profiles_ = self._profiles(frame, self.labels_)
+        return self
+
+    def _fit_groups(self, features: np.ndarray) -> None:
         if self.n_groups is None:
             self.silhouette_ = self._score_k(features)
             self.n_groups_ = max(self.silhouette_, key=self.silhouette_.get)
@@ -167,9 +177,6 @@ class AudienceClustering:
             self.n_groups_ = self.n_groups
         model = self._kmeans(self.n_groups_, len(features)).fit(features)
         self.cluster_centers_ = model.cluster_centers_.astype(np.float64)
-        self.labels_ = self._nearest(features)
-        self.profiles_ = self._profiles(frame, self.labels_)
-        return self
 
     def _check_params(self, n_users: int) -> None:
         low, high = self.k_range
