@@ -1,0 +1,127 @@
+"""The SQLite event log: impressions and clicks, written transactionally, read back for learning."""
+
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from studio.errors import InputError
+from studio.eventlog import IMPRESSION_COLUMNS, EventLog
+
+
+def impressions(start, n, bucket="control"):
+    return pd.DataFrame({
+        "impression_id": [f"imp-{i}" for i in range(start, start + n)],
+        "ts": np.arange(start, start + n, dtype=float),
+        "user_id": [f"user-{i % 7}" for i in range(start, start + n)],
+        "group_id": [i % 3 for i in range(start, start + n)],
+        "product_id": "mug-1",
+        "creative_id": [f"mug-1/arm-{i % 4}" for i in range(start, start + n)],
+        "arm": [i % 4 for i in range(start, start + n)],
+        "propensity": 0.25,
+        "policy": "uniform",
+        "bucket": bucket,
+        "model_version": "v1",
+    })
+
+
+def test_log_impressions_and_clicks_then_read_them_back(tmp_path):
+    with EventLog(tmp_path / "events.db") as log:
+        assert log.log_impressions(impressions(0, 10)) == 10
+        assert log.log_impressions(impressions(10, 5, bucket="treatment").assign(policy="linucb", propensity=1.0)) == 5
+        assert log.log_clicks(["imp-1", "imp-12"], ts=100.0) == 2
+        frame = log.read()
+        assert list(frame.columns) == [*IMPRESSION_COLUMNS, "clicked", "click_ts"]
+        assert frame["clicked"].sum() == 2 and frame.loc[frame["clicked"] == 1, "click_ts"].tolist() == [100.0, 100.0]
+        control = log.arrays(bucket="control")
+        assert len(control) == 10 and control.reward.tolist() == [0, 1] + [0] * 8
+        assert control.propensity.tolist() == [0.25] * 10 and control.group_id[:4].tolist() == [0, 1, 2, 0]
+        assert control.arm[:3].tolist() == ["0", "1", "2"]
+        assert log.arrays(policy="linucb").reward.sum() == 1
+        assert log.counts() == {"impressions": 15, "clicks": 2}
+
+
+def test_duplicate_clicks_are_idempotent(tmp_path):
+    with EventLog(tmp_path / "events.db") as log:
+        log.log_impressions(impressions(0, 3))
+        assert log.log_clicks(["imp-0"]) == 1
+        assert log.log_clicks(["imp-0", "imp-0", "imp-2"]) == 1
+        assert log.counts()["clicks"] == 2
+
+
+def test_click_for_an_unknown_impression_is_refused_and_writes_nothing(tmp_path):
+    with EventLog(tmp_path / "events.db") as log:
+        log.log_impressions(impressions(0, 3))
+        with pytest.raises(InputError, match="never logged"):
+            log.log_clicks(["imp-0", "imp-999"])
+        assert log.counts()["clicks"] == 0
+
+
+def test_bad_impression_batches_are_rejected_whole(tmp_path):
+    with EventLog(tmp_path / "events.db") as log:
+        log.log_impressions(impressions(0, 3))
+        with pytest.raises(InputError, match="nothing written"):
+            log.log_impressions(impressions(2, 3))  # imp-2 exists: the new imp-3 and imp-4 must not be written
+        with pytest.raises(InputError, match="propensity"):
+            log.log_impressions(impressions(10, 2).assign(propensity=[0.5, 0.0]))
+        with pytest.raises(InputError, match="lack columns"):
+            log.log_impressions(impressions(10, 2).drop(columns="arm"))
+        with pytest.raises(InputError, match="unknown columns"):
+            log.log_impressions(impressions(10, 2).assign(colour="red"))
+        with pytest.raises(InputError, match="repeat"):
+            log.log_impressions(pd.concat([impressions(10, 2), impressions(10, 2)]))
+        assert log.counts() == {"impressions": 3, "clicks": 0}
+
+
+def test_a_file_that_is_not_a_database_gets_a_clear_error(tmp_path):
+    (tmp_path / "junk.db").write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(InputError, match="not a usable event log"):
+        EventLog(tmp_path / "junk.db")
+
+
+WRITER = textwrap.dedent("""
+    import sys
+    import pandas as pd
+    from studio.eventlog import EventLog
+
+    log = EventLog(sys.argv[1])
+    batch = 0
+    while True:
+        ids = [f"b{batch}-{i}" for i in range(500)]
+        log.log_impressions(pd.DataFrame({"impression_id": ids, "user_id": "u", "product_id": "p",
+                                          "creative_id": "c", "arm": 0, "propensity": 1.0}))
+        print(f"ack {batch}", flush=True)  # acknowledged: log_impressions returned after the commit
+        batch += 1
+""")
+
+
+def test_a_writer_killed_mid_write_loses_no_acknowledged_batch(tmp_path):
+    path = tmp_path / "events.db"
+    writer = subprocess.Popen([sys.executable, "-c", WRITER, str(path)], stdout=subprocess.PIPE, text=True)
+    acknowledged = []
+    try:
+        for line in writer.stdout:
+            acknowledged.append(int(line.split()[1]))
+            if len(acknowledged) == 8:
+                break
+    finally:
+        writer.send_signal(signal.SIGKILL)  # no chance to clean up, mid-way through the next batch
+        writer.wait()
+    assert writer.returncode == -signal.SIGKILL
+    connection = sqlite3.connect(path)
+    assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    per_batch = dict(connection.execute(
+        "SELECT substr(impression_id, 2, instr(impression_id, '-') - 2), COUNT(*) FROM impressions GROUP BY 1"))
+    connection.close()
+    for batch in acknowledged:
+        assert per_batch[str(batch)] == 500
+    assert set(per_batch.values()) == {500}  # a batch is all there or not at all
+    # The log opens and appends normally after the crash.
+    with EventLog(path) as log:
+        log.log_impressions(impressions(0, 2))
+        assert log.counts()["impressions"] == 500 * len(per_batch) + 2
