@@ -56,7 +56,7 @@ class LinUCB(BaseEstimator):
 
     Learned attributes:
         arms_: arm keys, in column order of :meth:`decision_function` and :meth:`predict_proba`.
-        n_features_in_: context dimensionality ``d``, fixed by the first context seen.
+        n_features_in_: context dimensionality ``d``, fixed by the first context accepted.
         A_: ``(K, d, d)`` per-arm Gram matrices ``l2 * I + X^T X``.
         b_: ``(K, d)`` per-arm ``X^T r``.
         A_inv_: ``(K, d, d)`` cached inverses of ``A_``.
@@ -135,6 +135,7 @@ class LinUCB(BaseEstimator):
         if np.ndim(arms) != 1 or len(arms) != len(X):
             raise InputError(f"arms must be a sequence of {len(X)} arm keys (one per row of X), got {np.shape(arms)}")
         indices = np.array([self._index_of(arm) for arm in arms], dtype=np.intp)
+        self._ensure_state(X.shape[1])
         if len(X) == 1:
             self._update_index(X[0], int(indices[0]), float(rewards[0]))
             return self
@@ -158,6 +159,7 @@ class LinUCB(BaseEstimator):
             reward = math.nan
         if not math.isfinite(reward):
             raise InputError("reward must be a finite number (1.0 for a click, 0.0 for none)")
+        self._ensure_state(len(x))
         self._update_index(x, k, reward)
         return self
 
@@ -174,6 +176,7 @@ class LinUCB(BaseEstimator):
         """UCB scores ``(n, K)``: predicted reward plus ``alpha`` times its standard error, columns in ``arms_``."""
         X = self._check_X(X)
         self._require_arms()
+        self._ensure_state(X.shape[1])
         mean = X @ self.theta_.T
         # x^T A_k^-1 x for every (row, arm) pair without forming (n, K, d) products twice.
         width = np.einsum("nd,kde,ne->nk", X, self.A_inv_, X, optimize=True)
@@ -208,6 +211,7 @@ class LinUCB(BaseEstimator):
         """Serve one event: context ``(d,)`` in, ``(arm key, propensity)`` out; same policy as :meth:`sample`."""
         x = self._check_x(x)
         self._require_arms()
+        self._ensure_state(len(x))
         scores = self.theta_ @ x + self.alpha * np.sqrt(np.maximum((self.A_inv_ @ x) @ x, 0.0))
         if self.epsilon == 0.0 and self.softmax_temperature is None:
             # Deterministic policy: skip building the distribution (this is the hot serving path).
@@ -364,18 +368,20 @@ class LinUCB(BaseEstimator):
         return x
 
     def _check_features(self, d: int) -> None:
+        if d == 0:
+            raise InputError("contexts must have at least one feature")
+        if self.n_features_in_ is not None and d != self.n_features_in_:
+            raise InputError(f"contexts must have {self.n_features_in_} features (as when the bandit was fitted), got {d}")
+
+    def _ensure_state(self, d: int) -> None:
+        """Allocate the per-arm state when the first accepted context fixes ``d``; arms added so far get the prior."""
         if self.n_features_in_ is None:
-            if d == 0:
-                raise InputError("contexts must have at least one feature")
-            # The first context fixes d; arms added so far get their prior now.
             self.n_features_in_ = d
             K = len(self.arms_)
             self.A_ = np.tile(self.l2 * np.eye(d), (K, 1, 1))
             self.A_inv_ = np.tile(np.eye(d) / self.l2, (K, 1, 1))
             self.b_ = np.zeros((K, d))
             self.theta_ = np.zeros((K, d))
-        elif d != self.n_features_in_:
-            raise InputError(f"contexts must have {self.n_features_in_} features (as when the bandit was fitted), got {d}")
 
     @staticmethod
     def _check_rewards(rewards: Any, n: int) -> np.ndarray:

@@ -219,3 +219,7 @@ def test_bad_inputs_are_refused_with_a_clear_error():
             LinUCB(**params)
     # Nothing bad was learned: the model is unchanged by the refused calls.
     assert bandit.n_updates_ == 5
+    fresh = make_bandit()
+    with pytest.raises(InputError, match="unknown arm"):
+        fresh.partial_fit(np.ones((2, 3)), ["c0", "nope"], [0.0, 1.0])
+    assert fresh.n_features_in_ is None  # a refused batch does not fix the context size either
