@@ -94,7 +94,7 @@ class LinUCB(BaseEstimator):
         try:
             hash(key)
         except TypeError:
-            raise InputError(f"arm keys must be hashable (a creative id such as a str or int), got {type(key).__name__}")
+            raise InputError(f"arm keys must be hashable (a creative id such as a str or int), got {type(key).__name__}") from None
         if key in self._arm_index:
             raise InputError(f"arm {key!r} already exists; arm keys must be unique")
         self._arm_index[key] = len(self.arms_)
