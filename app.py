@@ -13,6 +13,7 @@ event handler is a short call into a library function that is tested on its own:
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import os
 from collections.abc import Callable
@@ -82,20 +83,21 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT) -> gr.Blocks:
         if not path:
             raise InputError("No product photo yet: upload one first.")
         product = load_image(path)
-        mask = mask_from_editor(editor, product.size)
+        # Background replacement keeps the painted product; outpainting keeps the whole photo, so needs no mask.
+        mask = mask_from_editor(editor, product.size) if mode == "background" else None
         cancel = cancel_flags.start(request.session_hash)
         try:
             creatives = generate_creatives(
-                product, prompt=prompt, negative_prompt=negative_prompt, mode=mode,
-                **_placement(mode, placement, directions, amount), n=int(count), seed=int(seed), steps=int(steps),
-                guidance=float(guidance), model=model.strip() or None, mask=mask, out_dir=out_dir,
-                progress=True, cancel=cancel,
+                product, prompt=prompt, negative_prompt=negative_prompt, mode=mode, placement=placement,
+                extend=outpaint_extension(directions, amount) if mode == "outpaint" else None, n=int(count),
+                seed=int(seed), steps=int(steps), guidance=float(guidance), model=model.strip() or None, mask=mask,
+                out_dir=out_dir, progress=True, cancel=cancel,
             )
         finally:
             cancel_flags.finish(request.session_hash, cancel)
-        recipes = [_recipe_dict(creative) for creative in creatives]
-        gallery = [(str(creative.path), f"seed {recipe['seed']}") for creative, recipe in zip(creatives, recipes)]
-        return gallery, recipes, recipes[0] if recipes else None
+        recipes = [dataclasses.asdict(creative.recipe) for creative in creatives]
+        gallery = [(str(creative.path), f"seed {creative.recipe.seed}") for creative in creatives]
+        return gallery, recipes, recipes[0]
 
     def cancel(request: gr.Request):
         if cancel_flags.cancel(request.session_hash):
@@ -146,7 +148,8 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT) -> gr.Blocks:
 
         # --- events ----------------------------------------------------------------------------------------------
         photo.change(open_photo, photo, [editor, mask_message], api_name="open_photo")
-        mode.change(lambda chosen: gr.update(visible=chosen == "outpaint"), mode, outpaint_options, api_name=False)
+        mode.change(lambda chosen: (gr.update(visible=chosen == "background"), gr.update(visible=chosen == "outpaint")),
+                    mode, [placement, outpaint_options], api_name=False)
         generating = generate_button.click(
             generate,
             [photo, editor, prompt, negative_prompt, mode, placement, directions, amount, count, seed, steps, guidance,
@@ -159,17 +162,11 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT) -> gr.Blocks:
     return app
 
 
-def _placement(mode: str, aspect: str, directions: list[str], amount: float) -> dict[str, Any]:
-    """The placement arguments of `generate_creatives` for the chosen mode."""
-    if mode == "outpaint":
-        return {"placement": aspect, "directions": tuple(directions), "amount": int(amount)}
-    return {"placement": aspect}
-
-
-def _recipe_dict(creative) -> dict[str, Any]:
-    import dataclasses
-
-    return dataclasses.asdict(creative.recipe)
+def outpaint_extension(directions: list[str], amount: float) -> dict[str, int]:
+    """The `extend` argument of `generate_creatives`: `amount` pixels towards each ticked direction."""
+    if not directions:
+        raise InputError("Outpaint needs a direction: tick at least one side to extend towards.")
+    return {side: int(amount) for side in directions}
 
 
 def _css(rgba: tuple[int, int, int, int]) -> str:

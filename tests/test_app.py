@@ -6,6 +6,9 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 from app_server import serve_app
+from studio.canvas import place_product
+from studio.editor import mask_layer
+from studio.provenance import read_recipe
 
 pytestmark = pytest.mark.slow
 
@@ -68,3 +71,72 @@ def test_a_corrupt_upload_is_a_clear_error_not_a_traceback(client, tmp_path):
     with pytest.raises(Exception, match=r"^broken.png: not an image") as error:
         client.predict(handle_file(str(broken)), api_name="/open_photo")
     assert "Traceback" not in str(error.value)
+
+
+def editor_with_mask(tmp_path, photo_path, mask):
+    """The ImageEditor value a marketer sends after painting `mask` over the photo."""
+    layer = tmp_path / "layer.png"
+    mask_layer(mask, (mask.shape[1], mask.shape[0])).save(layer)
+    photo = handle_file(str(photo_path))
+    return {"background": photo, "layers": [handle_file(str(layer))], "composite": photo}
+
+
+def generate(client, photo, editor, prompt="a red marble table, soft light", **overrides):
+    """Call Generate with small, fast settings; returns (gallery, recipe shown)."""
+    settings = dict(negative_prompt="", mode="background", placement="1:1", directions=["left", "right"],
+                    amount=64, count=2, seed=0, steps=2, guidance=7.5, model="")
+    settings.update(overrides)
+    return client.predict(photo, editor, prompt, *settings.values(), api_name="/generate")
+
+
+def test_generate_returns_lossless_pngs_with_the_product_pixels_exact(client, product, tmp_path):
+    path, pixels, mask = product
+
+    gallery, recipe = generate(client, handle_file(str(path)), editor_with_mask(tmp_path, path, mask), count=2)
+
+    assert len(gallery) == 2
+    assert recipe["prompt"] == "a red marble table, soft light" and recipe["seed"] == 0
+    placed = place_product(Image.fromarray(pixels), mask, aspect="1:1", size=1024)
+    left, top, right, bottom = placed.box
+    for item, seed in zip(gallery, (0, 1)):
+        creative = Image.open(item["image"])
+        assert creative.format == "PNG" and creative.size == (1024, 1024)
+        assert read_recipe(item["image"]).seed == seed  # the provenance travels inside the file
+        product_area = np.asarray(creative.convert("RGB"))[top:bottom, left:right]
+        assert np.array_equal(product_area[mask[24:72, 32:64]], pixels[mask])  # bit-exact, not re-encoded
+
+
+def test_outpainting_keeps_the_whole_photo(client, product, tmp_path):
+    path, pixels, mask = product
+
+    gallery, recipe = generate(client, handle_file(str(path)), None, mode="outpaint", directions=["left"],
+                               amount=32, count=1)
+
+    creative = np.asarray(Image.open(gallery[0]["image"]).convert("RGB"))
+    assert creative.shape == (96, 128, 3)
+    assert np.array_equal(creative[:, 32:], pixels)
+    assert recipe["mode"] == "outpaint" and recipe["placement"] == "left=32"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"prompt": "   "}, "prompt is empty"),
+        ({"mode": "outpaint", "directions": []}, "tick at least one side"),
+        ({"steps": 0}, "less than minimum value 1"),  # the slider bounds, checked by Gradio
+        ({"model": "/no/such/model"}, "no/such/model"),
+    ],
+)
+def test_bad_settings_are_clear_errors(client, product, tmp_path, change, message):
+    path, _, mask = product
+    with pytest.raises(Exception, match=message) as error:
+        generate(client, handle_file(str(path)), editor_with_mask(tmp_path, path, mask), **change)
+    assert "Traceback" not in str(error.value)
+
+
+def test_generate_without_a_photo_or_a_mask_says_what_to_do(client, product, tmp_path):
+    path, _, mask = product
+    with pytest.raises(Exception, match="upload one first"):
+        generate(client, None, editor_with_mask(tmp_path, path, mask))
+    with pytest.raises(Exception, match="paint over the product"):
+        generate(client, handle_file(str(path)), editor_with_mask(tmp_path, path, np.zeros_like(mask)))
