@@ -187,3 +187,27 @@ def build_tiny_pipeline(folder: str | os.PathLike, seed: int = 0):
     pipeline.save_pretrained(folder, safe_serialization=True)
     (folder / RANDOM_INIT_MARKER).write_text(json.dumps({"random_init": True, "seed": seed}) + "\n")
     return pipeline
+
+
+def build_tiny_lora(model_folder: str | os.PathLike, folder: str | os.PathLike, *, rank: int = 4, seed: int = 0) -> Path:
+    """Save a random LoRA for the UNet of the pipeline in `model_folder` into `folder` (diffusers LoRA format).
+
+    Unlike a fresh training LoRA (whose up-projection starts at zero), both projections are random, so the LoRA visibly
+    changes the output: tests and benchmarks use it to exercise `load_lora_weights` and LoRA scales.
+    Returns the path of the written `pytorch_lora_weights.safetensors`.
+    """
+    import torch
+    from diffusers import StableDiffusionInpaintPipeline, UNet2DConditionModel
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    unet = UNet2DConditionModel.from_pretrained(model_folder, subfolder="unet")
+    torch.manual_seed(seed)
+    config = LoraConfig(
+        r=rank, lora_alpha=rank, init_lora_weights=False, target_modules=["to_q", "to_k", "to_v", "to_out.0"]
+    )
+    unet.add_adapter(config)
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    StableDiffusionInpaintPipeline.save_lora_weights(folder, unet_lora_layers=layers, safe_serialization=True)
+    return Path(folder) / "pytorch_lora_weights.safetensors"

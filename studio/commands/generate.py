@@ -26,7 +26,7 @@ def register(subparsers) -> None:
     generate.add_argument("--steps", type=int, default=30)
     generate.add_argument("--guidance", type=float, default=7.5)
     generate.add_argument("--strength", type=float, default=1.0)
-    generate.add_argument("--scheduler", default=None, help="ddim, dpm++, euler, euler-a, pndm (default: the model's)")
+    generate.add_argument("--scheduler", default=None, help="ddim, dpm++, euler, euler-a (default: the model's)")
     generate.add_argument("--negative-prompt", default="")
     generate.add_argument("--lora", default=None, help="LoRA weights file or folder")
     generate.add_argument("--lora-scale", type=float, default=1.0)
