@@ -67,8 +67,8 @@ def _mlp(in_dim: int, out_dim: int) -> nn.Sequential:
 class RewardModel(nn.Module):
     """Predicts the click-through rate of a creative shown to an audience group.
 
-    Tokens: [summary, image, prompt, group, category], each a ``hidden_dim`` vector; a transformer encoder mixes them
-    and the head reads the CTR logit off the summary token.
+    Tokens: [summary, image, prompt, group, category], each a ``hidden_dim`` vector; a transformer encoder mixes them.
+    The logit is a linear read-out of the summary token plus a bilinear group x creative term.
     """
 
     def __init__(self, config: RewardConfig):
@@ -91,6 +91,10 @@ class RewardModel(nn.Module):
         )
         self.fusion = nn.TransformerEncoder(layer, config.num_layers, enable_nested_tensor=False)
         self.head = nn.Sequential(nn.LayerNorm(width), nn.Linear(width, 1))
+        # A direct group x creative bilinear term: tastes are interactions, and with a few hundred noisy
+        # (creative, group) labels the transformer alone learns them slowly.
+        self.group_key = nn.Linear(width, width, bias=False)
+        self.creative_query = nn.Linear(width, width, bias=False)
         with torch.no_grad():
             self.head[1].bias.fill_(float(np.log(config.base_ctr / (1.0 - config.base_ctr))))
         # Profile vectors are standardised with the training groups' statistics (set by the trainer).
@@ -155,7 +159,9 @@ class RewardModel(nn.Module):
             dim=1,
         )
         fused = self.fusion(tokens + self.positions)
-        return self.head(fused[:, 0]).squeeze(-1)
+        creative = fused[:, 1] + fused[:, 2] + fused[:, 4]
+        interaction = (self.group_key(fused[:, 3]) * self.creative_query(creative)).sum(-1) / tokens.shape[-1] ** 0.5
+        return self.head(fused[:, 0]).squeeze(-1) + interaction
 
     def forward(
         self,

@@ -1,0 +1,278 @@
+"""Training the reward model on an impression log (impressions joined with clicks).
+
+Recipe (after CG4CTR): aggregate impressions per (product, group, creative); label each aggregate with its
+Beta-smoothed CTR; the loss is 0.9 x a listwise softmax cross-entropy over the creatives of one (product, group) plus
+0.1 x a pointwise binary cross-entropy, both weighted by impressions. A seeded share of the impressions is held out for
+validation and early stopping.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from studio.errors import InputError
+from reward.data import BetaPrior, aggregate, fit_beta_prior, label
+from reward.model import RewardConfig, RewardModel
+
+
+@dataclass
+class RewardDataset:
+    """Everything the trainer and the evaluation read.
+
+    creatives: one row per creative, indexed by creative_id, with columns product_id, category, prompt.
+    pixels: (n_creatives, 3, S, S) float in [0, 1], rows in the order of ``creatives``.
+    group_vectors: group_id -> profile vector (group_dim,).
+    impressions: one row per impression with product_id, group_id, creative_id, clicked (0/1); may also carry
+        user_id and anything else.
+    """
+
+    creatives: pd.DataFrame
+    pixels: torch.Tensor
+    group_vectors: dict[str, np.ndarray]
+    impressions: pd.DataFrame
+
+    def __post_init__(self) -> None:
+        # 1. the join keys are strings everywhere, so ids from SQLite, JSON and the CLI compare equal
+        self.creatives = self.creatives.copy()
+        self.creatives.index = self.creatives.index.astype(str)
+        self.impressions = self.impressions.copy()
+        for column in ("product_id", "group_id", "creative_id"):
+            if column not in self.impressions.columns:
+                raise InputError(f"impressions need a {column!r} column")
+            self.impressions[column] = self.impressions[column].astype(str)
+        self.group_vectors = {str(k): np.asarray(v, dtype=np.float32) for k, v in self.group_vectors.items()}
+        # 2. the log must be usable: not empty, some clicks, and only creatives and groups we know
+        if self.impressions.empty:
+            raise InputError("the log has no impressions to learn from; run `studio simulate` or serve traffic first")
+        if "clicked" not in self.impressions.columns or int(self.impressions["clicked"].sum()) == 0:
+            raise InputError("the log has impressions but no clicks; a CTR model needs some clicks to learn from")
+        unknown = sorted(set(self.impressions["creative_id"]) - set(self.creatives.index))
+        if unknown:
+            raise InputError(
+                f"the log has {len(unknown)} creatives with no image/prompt in the catalogue (e.g. {unknown[0]!r}); "
+                "pass the catalogue of the run that wrote the log"
+            )
+        groups = sorted(set(self.impressions["group_id"]) - set(self.group_vectors))
+        if groups:
+            raise InputError(f"the log has audience groups with no profile vector (e.g. {groups[0]!r})")
+        if len(self.pixels) != len(self.creatives):
+            raise InputError(f"got {len(self.pixels)} images for {len(self.creatives)} creatives")
+
+    def creative_rows(self, creative_ids: Sequence[str]) -> np.ndarray:
+        """Row numbers (into ``pixels`` and ``creatives``) of the given creative ids."""
+        return self.creatives.index.get_indexer([str(c) for c in creative_ids])
+
+
+@dataclass
+class TrainingConfig:
+    """How to train. Loss weights follow CG4CTR (0.9 listwise + 0.1 pointwise)."""
+
+    max_epochs: int = 150
+    patience: int = 15
+    lists_per_batch: int = 16
+    learning_rate: float = 3e-3
+    weight_decay: float = 1e-4
+    listwise_weight: float = 0.9
+    pointwise_weight: float = 0.1
+    validation_fraction: float = 0.2
+    augment: bool = True
+    seed: int = 0
+    progress: bool = True
+    model: RewardConfig = field(default_factory=RewardConfig)
+
+
+class _Lists:
+    """Aggregates grouped into (product, group) lists, as padded index arrays for batched losses."""
+
+    def __init__(self, table: pd.DataFrame, dataset: RewardDataset):
+        self.table = table.reset_index(drop=True)
+        self.creative_rows = dataset.creative_rows(self.table["creative_id"])
+        self.group_ids = self.table["group_id"].tolist()
+        self.prompts = dataset.creatives["prompt"].to_numpy()[self.creative_rows].tolist()
+        self.categories = dataset.creatives["category"].to_numpy()[self.creative_rows].tolist()
+        members = [rows.to_numpy() for _, rows in self.table.groupby(["product_id", "group_id"]).groups.items()]
+        width = max(len(m) for m in members)
+        self.index = np.full((len(members), width), -1, dtype=np.int64)
+        for i, rows in enumerate(members):
+            self.index[i, : len(rows)] = rows
+        self.labels = torch.tensor(self.table["label"].to_numpy(), dtype=torch.float32)
+        self.weights = torch.tensor(self.table["impressions"].to_numpy(), dtype=torch.float32)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+
+class RewardTrainer:
+    """Fits a RewardModel to a RewardDataset (scikit-learn style: ``fit`` returns self; learned state ends in ``_``).
+
+    Attributes after fit: ``model_`` (the best model on validation), ``prior_`` (BetaPrior of the training labels),
+    ``history_`` (per epoch: train_loss, val_loss), ``best_epoch_``, ``n_epochs_``.
+    """
+
+    def __init__(self, config: TrainingConfig | None = None):
+        self.config = config or TrainingConfig()
+
+    # ---- public -----------------------------------------------------------------------------------------------------
+
+    def fit(self, dataset: RewardDataset) -> "RewardTrainer":
+        cfg = self.config
+        torch.manual_seed(cfg.seed)
+        generator = np.random.default_rng(cfg.seed)
+
+        # 1. split impressions, aggregate, fit the Beta prior on the training part only
+        train_rows, val_rows = split_impressions(dataset.impressions, cfg.validation_fraction, cfg.seed)
+        train_table = aggregate(dataset.impressions.iloc[train_rows])
+        self.prior_ = fit_beta_prior(train_table["clicks"].to_numpy(), train_table["impressions"].to_numpy())
+        train = _Lists(label(train_table, self.prior_), dataset)
+        val = _Lists(label(aggregate(dataset.impressions.iloc[val_rows]), self.prior_), dataset) if len(val_rows) else None
+
+        # 2. the model, with the groups and base rate of this log
+        model = RewardModel(self._model_config(dataset, self.prior_))
+        vectors = torch.tensor(np.stack([dataset.group_vectors[g] for g in model.config.group_ids]))
+        model.group_table.copy_(vectors)
+        model.group_mean.copy_(vectors.mean(dim=0))
+        if len(vectors) > 1:
+            model.group_scale.copy_(vectors.std(dim=0, unbiased=False).clamp(min=1e-3))
+        parameters = [p for p in model.parameters() if p.requires_grad]
+        optimiser = torch.optim.AdamW(parameters, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        frozen_images = not any(p.requires_grad for p in model.image_encoder.parameters())
+        features = _encode_all(model, dataset.pixels) if frozen_images else None
+
+        # 3. epochs over shuffled batches of lists, early stopping on the validation loss
+        self.history_: list[dict[str, float]] = []
+        best_loss, best_state, self.best_epoch_, waited = np.inf, None, 0, 0
+        bar = tqdm(range(cfg.max_epochs), desc="reward", unit="epoch", disable=not cfg.progress)
+        for epoch in bar:
+            model.train()
+            order = generator.permutation(len(train))
+            losses = []
+            for start in range(0, len(order), cfg.lists_per_batch):
+                lists = train.index[order[start : start + cfg.lists_per_batch]]
+                loss = self._loss(model, dataset, train, lists, features, augment=cfg.augment)
+                optimiser.zero_grad()
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(parameters, 5.0)
+                optimiser.step()
+                losses.append(float(loss.detach()))
+            model.eval()
+            with torch.no_grad():
+                val_loss = float(self._loss(model, dataset, val, val.index, features)) if val else float(np.mean(losses))
+            self.history_.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": val_loss})
+            bar.set_postfix(train=f"{np.mean(losses):.4f}", val=f"{val_loss:.4f}")
+            if val_loss < best_loss - 1e-6:
+                best_loss, best_state, self.best_epoch_, waited = val_loss, copy.deepcopy(model.state_dict()), epoch + 1, 0
+            else:
+                waited += 1
+                if waited >= cfg.patience:
+                    break
+        bar.close()
+        model.load_state_dict(best_state)
+        model.eval()
+        self.model_ = model
+        self.n_epochs_ = len(self.history_)
+        return self
+
+    # ---- internals --------------------------------------------------------------------------------------------------
+
+    def _model_config(self, dataset: RewardDataset, prior: BetaPrior) -> RewardConfig:
+        config = copy.deepcopy(self.config.model)
+        config.group_ids = sorted(dataset.group_vectors)
+        config.group_dim = int(len(next(iter(dataset.group_vectors.values()))))
+        config.base_ctr = float(prior.mean)
+        known = set(config.categories)
+        config.categories = config.categories + sorted(set(dataset.creatives["category"]) - known)
+        return config
+
+    def _loss(self, model: RewardModel, dataset: RewardDataset, lists: _Lists, index: np.ndarray,
+              features: torch.Tensor | None, augment: bool = False) -> torch.Tensor:
+        """0.9 x impression-weighted listwise softmax CE + 0.1 x impression-weighted pointwise BCE."""
+        cfg = self.config
+        rows = index[index >= 0]
+        logits = _row_logits(model, dataset, lists, rows, features, augment)
+        labels, weights = lists.labels[rows], lists.weights[rows]
+        pointwise = (F.binary_cross_entropy_with_logits(logits, labels, reduction="none") * weights).sum() / weights.sum()
+        # scatter back into the padded (n_lists, width) layout
+        padded = torch.full(index.shape, -torch.inf)
+        position = torch.as_tensor(np.flatnonzero(index.reshape(-1) >= 0))
+        padded.view(-1)[position] = logits
+        target = torch.zeros(index.shape)
+        target.view(-1)[position] = labels
+        target = target / target.sum(dim=1, keepdim=True)
+        log_p = torch.log_softmax(padded, dim=1).masked_fill(torch.as_tensor(index < 0), 0.0)
+        list_weight = torch.zeros(index.shape)
+        list_weight.view(-1)[position] = weights
+        list_weight = list_weight.sum(dim=1)
+        listwise = (-(target * log_p).sum(dim=1) * list_weight).sum() / list_weight.sum()
+        return cfg.listwise_weight * listwise + cfg.pointwise_weight * pointwise
+
+
+def split_impressions(impressions: pd.DataFrame, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded random split of impression rows into (train rows, validation rows)."""
+    if not 0.0 <= fraction < 1.0:
+        raise InputError(f"validation_fraction must be in [0, 1), got {fraction}")
+    order = np.random.default_rng(seed).permutation(len(impressions))
+    n_val = int(round(fraction * len(impressions)))
+    return np.sort(order[n_val:]), np.sort(order[:n_val])
+
+
+def _augment(pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Random horizontal flips and small shifts: neither changes what the audience reacts to (colour, texture)."""
+    flip = torch.rand(len(pixels), generator=generator) < 0.5
+    pixels = torch.where(flip[:, None, None, None], pixels.flip(-1), pixels)
+    shift = int(torch.randint(-pixels.shape[-1] // 16, pixels.shape[-1] // 16 + 1, (1,), generator=generator))
+    return torch.roll(pixels, shifts=shift, dims=-1)
+
+
+def _encode_all(model: RewardModel, pixels: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([model.encode_images(pixels[i : i + batch_size]) for i in range(0, len(pixels), batch_size)])
+
+
+def _row_logits(model: RewardModel, dataset: RewardDataset, lists: _Lists, rows: np.ndarray,
+                features: torch.Tensor | None, augment: bool) -> torch.Tensor:
+    """Logits (len(rows),) of aggregate rows; each distinct creative's image is encoded once."""
+    creative_rows = lists.creative_rows[rows]
+    unique, inverse = np.unique(creative_rows, return_inverse=True)
+    if features is None:
+        pixels = dataset.pixels[unique]
+        encoded = model.encode_images(_augment(pixels) if augment else pixels)
+    else:
+        encoded = features[unique]
+    groups = model.group_vectors([lists.group_ids[r] for r in rows])
+    return model.fuse(
+        encoded[torch.as_tensor(inverse)],
+        [lists.prompts[r] for r in rows],
+        groups,
+        [lists.categories[r] for r in rows],
+    )
+
+
+def predict_pairs(model: RewardModel, dataset: RewardDataset, pairs: pd.DataFrame, batch_size: int = 256) -> np.ndarray:
+    """Predicted CTR (len(pairs),) of (creative_id, group_id) rows; each distinct pair is scored once."""
+    keys = pairs[["creative_id", "group_id"]].astype(str)
+    unique = keys.drop_duplicates().reset_index(drop=True)
+    rows = dataset.creative_rows(unique["creative_id"])
+    if (rows < 0).any():
+        raise InputError(f"unknown creative {unique['creative_id'][int(np.argmax(rows < 0))]!r}")
+    model.eval()
+    scores = []
+    with torch.no_grad():
+        for start in range(0, len(unique), batch_size):
+            part = rows[start : start + batch_size]
+            logits = model(
+                dataset.pixels[part],
+                dataset.creatives["prompt"].to_numpy()[part].tolist(),
+                model.group_vectors(unique["group_id"][start : start + batch_size].tolist()),
+                dataset.creatives["category"].to_numpy()[part].tolist(),
+            )
+            scores.append(torch.sigmoid(logits).numpy())
+    unique["ctr"] = np.concatenate(scores)
+    return keys.merge(unique, on=["creative_id", "group_id"], how="left")["ctr"].to_numpy()
