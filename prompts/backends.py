@@ -1,0 +1,239 @@
+"""One interface for every prompt model: `suggest(brief, n, seed) -> list[Prompt]`, plus loading by name or folder.
+
+`PromptBackend.suggest` owns the loop every backend shares: sample candidates, validate them, sample again for the
+prompts still missing, and warn (never crash) when a model's output leaves fewer than `n` valid prompts.
+`CausalLMBackend` is the shared body of the two shipped backends -- the embedded prompts-mini (`prompts.mini`) and any
+transformers causal LM (`prompts.hf`) -- which differ only in how a brief is written for the model and how its answer
+is read back.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import warnings
+from abc import ABC, abstractmethod
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from prompts.brief import Brief, Prompt
+from prompts.validation import ValidationConfig, validate
+from studio.errors import InputError, ModelNotFoundError
+
+SHIPPED_MODELS = Path(__file__).parent / "models"
+DEFAULT_MODEL = "prompts-mini"
+MARKER_FILE = "prompt_model.json"  # says which backend reads a saved folder
+MAX_CANDIDATES = 64
+
+
+class FewerPromptsWarning(UserWarning):
+    """The model's output left fewer valid prompts than asked for."""
+
+
+@dataclass
+class SamplingConfig:
+    """Sampling controls. Each round samples `oversample` x the prompts still missing, for at most `max_rounds`."""
+
+    temperature: float = 0.9
+    top_p: float = 0.95
+    max_new_tokens: int = 64
+    oversample: float = 1.5
+    max_rounds: int = 3
+
+    def check(self) -> None:
+        if not (isinstance(self.temperature, (int, float)) and 0 < self.temperature <= 5):
+            raise InputError(f"temperature must be in (0, 5], got {self.temperature!r}")
+        if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
+            raise InputError(f"top_p must be in (0, 1], got {self.top_p!r}")
+
+
+class PromptBackend(ABC):
+    """A prompt model. Subclasses implement `_sample`; `suggest` validates and tops up."""
+
+    sampling: SamplingConfig
+    validation: ValidationConfig
+
+    @abstractmethod
+    def _sample(self, brief: Brief, k: int, seed: int, sampling: SamplingConfig) -> list[Prompt]:
+        """`k` raw samples, parsed into Prompts (a sample may yield zero or several)."""
+
+    def suggest(self, brief: Brief, n: int = 8, seed: int = 0, *, temperature: float | None = None,
+                top_p: float | None = None) -> list[Prompt]:
+        """Up to `n` valid, distinct scene prompts for `brief`; the same seed gives the same prompts.
+
+        Fewer than `n` come back (with a FewerPromptsWarning naming the commonest rejection reasons) when the model's
+        samples fail validation too often.
+        """
+        # 1. Check inputs
+        if not isinstance(brief, Brief):
+            raise InputError(f"suggest needs a prompts.brief.Brief, got {type(brief).__name__}; use Brief.from_dict")
+        if not isinstance(n, int) or not 1 <= n <= MAX_CANDIDATES:
+            raise InputError(f"n must be a whole number from 1 to {MAX_CANDIDATES}, got {n!r}")
+        if not isinstance(seed, int) or seed < 0:
+            raise InputError(f"seed must be a non-negative whole number, got {seed!r}")
+        sampling = SamplingConfig(**{**self.sampling.__dict__, **({"temperature": temperature} if temperature else {}),
+                                     **({"top_p": top_p} if top_p else {})})
+        sampling.check()
+        # 2. Sample, validate, and sample again for what is missing
+        accepted: list[Prompt] = []
+        reasons: Counter[str] = Counter()
+        for round_index in range(sampling.max_rounds):
+            missing = n - len(accepted)
+            if missing == 0:
+                break
+            k = min(MAX_CANDIDATES, max(2, math.ceil(missing * sampling.oversample)))
+            candidates = self._sample(brief, k, seed * 1009 + round_index, sampling)
+            result = validate(candidates, brief, self.validation, accepted=accepted, limit=missing)
+            accepted += result.prompts
+            reasons.update(reason.split(" (")[0] for _, reason in result.rejected if reason != "enough prompts")
+        # 3. Report a shortfall instead of failing
+        if len(accepted) < n:
+            common = ", ".join(f"{reason} x{count}" for reason, count in reasons.most_common(3)) or "no output"
+            warnings.warn(f"the prompt model gave {len(accepted)} valid prompts of {n} asked for; rejected: {common}",
+                          FewerPromptsWarning, stacklevel=2)
+        return accepted
+
+
+class CausalLMBackend(PromptBackend):
+    """A prompt model that is a transformers causal LM and its tokenizer. Subclasses say how a brief becomes the
+    model's context (`context`), how a prompt is written as its answer (`answer`), and how answers are read (`parse`)."""
+
+    backend_name = "causal-lm"
+
+    def __init__(self, model: Any, tokenizer: Any, sampling: SamplingConfig | None = None,
+                 validation: ValidationConfig | None = None):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.sampling = sampling or SamplingConfig()
+        self.validation = validation or ValidationConfig()
+
+    @abstractmethod
+    def context(self, brief: Brief) -> str:
+        """The text the model continues."""
+
+    @abstractmethod
+    def answer(self, prompt: Prompt) -> str:
+        """How `prompt` is written as the model's continuation (the training target), end token included."""
+
+    @abstractmethod
+    def parse(self, text: str) -> list[Prompt]:
+        """Prompts read from one generated continuation; junk yields []."""
+
+    def _encode(self, text: str) -> list[int]:
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _sample(self, brief: Brief, k: int, seed: int, sampling: SamplingConfig) -> list[Prompt]:
+        import torch
+
+        context_ids = torch.tensor([self._encode(self.context(brief))])
+        eos_id = self.tokenizer.eos_token_id
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos_id
+        # A private RNG stream: the same seed gives the same prompts, and global RNG state is left alone.
+        with torch.random.fork_rng(devices=[]), torch.no_grad():
+            torch.manual_seed(seed)
+            output = self.model.generate(
+                context_ids, attention_mask=torch.ones_like(context_ids), do_sample=True,
+                temperature=float(sampling.temperature), top_p=float(sampling.top_p), top_k=0,
+                max_new_tokens=sampling.max_new_tokens, num_return_sequences=k,
+                eos_token_id=eos_id, pad_token_id=pad_id,
+            )
+        prompts: list[Prompt] = []
+        for row in output[:, context_ids.shape[1]:].tolist():
+            if eos_id in row:
+                row = row[: row.index(eos_id)]
+            prompts += self.parse(self.tokenizer.decode(row, skip_special_tokens=True))
+        return prompts
+
+    def _examples(self, briefs: list[Brief], prompts: list[Prompt]) -> list[tuple[list[int], list[int]]]:
+        if len(briefs) != len(prompts) or not briefs:
+            raise InputError(f"need as many briefs as prompts (at least one), got {len(briefs)} and {len(prompts)}")
+        return [(self._encode(self.context(b)), self._encode(self.answer(p))) for b, p in zip(briefs, prompts)]
+
+    def log_likelihood(self, briefs: list[Brief], prompts: list[Prompt]) -> np.ndarray:
+        """Mean log-probability per answer token (nats) of each prompt given its brief, shape (len(prompts),)."""
+        from prompts.training import sequence_log_likelihood
+
+        return sequence_log_likelihood(self.model, self._examples(briefs, prompts), self.tokenizer.pad_token_id or 0)
+
+    def fit(self, briefs: list[Brief], prompts: list[Prompt], weights: list[float] | np.ndarray | None = None,
+            config: Any = None) -> CausalLMBackend:
+        """Fine-tune on (brief, prompt) pairs, each example's loss scaled by its weight (reward-weighted SFT).
+
+        `weights` (len(prompts),, >= 0; default all 1) are e.g. the reward model's scores or click rates of the
+        creatives each prompt made. `config` is a `prompts.training.TrainingConfig`. Sets `loss_history_`.
+        """
+        from prompts.training import TrainingConfig, weighted_sft
+
+        examples = self._examples(briefs, prompts)
+        weights = np.ones(len(examples)) if weights is None else np.asarray(weights, dtype=float)
+        if weights.shape != (len(examples),) or not np.all(np.isfinite(weights)) or np.any(weights < 0):
+            raise InputError(f"weights must be {len(examples)} finite numbers >= 0, got shape {weights.shape}")
+        if weights.sum() <= 0:
+            raise InputError("all weights are zero; give at least one example a positive weight")
+        self.model.train()
+        self.loss_history_ = weighted_sft(self.model, examples, weights, config or TrainingConfig(),
+                                          pad_id=self.tokenizer.pad_token_id or 0)
+        self.model.eval()
+        return self
+
+    def save_pretrained(self, out_dir: str | Path) -> Path:
+        """Save model, tokenizer and backend marker to `out_dir`, atomically (a half-written folder never appears)."""
+        out_dir = Path(out_dir)
+        out_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+        try:
+            self.model.save_pretrained(staging)
+            self.tokenizer.save_pretrained(staging)
+            (staging / MARKER_FILE).write_text(json.dumps({"backend": self.backend_name}, indent=2) + "\n")
+            if out_dir.exists():
+                old = out_dir.with_name(f".{out_dir.name}.old")
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(out_dir, old)
+                os.replace(staging, out_dir)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(staging, out_dir)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return out_dir
+
+
+def resolve_model(name_or_path: str | os.PathLike | None) -> tuple[str, bool]:
+    """(what to load, whether it is a local folder). None or "prompts-mini" mean the shipped model."""
+    name = str(name_or_path or DEFAULT_MODEL).strip()
+    if not name:
+        raise InputError("the model name is empty; give a hub id, a folder, or 'prompts-mini'")
+    if (SHIPPED_MODELS / name).is_dir() and "/" not in name:
+        return str(SHIPPED_MODELS / name), True
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return str(path), True
+    if path.exists() or path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1:
+        raise ModelNotFoundError(f"prompt model folder {name!r} does not exist; check the path")
+    if name == DEFAULT_MODEL:
+        raise ModelNotFoundError(f"the shipped model {DEFAULT_MODEL!r} is missing; rebuild it with `studio prompts "
+                                 f"train --out {SHIPPED_MODELS / DEFAULT_MODEL}`")
+    return name, False
+
+
+def load_prompt_model(name_or_path: str | os.PathLike | None = None, **kwargs: Any) -> CausalLMBackend:
+    """Load a prompt model: None or "prompts-mini" (shipped), a saved folder, or a transformers hub id.
+
+    A folder saved by this package is read by the backend named in its marker; anything else is read as a generic
+    causal LM (`prompts.hf.HFPromptModel`). Raises ModelNotFoundError when it is not available locally.
+    """
+    from prompts.hf import HFPromptModel
+    from prompts.mini import MiniPromptModel
+
+    location, is_folder = resolve_model(name_or_path)
+    marker = Path(location) / MARKER_FILE
+    if is_folder and marker.is_file() and json.loads(marker.read_text()).get("backend") == MiniPromptModel.backend_name:
+        return MiniPromptModel.from_pretrained(location, **kwargs)
+    return HFPromptModel.from_pretrained(location, **kwargs)

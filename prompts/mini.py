@@ -1,0 +1,91 @@
+"""prompts-mini: the embedded prompt model, a small GPT-2 that speaks the scene vocabulary.
+
+The model reads a brief as a short line of vocabulary words -- the group's strongest interest tags, the product kind
+and colour, the brand tone and the placement shape -- and continues it with a positive prompt, the word "avoid", and a
+negative prompt. Free text (titles, summaries) never reaches it: a title only contributes the product kind it names,
+so text inside a title cannot instruct the model. Its tokenizer is word-level, built offline from the vocabulary.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+from prompts.backends import CausalLMBackend, resolve_model
+from prompts.brief import Brief, Prompt
+from prompts.data import BASE_NEGATIVE, PROMPT_WORDS, SHAPES, TONE_NEGATIVE, TONES, all_mood_words, known_tone
+from studio.errors import ModelNotFoundError
+from studio.vocabulary import COLOURS, INTEREST_TAGS, LAYOUTS, LIGHTING, MATERIALS, PRODUCTS
+
+PAD, UNK, EOS = "[PAD]", "[UNK]", "[EOS]"
+SCENE = "[SCENE]"  # ends the brief: the scene prompt starts here
+FIELDS = ("tags", "kind", "colour", "tone", "shape")
+SEPARATOR = "avoid"  # between the positive and the negative prompt
+NONE = "none"
+
+
+def vocabulary_words() -> list[str]:
+    """Every word the tokenizer knows, in a stable order (special tokens first)."""
+    words = [PAD, UNK, EOS, SCENE, SEPARATOR, NONE, "product", ",", *FIELDS, *INTEREST_TAGS, *PRODUCTS, *COLOURS,
+             *MATERIALS, *LIGHTING, *LAYOUTS, *TONES, *SHAPES, *PROMPT_WORDS, *all_mood_words(), *BASE_NEGATIVE,
+             *(word for extra in TONE_NEGATIVE.values() for word in extra)]
+    return list(dict.fromkeys(words))
+
+
+def build_tokenizer() -> Any:
+    """A word-level `PreTrainedTokenizerFast` over `vocabulary_words()`, lower-casing, splitting on spaces and
+    punctuation; unknown words become [UNK]."""
+    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {word: index for index, word in enumerate(vocabulary_words())}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
+    core.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    core.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=core, unk_token=UNK, pad_token=PAD, eos_token=EOS,
+                                   extra_special_tokens=[SCENE], model_max_length=128)
+
+
+def brief_words(brief: Brief) -> str:
+    """The brief as the model reads it, e.g. "tags eco outdoors kind bottle colour none tone calm shape square"."""
+    tags = " ".join(brief.audience.known_tags()) or NONE
+    kind = brief.product.kind()
+    return (f"tags {tags} kind {kind if kind in PRODUCTS else 'product'} colour {brief.product.colour() or NONE} "
+            f"tone {known_tone(brief)} shape {brief.placement.shape()}")
+
+
+def _detokenize(text: str) -> str:
+    return re.sub(r"\s+([,.;:!?])", r"\1", text).strip(" ,")
+
+
+class MiniPromptModel(CausalLMBackend):
+    """The embedded prompt model. Load the shipped one with `MiniPromptModel.from_pretrained()`."""
+
+    backend_name = "prompts-mini"
+
+    @classmethod
+    def from_pretrained(cls, name_or_path: str | Path | None = None, **kwargs: Any) -> MiniPromptModel:
+        """Load from a folder saved by `save_pretrained` (default: the shipped prompts-mini)."""
+        from transformers import GPT2LMHeadModel, PreTrainedTokenizerFast
+
+        location, is_folder = resolve_model(name_or_path)
+        if not is_folder or not (Path(location) / "config.json").is_file():
+            raise ModelNotFoundError(f"{name_or_path!r} is not a prompts-mini folder; train one with "
+                                     "`studio prompts train --out DIR`")
+        model = GPT2LMHeadModel.from_pretrained(location, local_files_only=True)
+        tokenizer = PreTrainedTokenizerFast.from_pretrained(location, local_files_only=True)
+        return cls(model, tokenizer, **kwargs)
+
+    def context(self, brief: Brief) -> str:
+        return f"{brief_words(brief)} {SCENE}"
+
+    def answer(self, prompt: Prompt) -> str:
+        return f"{prompt.positive} {SEPARATOR} {prompt.negative} {EOS}"
+
+    def parse(self, text: str) -> list[Prompt]:
+        positive, _, negative = text.partition(f" {SEPARATOR} ")
+        positive, negative = _detokenize(positive.replace(UNK, "")), _detokenize(negative.replace(UNK, ""))
+        if not negative:
+            negative = ", ".join(BASE_NEGATIVE)
+        return [Prompt(positive=positive, negative=negative)] if positive else []
