@@ -1,8 +1,11 @@
 """The UI through its API, as a script would drive it with gradio_client: upload, mask, generate, cancel, errors."""
 
+import time
+
 import numpy as np
 import pytest
 from gradio_client import Client, handle_file
+from gradio_client.utils import Status
 from PIL import Image
 
 from app_server import serve_app
@@ -14,8 +17,14 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
-def url(tmp_path_factory):
-    with serve_app(tmp_path_factory.mktemp("creatives")) as address:
+def out_dir(tmp_path_factory):
+    """Where the app writes its creatives."""
+    return tmp_path_factory.mktemp("creatives")
+
+
+@pytest.fixture(scope="module")
+def url(out_dir):
+    with serve_app(out_dir) as address:
         yield address
 
 
@@ -140,3 +149,26 @@ def test_generate_without_a_photo_or_a_mask_says_what_to_do(client, product, tmp
         generate(client, None, editor_with_mask(tmp_path, path, mask))
     with pytest.raises(Exception, match="paint over the product"):
         generate(client, handle_file(str(path)), editor_with_mask(tmp_path, path, np.zeros_like(mask)))
+
+
+def test_cancel_stops_the_pipeline_and_writes_nothing(client, out_dir, product, tmp_path):
+    path, _, mask = product
+    photo, editor = handle_file(str(path)), editor_with_mask(tmp_path, path, mask)
+    settings = dict(negative_prompt="", mode="background", placement="1:1", directions=[], amount=64, count=8,
+                    seed=100, steps=100, guidance=7.5, model="")
+    job = client.submit(photo, editor, "a long job", *settings.values(), api_name="/generate")
+    deadline = time.monotonic() + 60
+    while job.status().code != Status.PROGRESS and not job.done() and time.monotonic() < deadline:  # denoising?
+        time.sleep(0.2)
+    assert job.status().code == Status.PROGRESS
+
+    client.predict(api_name="/cancel")
+
+    with pytest.raises(Exception, match="generation cancelled; nothing was written"):
+        job.result(timeout=30)
+    # The engine runs one pipeline at a time, so a quick job finishing now means the long one really stopped.
+    started = time.monotonic()
+    gallery, _ = generate(client, photo, editor, count=1, seed=200)
+    assert len(gallery) == 1 and time.monotonic() - started < 30
+    assert list(out_dir.glob("*-s200-*.png"))
+    assert not list(out_dir.glob("*-s10[0-7]-*.png"))
