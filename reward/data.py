@@ -20,6 +20,54 @@ from studio.errors import InputError
 KEYS = ["product_id", "group_id", "creative_id"]
 
 
+@dataclass
+class RewardDataset:
+    """Everything the trainer and the evaluation read.
+
+    creatives: one row per creative, indexed by creative_id, with columns product_id, category, prompt.
+    pixels: (n_creatives, 3, S, S) float in [0, 1], rows in the order of ``creatives``.
+    group_vectors: group_id -> profile vector (group_dim,).
+    impressions: one row per impression with product_id, group_id, creative_id, clicked (0/1); may also carry
+        user_id and anything else.
+    """
+
+    creatives: pd.DataFrame
+    pixels: torch.Tensor
+    group_vectors: dict[str, np.ndarray]
+    impressions: pd.DataFrame
+
+    def __post_init__(self) -> None:
+        # 1. the join keys are strings everywhere, so ids from SQLite, JSON and the CLI compare equal
+        self.creatives = self.creatives.copy()
+        self.creatives.index = self.creatives.index.astype(str)
+        self.impressions = self.impressions.copy()
+        for column in ("product_id", "group_id", "creative_id"):
+            if column not in self.impressions.columns:
+                raise InputError(f"impressions need a {column!r} column")
+            self.impressions[column] = self.impressions[column].astype(str)
+        self.group_vectors = {str(k): np.asarray(v, dtype=np.float32) for k, v in self.group_vectors.items()}
+        # 2. the log must be usable: not empty, some clicks, and only creatives and groups we know
+        if self.impressions.empty:
+            raise InputError("the log has no impressions to learn from; run `studio simulate` or serve traffic first")
+        if "clicked" not in self.impressions.columns or int(self.impressions["clicked"].sum()) == 0:
+            raise InputError("the log has impressions but no clicks; a CTR model needs some clicks to learn from")
+        unknown = sorted(set(self.impressions["creative_id"]) - set(self.creatives.index))
+        if unknown:
+            raise InputError(
+                f"the log has {len(unknown)} creatives with no image/prompt in the catalogue (e.g. {unknown[0]!r}); "
+                "pass the catalogue of the run that wrote the log"
+            )
+        groups = sorted(set(self.impressions["group_id"]) - set(self.group_vectors))
+        if groups:
+            raise InputError(f"the log has audience groups with no profile vector (e.g. {groups[0]!r})")
+        if len(self.pixels) != len(self.creatives):
+            raise InputError(f"got {len(self.pixels)} images for {len(self.creatives)} creatives")
+
+    def creative_rows(self, creative_ids: Sequence[str]) -> np.ndarray:
+        """Row numbers (into ``pixels`` and ``creatives``) of the given creative ids."""
+        return self.creatives.index.get_indexer([str(c) for c in creative_ids])
+
+
 @dataclass(frozen=True)
 class BetaPrior:
     """Beta(alpha, beta) prior over CTRs; its mean is alpha / (alpha + beta)."""
@@ -109,3 +157,113 @@ def load_pixels(images: Sequence[str | Path | object], size: int) -> tuple[torch
         except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
             errors.append(f"{item}: not a readable image ({type(error).__name__}: {error})")
     return pixels, errors
+
+
+# ---- an event log and the run folder around it -> RewardDataset ------------------------------------------------------
+
+CATALOGUE_NAME = "catalogue.json"
+
+
+def read_impressions(log_path: str | Path) -> pd.DataFrame:
+    """Impressions joined with clicks from a studio event log (SQLite), with ids as strings.
+
+    Columns: impression_id, ts, user_id, group_id, product_id, creative_id, ..., clicked (0/1).
+    """
+    from studio.eventlog import EventLog
+
+    path = Path(log_path)
+    if not path.is_file():
+        raise InputError(f"no event log at {str(path)!r}; pass the events.db written by `studio simulate` or serving")
+    with EventLog(path) as log:
+        frame = log.read()
+    if frame.empty:
+        raise InputError(f"the event log {str(path)!r} has no impressions; run `studio simulate` or serve traffic first")
+    if frame["group_id"].isna().any():
+        raise InputError(f"{int(frame['group_id'].isna().sum())} impressions in {str(path)!r} have no group_id; "
+                         "the reward model learns per audience group, so log the group of every impression")
+    frame["group_id"] = frame["group_id"].astype(np.int64).astype(str)
+    for column in ("user_id", "product_id", "creative_id"):
+        frame[column] = frame[column].astype(str)
+    frame["clicked"] = frame["clicked"].astype(np.int64)
+    return frame
+
+
+def read_catalogue(run_dir: str | Path, creative_ids: Sequence[str]) -> pd.DataFrame:
+    """Where each creative's image, prompt and category are, for the creatives of a run folder.
+
+    Looked up in this order:
+    1. ``<run_dir>/catalogue.json``: a list of {creative_id, product_id, category, prompt, image} (image relative to
+       the run folder);
+    2. the ``studio simulate`` layout: ``<run_dir>/creatives/<creative_id>.png``; the prompt is the PNG's provenance
+       recipe prompt when it has one (else empty), the category comes from the product kind that starts the
+       product id ("bottle-0" -> beverage).
+    Returns a frame indexed by creative_id with columns product_id, category, prompt, image (absolute path).
+    """
+    from studio import vocabulary
+
+    run_dir = Path(run_dir)
+    wanted = sorted({str(c) for c in creative_ids})
+    catalogue = run_dir / CATALOGUE_NAME
+    if catalogue.is_file():
+        import json
+
+        try:
+            table = pd.DataFrame(json.loads(catalogue.read_text())).astype({"creative_id": str})
+            table["image"] = [str(run_dir / image) for image in table["image"]]
+            table = table.set_index("creative_id")[["product_id", "category", "prompt", "image"]]
+        except (ValueError, KeyError, TypeError) as error:
+            raise InputError(f"{catalogue} is not a creative catalogue ({error}); expected a JSON list of "
+                             "{creative_id, product_id, category, prompt, image}") from error
+    else:
+        rows = []
+        for creative_id in wanted:
+            image = run_dir / "creatives" / f"{creative_id}.png"
+            if not image.is_file():
+                continue
+            product_id = creative_id.split("/")[0]
+            kind = product_id.rsplit("-", 1)[0]
+            rows.append({"creative_id": creative_id, "product_id": product_id,
+                         "category": vocabulary.CATEGORIES.get(kind, "unknown"), "prompt": recipe_prompt(image),
+                         "image": str(image)})
+        table = pd.DataFrame(rows, columns=["creative_id", "product_id", "category", "prompt", "image"])
+        table = table.set_index("creative_id")
+    unknown = [c for c in wanted if c not in table.index]
+    if unknown:
+        raise InputError(
+            f"the log names {len(unknown)} creatives that the run folder {str(run_dir)!r} does not have (e.g. "
+            f"{unknown[0]!r}); expected {CATALOGUE_NAME} or creatives/<creative_id>.png beside the log"
+        )
+    return table.loc[wanted]
+
+
+def recipe_prompt(image: Path) -> str:
+    from studio.provenance import read_recipe
+
+    try:
+        return read_recipe(image).prompt
+    except InputError:
+        return ""
+
+
+def read_groups(run_dir: str | Path) -> dict[str, np.ndarray]:
+    """Group id -> profile vector, from the audience clustering saved in ``<run_dir>/audience``."""
+    from studio.audience import AudienceClustering
+
+    folder = Path(run_dir) / "audience"
+    if not folder.is_dir():
+        raise InputError(f"no audience clustering at {str(folder)!r}; the reward model needs the groups' profile "
+                         "vectors (studio simulate writes them there)")
+    clustering = AudienceClustering.from_pretrained(folder)
+    return {str(profile.group_id): np.asarray(profile.vector, dtype=np.float32) for profile in clustering.profiles_}
+
+
+def load_log_dataset(log_path: str | Path, image_size: int = 64) -> RewardDataset:
+    """A RewardDataset from an event log and its run folder (the folder that holds the log, see read_catalogue)."""
+    impressions = read_impressions(log_path)
+    run_dir = Path(log_path).parent
+    creatives = read_catalogue(run_dir, impressions["creative_id"].unique())
+    pixels, errors = load_pixels(creatives["image"].tolist(), image_size)
+    broken = [e for e in errors if e]
+    if broken:
+        raise InputError(f"{len(broken)} creative images cannot be read, e.g. {broken[0]}")
+    return RewardDataset(creatives, pixels, read_groups(run_dir), impressions)

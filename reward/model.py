@@ -223,8 +223,8 @@ class RewardModel(nn.Module):
             for key, value in self.state_dict().items()
             if not any(key.startswith(f"{name}.") for name in external)
         }
-        _write_atomic(folder / WEIGHTS_NAME, lambda path: save_file(state, str(path), metadata={"format": "pt"}))
-        _write_atomic(folder / CONFIG_NAME, lambda path: path.write_text(json.dumps(config, indent=2) + "\n"))
+        write_atomic(folder / WEIGHTS_NAME, lambda path: save_file(state, str(path), metadata={"format": "pt"}))
+        write_atomic(folder / CONFIG_NAME, lambda path: path.write_text(json.dumps(config, indent=2) + "\n"))
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike) -> "RewardModel":
@@ -272,7 +272,7 @@ def resolve_model_folder(name_or_path: str | os.PathLike) -> Path:
     return folder
 
 
-def _write_atomic(target: Path, write) -> None:
+def write_atomic(target: Path, write) -> None:
     """Write through a temporary file in the same folder, then rename, so a crash never leaves half a file."""
     handle, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
     os.close(handle)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass, field
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -19,56 +18,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from studio.errors import InputError
-from reward.data import BetaPrior, aggregate, fit_beta_prior, label
+from reward.data import BetaPrior, RewardDataset, aggregate, fit_beta_prior, label
 from reward.model import RewardConfig, RewardModel
-
-
-@dataclass
-class RewardDataset:
-    """Everything the trainer and the evaluation read.
-
-    creatives: one row per creative, indexed by creative_id, with columns product_id, category, prompt.
-    pixels: (n_creatives, 3, S, S) float in [0, 1], rows in the order of ``creatives``.
-    group_vectors: group_id -> profile vector (group_dim,).
-    impressions: one row per impression with product_id, group_id, creative_id, clicked (0/1); may also carry
-        user_id and anything else.
-    """
-
-    creatives: pd.DataFrame
-    pixels: torch.Tensor
-    group_vectors: dict[str, np.ndarray]
-    impressions: pd.DataFrame
-
-    def __post_init__(self) -> None:
-        # 1. the join keys are strings everywhere, so ids from SQLite, JSON and the CLI compare equal
-        self.creatives = self.creatives.copy()
-        self.creatives.index = self.creatives.index.astype(str)
-        self.impressions = self.impressions.copy()
-        for column in ("product_id", "group_id", "creative_id"):
-            if column not in self.impressions.columns:
-                raise InputError(f"impressions need a {column!r} column")
-            self.impressions[column] = self.impressions[column].astype(str)
-        self.group_vectors = {str(k): np.asarray(v, dtype=np.float32) for k, v in self.group_vectors.items()}
-        # 2. the log must be usable: not empty, some clicks, and only creatives and groups we know
-        if self.impressions.empty:
-            raise InputError("the log has no impressions to learn from; run `studio simulate` or serve traffic first")
-        if "clicked" not in self.impressions.columns or int(self.impressions["clicked"].sum()) == 0:
-            raise InputError("the log has impressions but no clicks; a CTR model needs some clicks to learn from")
-        unknown = sorted(set(self.impressions["creative_id"]) - set(self.creatives.index))
-        if unknown:
-            raise InputError(
-                f"the log has {len(unknown)} creatives with no image/prompt in the catalogue (e.g. {unknown[0]!r}); "
-                "pass the catalogue of the run that wrote the log"
-            )
-        groups = sorted(set(self.impressions["group_id"]) - set(self.group_vectors))
-        if groups:
-            raise InputError(f"the log has audience groups with no profile vector (e.g. {groups[0]!r})")
-        if len(self.pixels) != len(self.creatives):
-            raise InputError(f"got {len(self.pixels)} images for {len(self.creatives)} creatives")
-
-    def creative_rows(self, creative_ids: Sequence[str]) -> np.ndarray:
-        """Row numbers (into ``pixels`` and ``creatives``) of the given creative ids."""
-        return self.creatives.index.get_indexer([str(c) for c in creative_ids])
 
 
 @dataclass
