@@ -248,12 +248,15 @@ class RewardModel(nn.Module):
                 raw[name] = str(folder / raw[name])
         model = cls(RewardConfig(**raw))
         state = load_file(str(folder / WEIGHTS_NAME))
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        try:
+            missing, unexpected = model.load_state_dict(state, strict=False)
+        except RuntimeError as error:  # same names, other shapes
+            missing, unexpected = [str(error).splitlines()[-1].strip()], []
         missing = [k for k in missing if not any(k.startswith(f"{n}.") for n in model._external_encoders())]
         if missing or unexpected:
             raise InputError(
-                f"reward model weights in {str(folder)!r} do not match its config (missing {missing[:3]}, "
-                f"unexpected {unexpected[:3]}); the folder is damaged or from another release"
+                f"reward model weights in {str(folder)!r} do not match its config (missing or mismatched "
+                f"{missing[:3]}, unexpected {unexpected[:3]}); the folder is damaged or from another release"
             )
         model.eval()
         return model
