@@ -15,7 +15,8 @@ from studio import __version__
 from studio.errors import StudioError
 
 # Add a module here when an area gains commands.
-COMMAND_MODULES: list[str] = ["studio.commands.generate", "studio.commands.prompts", "studio.commands.reward"]
+COMMAND_MODULES: list[str] = ["studio.commands.generate", "studio.commands.prompts", "studio.commands.reward",
+                              "studio.commands.simulate"]
 
 
 def build_parser() -> argparse.ArgumentParser:
