@@ -13,6 +13,7 @@ import re
 import shutil
 import tempfile
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -184,47 +185,54 @@ def generate_creatives(
         out_dir.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".studio-staging-", dir=out_dir))
 
-    creatives: list[Creative] = []
+    def recipe_for(image_seed: int) -> Recipe:
+        return Recipe(
+            model=engine.model,
+            weights_hash=engine.weights_hash,
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            seed=image_seed,
+            steps=steps,
+            scheduler=scheduler or type(engine.default_scheduler).__name__,
+            guidance=float(guidance),
+            strength=float(strength),
+            mode=mode,
+            placement=placement_text,
+            random_init=engine.random_init,
+            lora=lora_record,
+            size=canvas.size,
+            model_size=(width, height),
+        )
+
+    def finish(generated: Image.Image, recipe: Recipe, generate_seconds: float) -> Creative:
+        """Paste the product back at full resolution and write the PNG (runs beside the next generation)."""
+        started = time.perf_counter()
+        final = paste_back(generated, canvas)
+        pasted = time.perf_counter()
+        path = None
+        if staging is not None:
+            path = save_png(final, recipe, staging / f"{stem}-{mode}-s{recipe.seed}-{recipe.digest()}.png")
+        written = time.perf_counter()
+        timings = {"generate": generate_seconds, "paste": pasted - started, "write": written - pasted}
+        timings["total"] = sum(timings.values())
+        return Creative(image=final, recipe=recipe, path=path, timings=timings)
+
     try:
-        # 5. One image per seed: generate, paste the product back, write the PNG with its recipe
-        for index in tqdm(range(n), desc="creatives", unit="image", disable=not progress):
-            image_seed = seed + index
-            started = time.perf_counter()
-            generated = engine.generate(
-                model_image, model_mask, prompt=prompt, seed=image_seed, settings=settings, lora=lora_spec,
-                cancel=cancel,
-            )
-            painted = time.perf_counter()
-            final = paste_back(generated, canvas)
-            pasted = time.perf_counter()
-            recipe = Recipe(
-                model=engine.model,
-                weights_hash=engine.weights_hash,
-                prompt=prompt,
-                negative_prompt=negative_prompt,
-                seed=image_seed,
-                steps=steps,
-                scheduler=scheduler or type(engine.default_scheduler).__name__,
-                guidance=float(guidance),
-                strength=float(strength),
-                mode=mode,
-                placement=placement_text,
-                random_init=engine.random_init,
-                lora=lora_record,
-                size=canvas.size,
-                model_size=(width, height),
-            )
-            path = None
-            if staging is not None:
-                path = save_png(final, recipe, staging / f"{stem}-{mode}-s{image_seed}-{recipe.digest()}.png")
-            written = time.perf_counter()
-            timings = {
-                "generate": painted - started,
-                "paste": pasted - painted,
-                "write": written - pasted,
-                "total": written - started,
-            }
-            creatives.append(Creative(image=final, recipe=recipe, path=path, timings=timings))
+        # 5. One image per seed. While the model paints image i+1, a worker thread pastes back and writes image i:
+        #    that work is CPU and disk while the model is busy on the GPU (or on the other CPU cores).
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="studio-finish") as finisher:
+            pending: list[Future] = []
+            for index in tqdm(range(n), desc="creatives", unit="image", disable=not progress):
+                if pending and pending[-1].done() and pending[-1].exception() is not None:
+                    break  # a write failed: stop painting, the error is raised below
+                started = time.perf_counter()
+                generated = engine.generate(
+                    model_image, model_mask, prompt=prompt, seed=seed + index, settings=settings, lora=lora_spec,
+                    cancel=cancel,
+                )
+                seconds = time.perf_counter() - started
+                pending.append(finisher.submit(finish, generated, recipe_for(seed + index), seconds))
+            creatives = [future.result() for future in pending]
 
         # 6. The whole batch succeeded: move the files into place
         if staging is not None:

@@ -78,10 +78,11 @@ class Recipe:
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:10]
 
 
-def save_png(image: Image.Image, recipe: Recipe, path: str | os.PathLike, *, compress_level: int = 4) -> Path:
+def save_png(image: Image.Image, recipe: Recipe, path: str | os.PathLike, *, compress_level: int = 1) -> Path:
     """Write `image` as a lossless PNG with `recipe` in a text chunk, atomically (temp file, then os.replace).
 
-    Returns the final path.
+    `compress_level` 1 (of 0-9) writes about 2x faster than the default 6 for files ~15 % larger; the studio's
+    creatives are re-encoded for serving anyway. Returns the final path.
     """
     path = Path(path)
     info = PngImagePlugin.PngInfo()

@@ -189,7 +189,9 @@ def build_tiny_pipeline(folder: str | os.PathLike, seed: int = 0):
     return pipeline
 
 
-def build_tiny_lora(model_folder: str | os.PathLike, folder: str | os.PathLike, *, rank: int = 4, seed: int = 0) -> Path:
+def build_tiny_lora(
+    model_folder: str | os.PathLike, folder: str | os.PathLike, *, rank: int = 4, seed: int = 0
+) -> Path:
     """Save a random LoRA for the UNet of the pipeline in `model_folder` into `folder` (diffusers LoRA format).
 
     Unlike a fresh training LoRA (whose up-projection starts at zero), both projections are random, so the LoRA visibly

@@ -61,7 +61,8 @@ def test_clip_tokenizer_makes_each_word_one_token(tmp_path):
     assert len(tokenizer("zebra", add_special_tokens=False).input_ids) > 1
     from transformers import CLIPTokenizer
 
-    assert CLIPTokenizer.from_pretrained(tmp_path / "tok")("redwood wood").input_ids == tokenizer("redwood wood").input_ids
+    reloaded = CLIPTokenizer.from_pretrained(tmp_path / "tok")
+    assert reloaded("redwood wood").input_ids == tokenizer("redwood wood").input_ids
 
 
 def test_tiny_vocabulary_words_are_single_tokens(tiny):
