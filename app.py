@@ -88,7 +88,7 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT) -> gr.Blocks:
         cancel = cancel_flags.start(request.session_hash)
         try:
             creatives = generate_creatives(
-                product, prompt=prompt, negative_prompt=negative_prompt, mode=mode, placement=placement,
+                path, prompt=prompt, negative_prompt=negative_prompt, mode=mode, placement=placement,
                 extend=outpaint_extension(directions, amount) if mode == "outpaint" else None, n=int(count),
                 seed=int(seed), steps=int(steps), guidance=float(guidance), model=model.strip() or None, mask=mask,
                 out_dir=out_dir, progress=True, cancel=cancel,
@@ -132,10 +132,10 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT) -> gr.Blocks:
                     directions = gr.CheckboxGroup(DIRECTIONS, value=["left", "right"], label="Extend towards")
                     amount = gr.Slider(16, 1024, value=256, step=16, label="Extend by (pixels per side)")
                 with gr.Row():
-                    count = gr.Slider(1, 8, value=4, step=1, label="Count")
+                    count = gr.Slider(1, 8, value=4, step=1, label="Count", elem_id="count")
                     seed = gr.Number(0, precision=0, minimum=0, label="Seed")
                 with gr.Accordion("Advanced", open=False):
-                    steps = gr.Slider(1, 100, value=30, step=1, label="Steps")
+                    steps = gr.Slider(1, 100, value=30, step=1, label="Steps", elem_id="steps")
                     guidance = gr.Slider(0, 20, value=7.5, step=0.5, label="Guidance")
                     model = gr.Textbox(label="Model (hub id or local folder; empty = the embedded default)")
                 with gr.Row():

@@ -1,0 +1,77 @@
+"""The UI in a real browser (Debian's chromium driven by Playwright): upload a product, generate, see creatives."""
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app_server import serve_app
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's chromium (apt-get install chromium)")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+def a_product_photo(path: Path) -> Path:
+    """A blue bottle-like box on a plain white backdrop."""
+    pixels = np.full((160, 160, 3), 250, dtype=np.uint8)
+    pixels[30:140, 60:100] = (30, 80, 200)
+    pixels[15:30, 72:88] = (20, 20, 20)
+    Image.fromarray(pixels).save(path)
+    return path
+
+
+def test_a_marketer_uploads_a_product_generates_and_sees_creatives(browser, tmp_path):
+    photo = a_product_photo(tmp_path / "bottle.png")
+    with serve_app(tmp_path / "out") as url:
+        page = browser.new_page(viewport={"width": 1280, "height": 1100})
+        page.goto(url)
+        page.get_by_text("outputs are noise until the trained studio-mini model ships").wait_for()
+
+        page.locator("#product-photo input[type=file]").set_input_files(str(photo))
+        page.locator("#mask-message").get_by_text("Product found").wait_for(timeout=30_000)
+
+        page.locator("#prompt textarea").fill("a wooden table in warm morning light")
+        page.locator("#count input[type=number]").fill("2")
+        page.locator("#count input[type=number]").press("Enter")
+        page.get_by_text("Advanced").click()
+        page.locator("#steps input[type=number]").fill("2")
+        page.locator("#steps input[type=number]").press("Enter")
+        page.locator("#generate").click()
+
+        images = page.locator("#creatives img")
+        try:
+            images.nth(1).wait_for(state="attached", timeout=45_000)  # lazy images have no size until scrolled to
+            images.nth(1).scroll_into_view_if_needed()
+            images.nth(1).wait_for(state="visible")
+        finally:
+            page.screenshot(path=str(tmp_path / "ui.png"), full_page=True)
+            if os.environ.get("STUDIO_UI_SCREENSHOT"):
+                shutil.copy(tmp_path / "ui.png", os.environ["STUDIO_UI_SCREENSHOT"])
+        assert images.count() == 2
+        written = sorted((tmp_path / "out").glob("bottle-background-*.png"))
+        assert [Image.open(path).size for path in written] == [(1024, 1024)] * 2
+
+        images.first.click()
+        page.get_by_text("a wooden table in warm morning light").first.wait_for()  # the recipe of the selection
+        page.screenshot(path=str(tmp_path / "ui.png"), full_page=True)
+        if os.environ.get("STUDIO_UI_SCREENSHOT"):  # keep a copy to look at
+            shutil.copy(tmp_path / "ui.png", os.environ["STUDIO_UI_SCREENSHOT"])
+        page.close()
