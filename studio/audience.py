@@ -137,6 +137,8 @@ class AudienceClustering:
         k_range: inclusive (low, high) range of K tried when `n_groups` is None.
         seed: seed of KMeans and of the silhouette subsample; the same seed and table give the same groups.
         tag_column: name of the multi-hot interest-tag column (None: no tag column).
+        columns: the numeric/categorical columns to cluster on (None: every column but user_id and the tags);
+            leave out columns that say how much a user does rather than who they are, such as visit counts.
         n_top_tags: how many tags a profile lists.
 
     Learned attributes: `n_groups_`, `numeric_`, `categorical_`, `categories_`, `tags_`, `encoder_`,
@@ -145,12 +147,13 @@ class AudienceClustering:
 
     def __init__(
         self, n_groups: int | None = None, k_range: tuple[int, int] = (2, 10), seed: int = 0,
-        tag_column: str | None = "interests", n_top_tags: int = 3,
+        tag_column: str | None = "interests", n_top_tags: int = 3, columns: list[str] | None = None,
     ) -> None:
         self.n_groups = n_groups
         self.k_range = k_range
         self.seed = seed
         self.tag_column = tag_column
+        self.columns = columns
         self.n_top_tags = n_top_tags
 
     # -- fitting ---------------------------------------------------------------------------------------------------
@@ -190,7 +193,12 @@ class AudienceClustering:
 
     def _learn_columns(self, frame: pd.DataFrame) -> None:
         tag_column = self._tag_column(frame)
-        features = [c for c in frame.columns if c not in (ID_COLUMN, tag_column)]
+        if self.columns is not None:
+            missing = [c for c in self.columns if c not in frame.columns]
+            if missing:
+                raise InputError(f"user table lacks the requested columns {missing}; it has {list(frame.columns)}")
+        features = [c for c in (frame.columns if self.columns is None else self.columns)
+                    if c not in (ID_COLUMN, tag_column)]
         if not features and tag_column is None:
             raise InputError("user table has no feature columns; expected numeric, categorical or interest columns")
         self.numeric_ = [c for c in features if pd.api.types.is_numeric_dtype(frame[c])
@@ -321,7 +329,7 @@ class AudienceClustering:
         config = {
             "model_type": "audience_clustering",
             "n_groups": self.n_groups, "k_range": list(self.k_range), "seed": self.seed,
-            "tag_column": self.tag_column, "n_top_tags": self.n_top_tags,
+            "tag_column": self.tag_column, "n_top_tags": self.n_top_tags, "columns": self.columns,
             "n_groups_": self.n_groups_, "numeric": self.numeric_, "categorical": self.categorical_,
             "categories": self.categories_, "tags": list(self.tags_), "has_tag_column": self._has_tag_block(),
             "silhouette": {str(k): v for k, v in self.silhouette_.items()},
@@ -344,7 +352,7 @@ class AudienceClustering:
         config = json.loads((directory / CONFIG_NAME).read_text())
         tensors = load_file(str(directory / WEIGHTS_NAME))
         self = cls(n_groups=config["n_groups"], k_range=tuple(config["k_range"]), seed=config["seed"],
-                   tag_column=config["tag_column"], n_top_tags=config["n_top_tags"])
+                   tag_column=config["tag_column"], n_top_tags=config["n_top_tags"], columns=config["columns"])
         self.n_groups_ = config["n_groups_"]
         self.numeric_, self.categorical_ = config["numeric"], config["categorical"]
         self.categories_, self.tags_ = config["categories"], tuple(config["tags"])

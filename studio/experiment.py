@@ -142,7 +142,8 @@ def run_experiment(config: ExperimentConfig, out_dir: str | os.PathLike, progres
     simulator = AudienceSimulator(n_segments=config.segments, seed=config.seed)
     creatives = make_creatives(config, simulator, out / "creatives")
     users = simulator.sample_users(config.users)
-    clustering = AudienceClustering(k_range=(2, 8), seed=config.seed).fit(users)
+    # Cluster on who users are; activity (how often they visit) says nothing about taste and blurs the groups.
+    clustering = AudienceClustering(k_range=(2, 8), seed=config.seed, columns=["age", "region", "device"]).fit(users)
     clustering.save_pretrained(out / "audience")
     group_of_user = clustering.labels_
     contexts = np.hstack([clustering.group_vectors(), np.ones((clustering.n_groups_, 1))])  # + intercept
@@ -198,8 +199,9 @@ def run_experiment(config: ExperimentConfig, out_dir: str | os.PathLike, progres
 
     # 5. Read the log back and measure.
     served_ctr = oracle_ctr[user, product * arms + chosen]
+    per_arm_ctr = oracle_ctr.reshape(config.users, config.products, arms)[user, product]  # (n, arms)
     report = _measure(config, log, clustering, simulator, users, in_treatment, group, product, served_ctr, best_ctr,
-                      target, started)
+                      per_arm_ctr, target, started)
     log.close()
     report.files = {"event_log": str(out / "events.db"), "plot": str(out / "simulate.png"),
                     "creatives": str(out / "creatives"), "audience": str(out / "audience"),
@@ -228,7 +230,8 @@ def _log_rows(log: EventLog, rows: np.ndarray, user, group, product, chosen, pro
 
 
 def _measure(config: ExperimentConfig, log: EventLog, clustering: AudienceClustering, simulator: AudienceSimulator,
-             users, in_treatment, group, product, served_ctr, best_ctr, target, started) -> ExperimentReport:
+             users, in_treatment, group, product, served_ctr, best_ctr, per_arm_ctr, target,
+             started) -> ExperimentReport:
     from sklearn.metrics import adjusted_rand_score
 
     n = config.impressions
@@ -243,6 +246,11 @@ def _measure(config: ExperimentConfig, log: EventLog, clustering: AudienceCluste
     last = np.arange(n) >= n - n // 4
     treat_last = in_treatment & last
     oracle_last, bandit_last = float(best_ctr[treat_last].mean()), float(served_ctr[treat_last].mean())
+    # The ceiling of any policy that sees only the group: the best fixed arm per (group, product) cell.
+    cells = (group * config.products + product)[treat_last]
+    cell_means = np.zeros((cells.max() + 1, config.arms))
+    np.add.at(cell_means, cells, per_arm_ctr[treat_last])
+    group_oracle_last = float(per_arm_ctr[treat_last][np.arange(len(cells)), cell_means.argmax(axis=1)[cells]].mean())
 
     # Off-policy: the treatment policy's CTR estimated from the control bucket's log alone.
     control = log.arrays(bucket=CONTROL)
@@ -284,6 +292,8 @@ def _measure(config: ExperimentConfig, log: EventLog, clustering: AudienceCluste
             "oracle_ctr_last_quarter": oracle_last,
             "treatment_expected_ctr_last_quarter": bandit_last,
             "ratio_last_quarter": bandit_last / oracle_last,
+            "group_oracle_ctr_last_quarter": group_oracle_last,
+            "group_oracle_ratio_last_quarter": group_oracle_last / oracle_last,
             "control_expected_ctr": float(served_ctr[~in_treatment].mean()),
             "treatment_expected_ctr": float(served_ctr[in_treatment].mean()),
         },

@@ -82,6 +82,18 @@ def test_csv_file_and_save_load_round_trip(tmp_path):
     assert [p.to_dict() for p in loaded.profiles_] == [p.to_dict() for p in clustering.profiles_]
 
 
+def test_cluster_on_chosen_columns_only(tmp_path):
+    users = planted_users().drop(columns="truth")
+    clustering = AudienceClustering(n_groups=3, seed=0, columns=["age", "region"]).fit(users)
+    assert clustering.numeric_ == ["age"] and clustering.categorical_ == ["region"]
+    assert set(clustering.profiles_[0].demographics) == {"age", "region"}
+    clustering.save_pretrained(tmp_path / "clustering")
+    loaded = AudienceClustering.from_pretrained(tmp_path / "clustering")
+    np.testing.assert_array_equal(loaded.predict(users.drop(columns=["device", "activity"])), clustering.labels_)
+    with pytest.raises(InputError, match="requested columns"):
+        AudienceClustering(columns=["shoe_size"]).fit(users)
+
+
 def test_bad_inputs_say_what_was_expected(tmp_path):
     users = planted_users().drop(columns="truth")
     with pytest.raises(InputError, match="does not exist"):

@@ -45,7 +45,7 @@ def run_simulate(args: argparse.Namespace) -> int:
     print(f"   regret: treatment {report.regret['treatment_cumulative']:.0f}, control "
           f"{report.regret['control_cumulative']:.0f} expected clicks lost to the oracle")
     print(f"   oracle: LinUCB reaches {report.oracle['ratio_last_quarter']:.1%} of the oracle CTR "
-          f"over the last quarter")
+          f"over the last quarter (best fixed arm per group: {report.oracle['group_oracle_ratio_last_quarter']:.1%})")
     print(f"      OPE: DR {ope['dr']['estimate']:.4f} [{ope['dr']['ci'][0]:.4f}, {ope['dr']['ci'][1]:.4f}] from "
           f"the control log; realised {ope['realised_treatment_ctr']:.4f}")
     print(f"    goals: {', '.join(f'{k}={v}' for k, v in report.goals.items())}")
