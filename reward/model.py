@@ -97,6 +97,7 @@ class RewardModel(nn.Module):
         self.creative_query = nn.Linear(width, width, bias=False)
         with torch.no_grad():
             self.head[1].bias.fill_(float(np.log(config.base_ctr / (1.0 - config.base_ctr))))
+            self.creative_query.weight.zero_()  # start every creative at the base CTR; the data moves it
         # Profile vectors are standardised with the training groups' statistics (set by the trainer).
         self.register_buffer("group_mean", torch.zeros(config.group_dim))
         self.register_buffer("group_scale", torch.ones(config.group_dim))

@@ -1,0 +1,122 @@
+"""Training the reward model on a small simulated log, and the `studio reward` commands around it."""
+
+import json
+import shutil
+import sqlite3
+
+import numpy as np
+import pytest
+import torch
+
+from reward.data import load_log_dataset, read_impressions
+from reward.evaluation import SimulatorOracle, evaluate
+from reward.model import RewardConfig, RewardModel
+from reward.training import RewardTrainer, TrainingConfig, split_impressions
+from studio.cli import main
+from studio.errors import InputError
+from studio.experiment import ExperimentConfig, run_experiment
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """A small `studio simulate` run: 3 products x 5 creatives, 1500 users, 30k impressions (a few seconds)."""
+    folder = tmp_path_factory.mktemp("simulate") / "run"
+    config = ExperimentConfig(impressions=30_000, products=3, arms=5, users=1_500, image_size=64, seed=3)
+    run_experiment(config, folder, progress=False)
+    return folder
+
+
+FAST = TrainingConfig(max_epochs=60, patience=12, progress=False, model=RewardConfig(hidden_dim=32, num_layers=1))
+
+
+@pytest.fixture(scope="module")
+def trained(run_dir):
+    torch.set_num_threads(2)
+    dataset = load_log_dataset(run_dir / "events.db")
+    return dataset, RewardTrainer(FAST).fit(dataset)
+
+
+def test_training_beats_a_constant_predictor_on_held_out_impressions(trained):
+    dataset, trainer = trained
+    _, held_out = split_impressions(dataset.impressions, FAST.validation_fraction, FAST.seed)
+    test = dataset.impressions.iloc[held_out]
+    report = evaluate(trainer.model_, dataset, test)
+    clicked = test["clicked"].to_numpy()
+    constant = np.full(len(test), trainer.prior_.mean)  # the best constant a trainer could know: the training CTR
+    constant_loss = float(-np.mean(clicked * np.log(constant) + (1 - clicked) * np.log(1 - constant)))
+    assert report["auc"] > 0.55
+    assert report["log_loss"] < constant_loss
+    assert report["top1_uplift"] > 0  # its favourites do better than the average creative
+    assert trainer.best_epoch_ >= 1 and len(trainer.history_) == trainer.n_epochs_
+    assert trainer.history_[trainer.best_epoch_ - 1]["val_loss"] < trainer.history_[0]["val_loss"]
+
+
+def test_the_simulator_oracle_bounds_the_model(trained, run_dir):
+    dataset, trainer = trained
+    report = evaluate(trainer.model_, dataset, oracle=SimulatorOracle.from_run(run_dir))
+    assert report["oracle_auc"] > report["auc"] > 0.5
+    assert report["oracle_top1_uplift"] >= report["true_top1_uplift"]
+    assert 0 < report["auc_vs_oracle"] < 1
+
+
+def test_training_is_seeded(trained):
+    dataset, trainer = trained
+    again = RewardTrainer(FAST).fit(dataset)
+    assert again.history_ == trainer.history_
+
+
+def test_cli_train_eval_score(run_dir, tmp_path, capsys):
+    out = tmp_path / "rm"
+    assert main(["reward", "train", "--log", str(run_dir / "events.db"), "--out", str(out), "--max-epochs", "3",
+                 "--json"]) == 0
+    trained = json.loads(capsys.readouterr().out)
+    assert trained["epochs"] == 3 and 0 < trained["val_auc"] < 1
+    assert (out / "config.json").is_file() and (out / "training.json").is_file()
+
+    assert main(["reward", "eval", "--log", str(run_dir / "events.db"), "--model", str(out), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["split"] == "held-out" and "oracle_auc" in report and "top1_uplift_vs_oracle" in report
+
+    images = sorted((run_dir / "creatives" / "bottle-0").glob("*.png"))[:2]
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"garbage")
+    assert main(["reward", "score", "--model", str(out), *map(str, images), str(broken), "--group", "0",
+                 "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [sorted(r["ctr"]) for r in rows[:2]] == [["0"], ["0"]]
+    assert rows[0]["category"] == "beverage" and 0 < rows[0]["ctr"]["0"] < 1
+    assert "not a readable image" in rows[2]["error"]  # the batch went on without it
+
+
+def test_bad_logs_are_clear_errors(run_dir, tmp_path, capsys):
+    # an empty log
+    from studio.eventlog import EventLog
+
+    EventLog(tmp_path / "empty" / "events.db").close()
+    assert main(["reward", "train", "--log", str(tmp_path / "empty" / "events.db")]) == 2
+    assert "no impressions" in capsys.readouterr().err
+    # a log with no clicks
+    copy = tmp_path / "noclicks"
+    shutil.copytree(run_dir, copy)
+    with sqlite3.connect(copy / "events.db") as connection:
+        connection.execute("DELETE FROM clicks")
+    with pytest.raises(InputError, match="no clicks"):
+        load_log_dataset(copy / "events.db")
+    # a log that names creatives the run folder does not have
+    unknown = tmp_path / "unknown"
+    shutil.copytree(run_dir, unknown)
+    with sqlite3.connect(unknown / "events.db") as connection:
+        connection.execute("UPDATE impressions SET creative_id = 'mystery/arm-9' WHERE rowid = 1")
+    with pytest.raises(InputError, match="does not have"):
+        load_log_dataset(unknown / "events.db")
+    # no log at all
+    with pytest.raises(InputError, match="no event log"):
+        read_impressions(tmp_path / "nowhere.db")
+
+
+def test_shipped_reward_mini_loads_and_scores(run_dir):
+    model = RewardModel.from_pretrained("reward-mini")
+    dataset = load_log_dataset(run_dir / "events.db", image_size=model.config.image_size)
+    ctr = model.predict_ctr(dataset.pixels, [""] * len(dataset.pixels), [model.config.group_ids[0]] * len(
+        dataset.pixels), dataset.creatives["category"].tolist())
+    assert ctr.shape == (len(dataset.pixels),) and np.all((ctr > 0.001) & (ctr < 0.5))
