@@ -52,7 +52,7 @@ class ExperimentConfig:
     impressions: int = 200_000
     products: int = 4
     arms: int = 6
-    users: int = 5_000
+    users: int = 20_000
     segments: int = 4
     alpha: float = 0.25
     l2: float = 1.0
@@ -266,6 +266,9 @@ def _measure(config: ExperimentConfig, log: EventLog, clustering: AudienceCluste
         "dr": doubly_robust(bandit_log, target[rows], keys, seed=config.seed),
     }
     realised = stats[TREATMENT]
+    # What OPE estimates, known only to the oracle: the treatment policy's expected CTR on the control bucket's
+    # requests. It differs from the treatment bucket's own CTR by the luck of which users each bucket holds.
+    policy_value_on_control = float((target[rows] * per_arm_ctr[rows]).sum(axis=1).mean())
     dr = estimates["dr"]
     seconds = time.perf_counter() - started
     return ExperimentReport(
@@ -300,6 +303,7 @@ def _measure(config: ExperimentConfig, log: EventLog, clustering: AudienceCluste
         off_policy={
             "realised_treatment_ctr": realised.ctr,
             "realised_ci": [realised.ci_low, realised.ci_high],
+            "oracle_policy_value_on_control": policy_value_on_control,
             **{name: {"estimate": e.estimate, "ci": [e.ci_low, e.ci_high],
                       "effective_sample_size": e.effective_sample_size} for name, e in estimates.items()},
         },

@@ -16,7 +16,7 @@ def register(subparsers) -> None:
     simulate.add_argument("--impressions", type=int, default=200_000, help="requests to serve (default 200000)")
     simulate.add_argument("--products", type=int, default=4, help="products in the catalogue (default 4)")
     simulate.add_argument("--arms", type=int, default=6, help="creatives (backdrops) per product (default 6)")
-    simulate.add_argument("--users", type=int, default=5_000, help="simulated users (default 5000)")
+    simulate.add_argument("--users", type=int, default=20_000, help="simulated users (default 20000)")
     simulate.add_argument("--alpha", type=float, default=0.25, help="LinUCB exploration strength (default 0.25)")
     simulate.add_argument("--seed", type=int, default=0)
     simulate.add_argument("--out", default="out/simulate", help="output folder (must not hold a previous run)")
