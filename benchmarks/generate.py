@@ -12,6 +12,7 @@ alike. Prints medians per image, the overhead ratio (goal <= 1.10) and the proce
 from __future__ import annotations
 
 import argparse
+import os
 import resource
 import statistics
 import sys
@@ -75,11 +76,16 @@ def main() -> int:
                         num_inference_steps=args.steps, guidance_scale=7.5, generator=generator,
                     )
 
+        parts: dict[str, list[float]] = {"generate": [], "paste": [], "write": []}
+
         def studio_batch(seed: int) -> None:
-            generate_creatives(
+            creatives = generate_creatives(
                 photo, prompt=args.prompt, n=args.n, seed=seed, model=model, steps=args.steps, size=args.size,
                 out_dir=scratch / f"out-{seed}", progress=False,
             )
+            for creative in creatives:
+                for key in parts:
+                    parts[key].append(creative.timings[key])
 
         def timed(batch, seed: int) -> float:
             started = time.perf_counter()
@@ -99,8 +105,11 @@ def main() -> int:
           f"{args.n} images x {args.batches} batches per side")
     print(f"plain pipeline call : median {plain_median:.3f} s/image")
     print(f"studio creative path: median {studio_median:.3f} s/image")
+    breakdown = ", ".join(f"{key} {statistics.median(values[args.n:]):.3f} s" for key, values in parts.items())
+    print(f"  studio per image  : {breakdown} (paste and write overlap the next image's generation)")
     print(f"overhead ratio      : {studio_median / plain_median:.3f}  (goal <= 1.10)")
     print(f"peak RSS            : {peak_mib:.0f} MiB")
+    print(f"load average        : {' '.join(f'{value:.1f}' for value in os.getloadavg())} on {os.cpu_count()} CPUs")
     return 0
 
 

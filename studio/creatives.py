@@ -182,8 +182,11 @@ def generate_creatives(
     staging = None
     if out_dir is not None:
         out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".studio-staging-", dir=out_dir))
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=".studio-staging-", dir=out_dir))
+        except OSError as error:
+            raise InputError(f"cannot write creatives to {out_dir} ({error.strerror}); pass a writable folder") from None
 
     def recipe_for(image_seed: int) -> Recipe:
         return Recipe(

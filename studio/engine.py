@@ -188,6 +188,16 @@ def _resolve_model(model: str) -> tuple[str, bool]:
     return model, False
 
 
+def _cached_snapshot(model: str) -> str | None:
+    """The local snapshot folder of a hub model that from_pretrained has just fetched (to hash its weights)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(model, local_files_only=True)
+    except Exception:  # noqa: BLE001 - no snapshot only means no weights hash in the recipe
+        return None
+
+
 def _hub_errors() -> tuple[type[BaseException], ...]:
     """Network and hub errors that mean "could not fetch this model" (httpx is what huggingface_hub speaks)."""
     from huggingface_hub.errors import HfHubHTTPError
@@ -397,7 +407,7 @@ def load_engine(model: str | None = None, *, device: str = "auto", dtype: str = 
             raise ModelNotFoundError(_how_to_get(model)) from None
         pipeline.to(device)
         pipeline.set_progress_bar_config(disable=True)
-        folder = source if Path(source).is_dir() else None
+        folder = source if Path(source).is_dir() else _cached_snapshot(model)
         engine = Engine(pipeline, model, folder=folder, device=device, dtype=torch_dtype)
         _engines[key] = engine
         return engine

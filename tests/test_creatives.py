@@ -180,6 +180,14 @@ def test_bad_arguments_are_input_errors_and_write_nothing(product_photo, model, 
     assert not out.exists() or list(out.iterdir()) == []
 
 
+def test_an_out_dir_that_is_a_file_is_an_input_error(product_photo, model, tmp_path):
+    taken = tmp_path / "taken"
+    taken.write_text("a file, not a folder")
+    with pytest.raises(InputError, match="cannot write creatives"):
+        generate_creatives(product_photo, prompt="a red table", n=1, model=model, out_dir=taken, **FAST)
+    assert taken.read_text() == "a file, not a folder"
+
+
 def test_parse_extend():
     assert parse_extend("left=256, right=128") == {"left": 256, "right": 128}
     assert parse_extend("top=8") == {"top": 8}
