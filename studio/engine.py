@@ -251,9 +251,12 @@ class Engine:
             if allow_empty:
                 return
             raise InputError(f"{name} is empty; describe the scene to paint, e.g. 'a red marble table, soft light'")
-        tokenizer = getattr(self.pipeline, "tokenizer", None)
-        if tokenizer is None:
+        # The text encoder that reads the most decides (CLIP 77 for SD and SDXL; T5 for FLUX and SD3).
+        tokenizers = [getattr(self.pipeline, attr, None) for attr in ("tokenizer", "tokenizer_2", "tokenizer_3")]
+        tokenizers = [t for t in tokenizers if t is not None and t.model_max_length < 100_000]  # 1e30 = no limit
+        if not tokenizers:
             return
+        tokenizer = max(tokenizers, key=lambda t: t.model_max_length)
         count = len(tokenizer(prompt, truncation=False).input_ids)
         limit = tokenizer.model_max_length
         if count > limit:
