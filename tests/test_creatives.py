@@ -61,6 +61,16 @@ def test_the_recipe_travels_inside_the_png(product_photo, model, tmp_path):
     assert recipe.size == creative.image.size == (102, 128)
 
 
+def test_a_lora_is_recorded_with_its_scale_and_hash(product_photo, model, tiny_lora_path):
+    bare = generate_creatives(product_photo, prompt="a red wood table", n=1, model=model, **FAST)[0]
+    styled = generate_creatives(
+        product_photo, prompt="a red wood table", n=1, model=model, lora=tiny_lora_path, lora_scale=0.8, **FAST
+    )[0]
+    assert styled.recipe.lora == {"path": str(tiny_lora_path), "scale": 0.8, "hash": styled.recipe.lora["hash"]}
+    assert styled.recipe.lora["hash"].startswith("sha256:") and bare.recipe.lora is None
+    assert not np.array_equal(np.asarray(bare.image), np.asarray(styled.image))
+
+
 def test_same_seed_makes_the_same_creative_again(product_photo, model):
     first = generate_creatives(product_photo, prompt="a red wood table", n=1, seed=11, model=model, **FAST)[0]
     again = generate_creatives(product_photo, prompt="a red wood table", n=1, seed=11, model=model, **FAST)[0]

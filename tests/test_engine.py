@@ -229,3 +229,22 @@ def test_default_model_prefers_the_embedded_studio_mini(tmp_path, monkeypatch):
     monkeypatch.setattr(engine_module, "embedded_model_folder", lambda: shipped)
     assert default_model() == str(shipped)
     assert not is_random_init(str(shipped))
+
+
+def test_weights_hash_is_stable_cached_and_follows_the_bytes(tmp_path):
+    from studio.provenance import weights_hash
+
+    folder = tmp_path / "model"
+    (folder / "unet").mkdir(parents=True)
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    weights.write_bytes(b"\x00" * 64)
+    (folder / "model_index.json").write_text("{}")  # configs are not weights
+    first = weights_hash(folder)
+    assert weights_hash(folder) == first
+    assert (tmp_path / "cache" / "creative-studio" / "weights-hashes.json").is_file()
+    (folder / "model_index.json").write_text('{"changed": true}')
+    assert weights_hash(folder) == first
+    weights.write_bytes(b"\x01" * 64)
+    assert weights_hash(folder) != first
+    with pytest.raises(InputError, match="no weight files"):
+        weights_hash(tmp_path / "cache")
