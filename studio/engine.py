@@ -290,7 +290,8 @@ class Engine:
                 else:
                     pipeline.load_lora_weights(str(source), adapter_name=name)
             except (OSError, ValueError, KeyError, RuntimeError) as error:
-                raise InputError(f"could not load LoRA {lora.path!r} into {self.model!r}: {error}") from None
+                reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                raise InputError(f"could not load LoRA {lora.path!r} into {self.model!r}: {reason}") from None
             self._lora_names[key] = name
         pipeline.enable_lora()
         pipeline.set_adapters([self._lora_names[key]], adapter_weights=[float(lora.scale)])
@@ -312,7 +313,8 @@ class Engine:
             image: PIL RGB at the model size (width and height multiples of `size_multiple`).
             mask_image: PIL "L" of the same size; 255 = paint, 0 = keep.
             prompt: the scene description.
-            seed: seeds a CPU torch.Generator, so equal seeds give equal pixels on any device.
+            seed: seeds a CPU torch.Generator: equal seeds give equal pixels on one machine, and the same starting
+                noise on any device.
             settings: steps, guidance, strength, scheduler, negative prompt.
             lora: a LoRA to apply at a scale, or None for the bare model.
             cancel: an Event-like (`is_set()`) or a callable returning True; checked after every denoising step.

@@ -248,3 +248,14 @@ def test_weights_hash_is_stable_cached_and_follows_the_bytes(tmp_path):
     assert weights_hash(folder) != first
     with pytest.raises(InputError, match="no weight files"):
         weights_hash(tmp_path / "cache")
+
+
+def test_a_file_that_is_not_a_lora_is_an_input_error(tiny, scene, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    junk = tmp_path / "not-a-lora.safetensors"
+    save_file({"something.else": torch.zeros(2)}, str(junk))
+    with pytest.raises(InputError, match="could not load LoRA") as caught:
+        tiny.generate(*scene, prompt="red", seed=0, settings=FAST, lora=LoraSpec(str(junk)))
+    assert "\n" not in str(caught.value)
