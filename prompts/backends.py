@@ -39,13 +39,14 @@ class FewerPromptsWarning(UserWarning):
 
 @dataclass
 class SamplingConfig:
-    """Sampling controls. Each round samples `oversample` x the prompts still missing, for at most `max_rounds`."""
+    """Sampling controls. Round r samples `oversample` x 2**r x the prompts still missing, for at most `max_rounds`."""
 
     temperature: float = 0.9
     top_p: float = 0.95
     max_new_tokens: int = 64
     oversample: float = 1.5
-    max_rounds: int = 3
+    max_rounds: int = 4
+    threads: int | None = None  # torch threads while sampling (None: leave as is); 1 suits tiny models
 
     def check(self) -> None:
         if not (isinstance(self.temperature, (int, float)) and 0 < self.temperature <= 5):
@@ -78,8 +79,8 @@ class PromptBackend(ABC):
             raise InputError(f"n must be a whole number from 1 to {MAX_CANDIDATES}, got {n!r}")
         if not isinstance(seed, int) or seed < 0:
             raise InputError(f"seed must be a non-negative whole number, got {seed!r}")
-        sampling = SamplingConfig(**{**self.sampling.__dict__, **({"temperature": temperature} if temperature else {}),
-                                     **({"top_p": top_p} if top_p else {})})
+        overrides = {name: value for name, value in (("temperature", temperature), ("top_p", top_p)) if value is not None}
+        sampling = SamplingConfig(**{**self.sampling.__dict__, **overrides})
         sampling.check()
         # 2. Sample, validate, and sample again for what is missing
         accepted: list[Prompt] = []
@@ -88,7 +89,8 @@ class PromptBackend(ABC):
             missing = n - len(accepted)
             if missing == 0:
                 break
-            k = min(MAX_CANDIDATES, max(2, math.ceil(missing * sampling.oversample)))
+            # Each round samples twice as generously: what failed before (a banned word the model likes) is common.
+            k = min(MAX_CANDIDATES, max(2, math.ceil(missing * sampling.oversample * 2**round_index)))
             candidates = self._sample(brief, k, seed * 1009 + round_index, sampling)
             result = validate(candidates, brief, self.validation, accepted=accepted, limit=missing)
             accepted += result.prompts
@@ -126,6 +128,10 @@ class CausalLMBackend(PromptBackend):
     def parse(self, text: str) -> list[Prompt]:
         """Prompts read from one generated continuation; junk yields []."""
 
+    def generation_constraints(self, brief: Brief) -> dict[str, Any]:
+        """Extra `generate` arguments for `brief` (e.g. `bad_words_ids`); none by default."""
+        return {}
+
     def _encode(self, text: str) -> list[int]:
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
@@ -135,15 +141,20 @@ class CausalLMBackend(PromptBackend):
         context_ids = torch.tensor([self._encode(self.context(brief))])
         eos_id = self.tokenizer.eos_token_id
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos_id
+        previous_threads = torch.get_num_threads()
         # A private RNG stream: the same seed gives the same prompts, and global RNG state is left alone.
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             torch.manual_seed(seed)
-            output = self.model.generate(
-                context_ids, attention_mask=torch.ones_like(context_ids), do_sample=True,
-                temperature=float(sampling.temperature), top_p=float(sampling.top_p), top_k=0,
-                max_new_tokens=sampling.max_new_tokens, num_return_sequences=k,
-                eos_token_id=eos_id, pad_token_id=pad_id,
-            )
+            torch.set_num_threads(sampling.threads or previous_threads)
+            try:
+                output = self.model.generate(
+                    context_ids, attention_mask=torch.ones_like(context_ids), do_sample=True,
+                    temperature=float(sampling.temperature), top_p=float(sampling.top_p), top_k=0,
+                    max_new_tokens=sampling.max_new_tokens, num_return_sequences=k,
+                    eos_token_id=eos_id, pad_token_id=pad_id, **self.generation_constraints(brief),
+                )
+            finally:
+                torch.set_num_threads(previous_threads)
         prompts: list[Prompt] = []
         for row in output[:, context_ids.shape[1]:].tolist():
             if eos_id in row:
@@ -154,7 +165,9 @@ class CausalLMBackend(PromptBackend):
     def _examples(self, briefs: list[Brief], prompts: list[Prompt]) -> list[tuple[list[int], list[int]]]:
         if len(briefs) != len(prompts) or not briefs:
             raise InputError(f"need as many briefs as prompts (at least one), got {len(briefs)} and {len(prompts)}")
-        return [(self._encode(self.context(b)), self._encode(self.answer(p))) for b, p in zip(briefs, prompts)]
+        contexts = self.tokenizer([self.context(b) for b in briefs], add_special_tokens=False)["input_ids"]
+        answers = self.tokenizer([self.answer(p) for p in prompts], add_special_tokens=False)["input_ids"]
+        return list(zip(contexts, answers))
 
     def log_likelihood(self, briefs: list[Brief], prompts: list[Prompt]) -> np.ndarray:
         """Mean log-probability per answer token (nats) of each prompt given its brief, shape (len(prompts),)."""
@@ -192,6 +205,9 @@ class CausalLMBackend(PromptBackend):
             self.model.save_pretrained(staging)
             self.tokenizer.save_pretrained(staging)
             (staging / MARKER_FILE).write_text(json.dumps({"backend": self.backend_name}, indent=2) + "\n")
+            for path in staging.iterdir():  # mkdtemp makes private files; a model folder is for everyone to read
+                path.chmod(0o644)
+            staging.chmod(0o755)
             if out_dir.exists():
                 old = out_dir.with_name(f".{out_dir.name}.old")
                 shutil.rmtree(old, ignore_errors=True)

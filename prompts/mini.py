@@ -2,8 +2,9 @@
 
 The model reads a brief as a short line of vocabulary words -- the group's strongest interest tags, the product kind
 and colour, the brand tone and the placement shape -- and continues it with a positive prompt, the word "avoid", and a
-negative prompt. Free text (titles, summaries) never reaches it: a title only contributes the product kind it names,
-so text inside a title cannot instruct the model. Its tokenizer is word-level, built offline from the vocabulary.
+negative prompt. Banned brand words and the product's own colour are never sampled. Free text (titles, summaries)
+never reaches it: a title only contributes the product kind it names, so text inside a title cannot instruct the
+model. Its tokenizer is word-level, built offline from the vocabulary.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from prompts.backends import CausalLMBackend, resolve_model
+from prompts.backends import CausalLMBackend, SamplingConfig, resolve_model
 from prompts.brief import Brief, Prompt
 from prompts.data import BASE_NEGATIVE, PROMPT_WORDS, SHAPES, TONE_NEGATIVE, TONES, all_mood_words, known_tone
 from studio.errors import ModelNotFoundError
@@ -75,10 +76,19 @@ class MiniPromptModel(CausalLMBackend):
                                      "`studio prompts train --out DIR`")
         model = GPT2LMHeadModel.from_pretrained(location, local_files_only=True)
         tokenizer = PreTrainedTokenizerFast.from_pretrained(location, local_files_only=True)
+        kwargs.setdefault("sampling", SamplingConfig(max_new_tokens=48, threads=1))
         return cls(model, tokenizer, **kwargs)
 
     def context(self, brief: Brief) -> str:
         return f"{brief_words(brief)} {SCENE}"
+
+    def generation_constraints(self, brief: Brief) -> dict[str, Any]:
+        """Never sample a banned brand word or the product's own colour (a backdrop in the product's colour hides
+        it) when the vocabulary has it as one word; validation still checks every prompt."""
+        vocab = self.tokenizer.get_vocab()
+        avoid = {word.lower() for word in brief.brand.banned_words} | {brief.product.colour()}
+        banned = sorted(vocab[word] for word in avoid if word in vocab and word not in (SEPARATOR, ","))
+        return {"bad_words_ids": [[token] for token in banned]} if banned else {}
 
     def answer(self, prompt: Prompt) -> str:
         return f"{prompt.positive} {SEPARATOR} {prompt.negative} {EOS}"

@@ -27,6 +27,9 @@ from studio.vocabulary import COLOURS, MATERIALS, PRODUCTS
 CLIP_MAX_TOKENS = 77  # including CLIP's start and end tokens
 _CLIP_PIECES = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|[^\s\w]+|_+", re.IGNORECASE)
 _WORD = re.compile(r"[^\W\d_]+(?:'[a-z]+)?", re.IGNORECASE)
+# A plausible word: lower case or capitalised letters (hyphen or apostrophe joins), maybe with trailing punctuation.
+# Sampled junk ("proq9requiredingdsjW", "JSacodAnsou") fails it.
+_WORD_SHAPE = re.compile(r"^[(\[]?(?:[^\W\d_][^\W\d_A-Z]{0,19}|[A-Z]{2,6})(?:[-'][^\W\d_]+)*[,.;:!?)\]]*$")
 
 # Verbs that ask the generator to change the product rather than paint around it.
 _ALTER = re.compile(
@@ -129,22 +132,25 @@ def check_prompt(prompt: Prompt, brief: Brief, config: ValidationConfig | None =
     """Check one candidate against `brief`. Returns (the cleaned prompt, "") or (None, the reason it was rejected)."""
     config = config or ValidationConfig()
     positive, negative = _clean(prompt.positive), _clean(prompt.negative)
-    # 1. Real text
     prompt_words = words(positive)
     if len(prompt_words) < config.min_words:
         return None, f"fewer than {config.min_words} words"
-    letters = sum(ch.isalpha() or ch.isspace() for ch in positive)
-    if letters < 0.8 * len(positive):
-        return None, "not text (too many symbols)"
-    if max(prompt_words.count(w) for w in set(prompt_words)) > 3:
-        return None, "repetitive"
-    # 2. Background only, data stays data
+    # 1. Background only, data stays data
     if _ALTER.search(positive) or _colours_product(positive, brief):
         return None, "asks to change the product"
     if _TEXT_REQUEST.search(positive):
         return None, "asks for written text or carries instructions"
     if _echoes(positive, brief):
         return None, "echoes the brief's free text"
+    # 2. Real text, not sampled junk
+    letters = sum(ch.isalpha() or ch.isspace() for ch in positive)
+    if letters < 0.8 * len(positive) or "\ufffd" in positive or "\\" in positive:
+        return None, "not text (symbols or undecodable bytes)"
+    pieces = positive.split()
+    if sum(bool(_WORD_SHAPE.match(piece)) for piece in pieces) < 0.8 * len(pieces):
+        return None, "not text (not word-shaped)"
+    if max(prompt_words.count(w) for w in set(prompt_words)) > 3:
+        return None, "repetitive"
     # 3. Brand rules
     for banned in brief.brand.banned_words:
         if _has_phrase(positive, banned):

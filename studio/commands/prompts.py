@@ -53,8 +53,10 @@ def _brief_from_args(args: argparse.Namespace):
 def suggest_command(args: argparse.Namespace) -> int:
     import warnings
 
-    from prompts.backends import load_prompt_model
+    from prompts.backends import MAX_CANDIDATES, load_prompt_model
 
+    if not 1 <= args.n <= MAX_CANDIDATES:  # before loading a model, which can take a while
+        raise InputError(f"--n must be from 1 to {MAX_CANDIDATES}, got {args.n}")
     brief = _brief_from_args(args)
     model = load_prompt_model(args.model)
     with warnings.catch_warnings(record=True) as caught:
