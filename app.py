@@ -23,7 +23,7 @@ from typing import Any
 import gradio as gr
 
 from studio.cancellation import CancelFlags
-from studio.editor import MASK_COLOUR, mask_from_editor, open_for_editing
+from studio.editor import ADD_COLOUR, REMOVE_COLOUR, TINT_OPACITY, mask_from_editor, open_for_editing
 from studio.errors import InputError, StudioError
 
 PLACEMENTS = ["1:1", "4:5", "16:9", "9:16"]
@@ -67,16 +67,16 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT) -> gr.Blocks:
     @_shown_to_user
     def open_photo(path: str | None):
         if path is None:
-            return None, ""
+            return None, "", None
         try:
-            _, value, message = open_for_editing(path)
+            _, detected, value, message = open_for_editing(path)
         except InputError as error:  # name the user's file, not Gradio's upload cache path
             raise InputError(str(error).replace(path, Path(path).name)) from None
-        return value, message
+        return value, message, detected
 
     @_shown_to_user
-    def generate(path, editor, prompt, negative_prompt, mode, placement, directions, amount, count, seed, steps,
-                 guidance, model, request: gr.Request, progress=gr.Progress(track_tqdm=True)):
+    def generate(path, editor, detected, prompt, negative_prompt, mode, placement, directions, amount, count, seed,
+                 steps, guidance, model, request: gr.Request, progress=gr.Progress(track_tqdm=True)):
         from studio.creatives import generate_creatives
         from studio.images import load_image
 
@@ -84,7 +84,7 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT) -> gr.Blocks:
             raise InputError("No product photo yet: upload one first.")
         product = load_image(path)
         # Background replacement keeps the painted product; outpainting keeps the whole photo, so needs no mask.
-        mask = mask_from_editor(editor, product.size) if mode == "background" else None
+        mask = mask_from_editor(editor, product.size, detected) if mode == "background" else None
         cancel = cancel_flags.start(request.session_hash)
         try:
             creatives = generate_creatives(
@@ -117,11 +117,13 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT) -> gr.Blocks:
                                 elem_id="product-photo")
                 mask_message = gr.Markdown(elem_id="mask-message")
                 editor = gr.ImageEditor(
-                    label="Product mask: brush adds, eraser removes", type="pil", image_mode="RGBA", format="png",
-                    sources=(), transforms=(), layers=False, interactive=True, elem_id="mask-editor",
-                    brush=gr.Brush(colors=[(_css(MASK_COLOUR), MASK_COLOUR[3] / 255)], color_mode="fixed"),
-                    eraser=gr.Eraser(),
+                    label="Product mask: magenta brush adds, cyan brush removes, eraser takes strokes back",
+                    type="pil", image_mode="RGBA", format="png", sources=(), transforms=(), layers=False,
+                    interactive=True, elem_id="mask-editor", eraser=gr.Eraser(),
+                    brush=gr.Brush(colors=[(_css(ADD_COLOUR), TINT_OPACITY), (_css(REMOVE_COLOUR), TINT_OPACITY)],
+                                   color_mode="fixed"),
                 )
+                detected = gr.State(None)  # the auto-detected mask, full resolution; strokes edit it
             with gr.Column(scale=1):
                 prompt = gr.Textbox(label="Prompt", placeholder="a warm wooden table in soft morning light",
                                     lines=2, elem_id="prompt")
@@ -147,13 +149,13 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT) -> gr.Blocks:
         recipes = gr.State([])
 
         # --- events ----------------------------------------------------------------------------------------------
-        photo.change(open_photo, photo, [editor, mask_message], api_name="open_photo")
+        photo.change(open_photo, photo, [editor, mask_message, detected], api_name="open_photo")
         mode.change(lambda chosen: (gr.update(visible=chosen == "background"), gr.update(visible=chosen == "outpaint")),
                     mode, [placement, outpaint_options], api_name=False)
         generating = generate_button.click(
             generate,
-            [photo, editor, prompt, negative_prompt, mode, placement, directions, amount, count, seed, steps, guidance,
-             model],
+            [photo, editor, detected, prompt, negative_prompt, mode, placement, directions, amount, count, seed, steps,
+             guidance, model],
             [gallery, recipes, recipe],
             api_name="generate",
         )
@@ -169,8 +171,8 @@ def outpaint_extension(directions: list[str], amount: float) -> dict[str, int]:
     return {side: int(amount) for side in directions}
 
 
-def _css(rgba: tuple[int, int, int, int]) -> str:
-    return "#{:02x}{:02x}{:02x}".format(*rgba[:3])
+def _css(rgb: tuple[int, int, int]) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*rgb)
 
 
 def main(argv: list[str] | None = None) -> None:

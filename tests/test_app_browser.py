@@ -29,16 +29,23 @@ def browser():
         browser.close()
 
 
+BOTTLE, BACKDROP = (30, 80, 200), (250, 250, 250)
+
+
 def a_product_photo(path: Path) -> Path:
-    """A blue bottle-like box on a plain white backdrop."""
-    pixels = np.full((160, 160, 3), 250, dtype=np.uint8)
-    pixels[30:140, 60:100] = (30, 80, 200)
+    """A blue bottle (110x40 px) with a black cap on a plain near-white backdrop."""
+    pixels = np.full((160, 160, 3), BACKDROP, dtype=np.uint8)
+    pixels[30:140, 60:100] = BOTTLE
     pixels[15:30, 72:88] = (20, 20, 20)
     Image.fromarray(pixels).save(path)
     return path
 
 
-def test_a_marketer_uploads_a_product_generates_and_sees_creatives(browser, tmp_path):
+def count_pixels(path: Path, colour) -> int:
+    return int((np.asarray(Image.open(path).convert("RGB")) == colour).all(axis=2).sum())
+
+
+def test_a_marketer_uploads_a_product_paints_the_mask_generates_and_sees_creatives(browser, tmp_path):
     photo = a_product_photo(tmp_path / "bottle.png")
     with serve_app(tmp_path / "out") as url:
         page = browser.new_page(viewport={"width": 1280, "height": 1100})
@@ -48,8 +55,17 @@ def test_a_marketer_uploads_a_product_generates_and_sees_creatives(browser, tmp_
         page.locator("#product-photo input[type=file]").set_input_files(str(photo))
         page.locator("#mask-message").get_by_text("Product found").wait_for(timeout=30_000)
 
+        # Add a price-tag-sized blob beside the bottle with the magenta brush (a drag in the lower left).
+        page.locator("#mask-editor button[aria-label=Brush]").click()
+        box = page.locator("#mask-editor canvas").first.bounding_box()
+        x, y = box["x"] + box["width"] / 2 - 130, box["y"] + box["height"] / 2 + 100
+        page.mouse.move(x, y)
+        page.mouse.down()
+        page.mouse.move(x + 45, y, steps=10)
+        page.mouse.up()
+
         page.locator("#prompt textarea").fill("a wooden table in warm morning light")
-        page.locator("#count input[type=number]").fill("2")
+        page.locator("#count input[type=number]").fill("1")
         page.locator("#count input[type=number]").press("Enter")
         page.get_by_text("Advanced").click()
         page.locator("#steps input[type=number]").fill("2")
@@ -58,16 +74,19 @@ def test_a_marketer_uploads_a_product_generates_and_sees_creatives(browser, tmp_
 
         images = page.locator("#creatives img")
         try:
-            images.nth(1).wait_for(state="attached", timeout=45_000)  # lazy images have no size until scrolled to
-            images.nth(1).scroll_into_view_if_needed()
-            images.nth(1).wait_for(state="visible")
+            images.first.wait_for(state="attached", timeout=45_000)  # lazy images have no size until scrolled to
+            images.first.scroll_into_view_if_needed()
+            images.first.wait_for(state="visible")
         finally:
             page.screenshot(path=str(tmp_path / "ui.png"), full_page=True)
             if os.environ.get("STUDIO_UI_SCREENSHOT"):
                 shutil.copy(tmp_path / "ui.png", os.environ["STUDIO_UI_SCREENSHOT"])
-        assert images.count() == 2
+        assert images.count() == 1
         written = sorted((tmp_path / "out").glob("bottle-background-*.png"))
-        assert [Image.open(path).size for path in written] == [(1024, 1024)] * 2
+        assert [Image.open(path).size for path in written] == [(1024, 1024)]
+        for path in written:
+            assert count_pixels(path, BOTTLE) == 110 * 40  # the detected bottle, bit-exact
+            assert count_pixels(path, BACKDROP) > 500  # the painted blob of backdrop was kept too
 
         images.first.click()
         page.get_by_text("a wooden table in warm morning light").first.wait_for()  # the recipe of the selection
