@@ -81,6 +81,7 @@ class ExperimentReport:
 
     config: dict
     seconds: float
+    timings: dict
     groups: dict
     buckets: dict
     lift: dict
@@ -161,6 +162,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | os.PathLike, progres
     best_ctr = oracle_ctr.reshape(config.users, config.products, arms).max(axis=2)[user, product]
 
     # 4. Serve, log, learn.
+    serving_started = time.perf_counter()
     bandits = [LinUCB(alpha=config.alpha, l2=config.l2, seed=config.seed + p) for p in range(config.products)]
     for bandit in bandits:
         for arm in range(arms):
@@ -197,11 +199,13 @@ def run_experiment(config: ExperimentConfig, out_dir: str | os.PathLike, progres
     for p, bandit in enumerate(bandits):
         bandit.save_pretrained(out / "bandits" / creatives[p * arms]["product_id"])
 
+    serving_seconds = time.perf_counter() - serving_started
+
     # 5. Read the log back and measure.
     served_ctr = oracle_ctr[user, product * arms + chosen]
     per_arm_ctr = oracle_ctr.reshape(config.users, config.products, arms)[user, product]  # (n, arms)
     report = _measure(config, log, clustering, simulator, users, in_treatment, group, product, served_ctr, best_ctr,
-                      per_arm_ctr, target, started)
+                      per_arm_ctr, target, started, serving_seconds)
     log.close()
     report.files = {"event_log": str(out / "events.db"), "plot": str(out / "simulate.png"),
                     "creatives": str(out / "creatives"), "audience": str(out / "audience"),
@@ -231,7 +235,7 @@ def _log_rows(log: EventLog, rows: np.ndarray, user, group, product, chosen, pro
 
 def _measure(config: ExperimentConfig, log: EventLog, clustering: AudienceClustering, simulator: AudienceSimulator,
              users, in_treatment, group, product, served_ctr, best_ctr, per_arm_ctr, target,
-             started) -> ExperimentReport:
+             started, serving_seconds) -> ExperimentReport:
     from sklearn.metrics import adjusted_rand_score
 
     n = config.impressions
@@ -274,6 +278,9 @@ def _measure(config: ExperimentConfig, log: EventLog, clustering: AudienceCluste
     return ExperimentReport(
         config=asdict(config),
         seconds=round(seconds, 2),
+        timings={"serving_seconds": round(serving_seconds, 2),
+                 "serving_impressions_per_second": round(config.impressions / serving_seconds),
+                 "setup_and_read_out_seconds": round(seconds - serving_seconds, 2)},
         groups={
             "n_groups": clustering.n_groups_,
             "silhouette": {str(k): round(v, 4) for k, v in clustering.silhouette_.items()},
