@@ -15,7 +15,8 @@ from __future__ import annotations
 import os
 import sqlite3
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -197,8 +198,16 @@ class EventLog:
             known.update(row[0] for row in connection.execute(query, chunk))
         return [i for i in unique if i not in known]
 
-    def _transaction(self):
-        return _Transaction(self._connection)
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``, or ``ROLLBACK`` on any error (the connection is in autocommit mode)."""
+        self._connection.execute("BEGIN IMMEDIATE")
+        try:
+            yield self._connection
+        except BaseException:
+            self._connection.execute("ROLLBACK")
+            raise
+        self._connection.execute("COMMIT")
 
     # -- reading ----------------------------------------------------------------------------------------------------
     def read(self, bucket: str | None = None, policy: str | None = None) -> pd.DataFrame:
@@ -246,20 +255,3 @@ def _sql_values(column: pd.Series, kind: type) -> list:
     if missing.any():
         values = [None if gone else kind(value) for value, gone in zip(values, missing)]
     return values
-
-
-class _Transaction:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT``, or ``ROLLBACK`` on any error, on an autocommit connection."""
-
-    def __init__(self, connection: sqlite3.Connection) -> None:
-        self.connection = connection
-
-    def __enter__(self) -> sqlite3.Connection:
-        self.connection.execute("BEGIN IMMEDIATE")
-        return self.connection
-
-    def __exit__(self, exc_type, exc, traceback) -> None:
-        if exc_type is None:
-            self.connection.execute("COMMIT")
-        else:
-            self.connection.execute("ROLLBACK")

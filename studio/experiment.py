@@ -171,42 +171,41 @@ def run_experiment(config: ExperimentConfig, out_dir: str | os.PathLike, progres
     propensity = np.zeros(n)
     target = np.zeros((n, arms))  # the treatment policy's distribution at decision time, kept for OPE
     clicked = np.zeros(n, dtype=bool)
-    log = EventLog(out / "events.db")
-    pending = 0
-    with tqdm(total=n, desc="simulate", unit="imp", disable=not progress, mininterval=0.5) as bar:
-        for start in range(0, n, config.batch_size):
-            rows = np.arange(start, min(start + config.batch_size, n))
-            for p in np.unique(product[rows]):
-                mine = rows[product[rows] == p]
-                target[mine] = bandits[p].predict_proba(contexts[group[mine]])
-            treat, control = rows[in_treatment[rows]], rows[~in_treatment[rows]]
-            for p in np.unique(product[treat]):
-                mine = treat[product[treat] == p]
-                picked, used = bandits[p].sample(contexts[group[mine]])
-                chosen[mine], propensity[mine] = picked.astype(np.int64), used
-            chosen[control] = rng.integers(arms, size=len(control))
-            propensity[control] = 1.0 / arms
-            clicked[rows] = simulator.click(user[rows], product[rows] * arms + chosen[rows])
-            for p in np.unique(product[treat]):
-                mine = treat[product[treat] == p]
-                bandits[p].partial_fit(contexts[group[mine]], list(chosen[mine]), clicked[mine].astype(float))
-            pending += len(rows)
-            if pending >= config.log_every or rows[-1] == n - 1:
-                _log_rows(log, np.arange(rows[-1] + 1 - pending, rows[-1] + 1), user, group, product, chosen,
-                          propensity, in_treatment, clicked, creatives, arms)
-                pending = 0
-            bar.update(len(rows))
-    for p, bandit in enumerate(bandits):
-        bandit.save_pretrained(out / "bandits" / creatives[p * arms]["product_id"])
+    with EventLog(out / "events.db") as log:  # closed even if a step fails; every committed batch stays
+        pending = 0
+        with tqdm(total=n, desc="simulate", unit="imp", disable=not progress, mininterval=0.5) as bar:
+            for start in range(0, n, config.batch_size):
+                rows = np.arange(start, min(start + config.batch_size, n))
+                for p in np.unique(product[rows]):
+                    mine = rows[product[rows] == p]
+                    target[mine] = bandits[p].predict_proba(contexts[group[mine]])
+                treat, control = rows[in_treatment[rows]], rows[~in_treatment[rows]]
+                for p in np.unique(product[treat]):
+                    mine = treat[product[treat] == p]
+                    picked, used = bandits[p].sample(contexts[group[mine]])
+                    chosen[mine], propensity[mine] = picked.astype(np.int64), used
+                chosen[control] = rng.integers(arms, size=len(control))
+                propensity[control] = 1.0 / arms
+                clicked[rows] = simulator.click(user[rows], product[rows] * arms + chosen[rows])
+                for p in np.unique(product[treat]):
+                    mine = treat[product[treat] == p]
+                    bandits[p].partial_fit(contexts[group[mine]], list(chosen[mine]), clicked[mine].astype(float))
+                pending += len(rows)
+                if pending >= config.log_every or rows[-1] == n - 1:
+                    _log_rows(log, np.arange(rows[-1] + 1 - pending, rows[-1] + 1), user, group, product, chosen,
+                              propensity, in_treatment, clicked, creatives, arms)
+                    pending = 0
+                bar.update(len(rows))
+        for p, bandit in enumerate(bandits):
+            bandit.save_pretrained(out / "bandits" / creatives[p * arms]["product_id"])
 
-    serving_seconds = time.perf_counter() - serving_started
+        serving_seconds = time.perf_counter() - serving_started
 
-    # 5. Read the log back and measure.
-    served_ctr = oracle_ctr[user, product * arms + chosen]
-    per_arm_ctr = oracle_ctr.reshape(config.users, config.products, arms)[user, product]  # (n, arms)
-    report = _measure(config, log, clustering, simulator, users, in_treatment, group, product, served_ctr, best_ctr,
-                      per_arm_ctr, target, started, serving_seconds)
-    log.close()
+        # 5. Read the log back and measure.
+        served_ctr = oracle_ctr[user, product * arms + chosen]
+        per_arm_ctr = oracle_ctr.reshape(config.users, config.products, arms)[user, product]  # (n, arms)
+        report = _measure(config, log, clustering, simulator, users, in_treatment, group, product, served_ctr,
+                          best_ctr, per_arm_ctr, target, started, serving_seconds)
     report.files = {"event_log": str(out / "events.db"), "plot": str(out / "simulate.png"),
                     "creatives": str(out / "creatives"), "audience": str(out / "audience"),
                     "report": str(out / "report.json")}
