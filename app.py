@@ -117,7 +117,7 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT) -> gr.Blocks:
                                 elem_id="product-photo")
                 mask_message = gr.Markdown(elem_id="mask-message")
                 editor = gr.ImageEditor(
-                    label="Product mask: magenta brush adds, cyan brush removes, eraser takes strokes back",
+                    label="Product mask (magenta = product)",
                     type="pil", image_mode="RGBA", format="png", sources=(), transforms=(), layers=False,
                     interactive=True, elem_id="mask-editor", eraser=gr.Eraser(),
                     brush=gr.Brush(colors=[(_css(ADD_COLOUR), TINT_OPACITY), (_css(REMOVE_COLOUR), TINT_OPACITY)],

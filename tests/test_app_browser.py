@@ -74,7 +74,7 @@ def test_a_marketer_uploads_a_product_paints_the_mask_generates_and_sees_creativ
 
         images = page.locator("#creatives img")
         try:
-            images.first.wait_for(state="attached", timeout=45_000)  # lazy images have no size until scrolled to
+            images.first.wait_for(state="attached", timeout=120_000)  # lazy images have no size until scrolled to
             images.first.scroll_into_view_if_needed()
             images.first.wait_for(state="visible")
         finally:
