@@ -77,7 +77,16 @@ class ExperimentConfig:
 
 @dataclass
 class ExperimentReport:
-    """What a run measured (every CTR is a click probability per impression). See `run_experiment`."""
+    """What a run measured; every CTR is clicks per impression, every regret is in expected clicks.
+
+    seconds: wall time of `run_experiment`; timings: the serving loop's share and rate. groups: K, silhouette per K,
+    adjusted Rand index against the hidden segments, profiles. buckets: per bucket impressions, clicks, CTR and
+    Wilson interval. lift: relative lift of treatment over control with its interval and z-test. regret: cumulative
+    and per-impression regret against the per-user oracle. oracle: expected CTRs, the LinUCB / oracle ratio over the
+    last quarter and the ceiling of the best fixed arm per group. off_policy: IPS, SNIPS and DR estimates of the
+    treatment policy from the control log, the realised treatment CTR, and the oracle value OPE targets. goals: the
+    pass/fail read-out. files: where everything was written.
+    """
 
     config: dict
     seconds: float

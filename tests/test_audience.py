@@ -82,6 +82,13 @@ def test_csv_file_and_save_load_round_trip(tmp_path):
     assert [p.to_dict() for p in loaded.profiles_] == [p.to_dict() for p in clustering.profiles_]
 
 
+def test_parquet_with_list_tags_reads_like_the_dataframe(tmp_path):
+    users = planted_users().drop(columns="truth")
+    users.assign(interests=users["interests"].str.split("|")).to_parquet(tmp_path / "users.parquet")
+    from_file = AudienceClustering(n_groups=3, seed=0).fit(tmp_path / "users.parquet")
+    np.testing.assert_array_equal(from_file.labels_, AudienceClustering(n_groups=3, seed=0).fit(users).labels_)
+
+
 def test_cluster_on_chosen_columns_only(tmp_path):
     users = planted_users().drop(columns="truth")
     clustering = AudienceClustering(n_groups=3, seed=0, columns=["age", "region"]).fit(users)
