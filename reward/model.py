@@ -55,7 +55,7 @@ class RewardConfig:
     hidden_dim: int = 64
     num_heads: int = 4
     num_layers: int = 2
-    dropout: float = 0.1
+    dropout: float = 0.0
     base_ctr: float = 0.03
     format_version: int = FORMAT_VERSION
 

@@ -29,10 +29,10 @@ class TrainingConfig:
     A log has few (product, group) lists (tens), so a batch of 64 lists is usually the whole log: one step per epoch.
     """
 
-    max_epochs: int = 300
-    patience: int = 30
+    max_epochs: int = 400
+    patience: int = 50
     lists_per_batch: int = 64
-    learning_rate: float = 3e-3
+    learning_rate: float = 1e-3
     weight_decay: float = 1e-4
     listwise_weight: float = 0.9
     pointwise_weight: float = 0.1

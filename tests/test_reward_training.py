@@ -1,5 +1,6 @@
 """Training the reward model on a small simulated log, and the `studio reward` commands around it."""
 
+import dataclasses
 import json
 import shutil
 import sqlite3
@@ -19,14 +20,15 @@ from studio.experiment import ExperimentConfig, run_experiment
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    """A small `studio simulate` run: 3 products x 5 creatives, 1500 users, 30k impressions (a few seconds)."""
+    """A small `studio simulate` run: 3 products x 5 creatives, 1500 users, 60k impressions (a few seconds)."""
     folder = tmp_path_factory.mktemp("simulate") / "run"
-    config = ExperimentConfig(impressions=30_000, products=3, arms=5, users=1_500, image_size=64, seed=3)
+    config = ExperimentConfig(impressions=60_000, products=3, arms=5, users=1_500, image_size=64, seed=3)
     run_experiment(config, folder, progress=False)
     return folder
 
 
-FAST = TrainingConfig(max_epochs=60, patience=12, progress=False, model=RewardConfig(hidden_dim=32, num_layers=1))
+FAST = TrainingConfig(max_epochs=40, patience=10, learning_rate=3e-3, progress=False,
+                      model=RewardConfig(hidden_dim=32, num_layers=1))
 
 
 @pytest.fixture(scope="module")
@@ -60,9 +62,12 @@ def test_the_simulator_oracle_bounds_the_model(trained, run_dir):
 
 
 def test_training_is_seeded(trained):
-    dataset, trainer = trained
-    again = RewardTrainer(FAST).fit(dataset)
-    assert again.history_ == trainer.history_
+    dataset, _ = trained
+    short = dataclasses.replace(FAST, max_epochs=3)
+    first, second = RewardTrainer(short).fit(dataset), RewardTrainer(short).fit(dataset)
+    assert first.history_ == second.history_
+    other = RewardTrainer(dataclasses.replace(short, seed=1)).fit(dataset)
+    assert other.history_ != first.history_
 
 
 def test_cli_train_eval_score(run_dir, tmp_path, capsys):

@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--out", default=None, help="model folder to write (default: <log folder>/reward)")
     train.add_argument("--image-encoder", default="embedded", help="'embedded' or a transformers id / folder")
     train.add_argument("--text-encoder", default="embedded", help="'embedded' or a transformers id / folder")
-    train.add_argument("--max-epochs", type=int, default=300)
+    train.add_argument("--max-epochs", type=int, default=400)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--json", action="store_true", help="print the report as JSON")
     train.set_defaults(func=_train)
