@@ -12,10 +12,15 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 import warnings
+from pathlib import Path
 
 import numpy as np
+
+# Run as a script, this file's folder comes first on sys.path and its name would hide the `prompts` package.
+sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 
 def on_prior(brief, positive: str) -> bool:

@@ -84,11 +84,20 @@ class MiniPromptModel(CausalLMBackend):
 
     def generation_constraints(self, brief: Brief) -> dict[str, Any]:
         """Never sample a banned brand word or the product's own colour (a backdrop in the product's colour hides
-        it) when the vocabulary has it as one word; validation still checks every prompt."""
+        it) when the vocabulary has it as one word, nor a scene word twice ("leafy leafy mood"); validation still
+        checks every prompt."""
+        from transformers import LogitsProcessorList
+
         vocab = self.tokenizer.get_vocab()
         avoid = {word.lower() for word in brief.brand.banned_words} | {brief.product.colour()}
         banned = sorted(vocab[word] for word in avoid if word in vocab and word not in (SEPARATOR, ","))
-        return {"bad_words_ids": [[token] for token in banned]} if banned else {}
+        scene_words = [vocab[w] for w in (*COLOURS, *MATERIALS, *LIGHTING, *LAYOUTS, *all_mood_words()) if w in vocab]
+        constraints: dict[str, Any] = {"logits_processor": LogitsProcessorList([
+            _NoRepeatedWords(scene_words, self.tokenizer.convert_tokens_to_ids(SEPARATOR),
+                             len(self._encode(self.context(brief))))])}
+        if banned:
+            constraints["bad_words_ids"] = [[token] for token in banned]
+        return constraints
 
     def answer(self, prompt: Prompt) -> str:
         return f"{prompt.positive} {SEPARATOR} {prompt.negative} {EOS}"
@@ -99,3 +108,22 @@ class MiniPromptModel(CausalLMBackend):
         if not negative:
             negative = ", ".join(BASE_NEGATIVE)
         return [Prompt(positive=positive, negative=negative)] if positive else []
+
+
+class _NoRepeatedWords:
+    """A logits processor: a scene word already in this positive prompt cannot be sampled again before the
+    separator (the negative prompt may repeat anything)."""
+
+    def __init__(self, word_ids: list[int], separator_id: int, context_length: int):
+        self.word_ids = set(word_ids)
+        self.separator_id = separator_id
+        self.context_length = context_length
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        for row, sequence in enumerate(input_ids[:, self.context_length:].tolist()):
+            if self.separator_id in sequence:
+                continue
+            used = [token for token in set(sequence) if token in self.word_ids]
+            if used:
+                scores[row, used] = float("-inf")
+        return scores

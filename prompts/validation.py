@@ -45,6 +45,7 @@ _TEXT_REQUEST = re.compile(
     r"|headline|says|saying|ignore|instructions?|prompt|system|assistant)\b",
     re.IGNORECASE,
 )
+_STUTTER = re.compile(r"\b(\w+)(?:\s+|\s+and\s+|\s*,\s*)\1\b", re.IGNORECASE)  # "leafy leafy", "chic and chic"
 _PRODUCT_NOUNS = set(PRODUCTS) | {kind + "s" for kind in PRODUCTS} | {"product", "products", "item", "packaging"}
 _SURFACE_ADJECTIVES = set(COLOURS) | set(MATERIALS) | {"golden", "silver", "gold", "colored", "coloured"}
 
@@ -149,7 +150,7 @@ def check_prompt(prompt: Prompt, brief: Brief, config: ValidationConfig | None =
     pieces = positive.split()
     if sum(bool(_WORD_SHAPE.match(piece)) for piece in pieces) < 0.8 * len(pieces):
         return None, "not text (not word-shaped)"
-    if max(prompt_words.count(w) for w in set(prompt_words)) > 3:
+    if max(prompt_words.count(w) for w in set(prompt_words)) > 3 or _STUTTER.search(positive):
         return None, "repetitive"
     # 3. Brand rules
     for banned in brief.brand.banned_words:

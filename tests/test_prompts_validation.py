@@ -47,6 +47,8 @@ def test_required_words_can_be_enforced_by_rejection():
     ("audiou- backdro\ufffdence proq9requiredingdsjW backdroive", "not text"),
     ("chrempgsO JSacodAnsou mood60al ftitiverryU", "not text"),
     ("green green green green backdrop natural", "repetitive"),
+    ("black marble backdrop, dramatic light, opulent and opulent", "repetitive"),
+    ("green wood backdrop, leafy leafy mood", "repetitive"),
     (", ".join([*COLOURS, *MATERIALS, *all_mood_words()]), "CLIP tokens"),
 ])
 def test_bad_candidates_are_rejected_with_a_reason(positive, reason):
