@@ -141,11 +141,15 @@ class CausalLMBackend(PromptBackend):
         context_ids = torch.tensor([self._encode(self.context(brief))])
         eos_id = self.tokenizer.eos_token_id
         pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos_id
-        previous_threads = torch.get_num_threads()
+        from transformers.utils import logging as transformers_logging
+
+        previous_threads, previous_verbosity = torch.get_num_threads(), transformers_logging.get_verbosity()
         # A private RNG stream: the same seed gives the same prompts, and global RNG state is left alone.
         with torch.random.fork_rng(devices=[]), torch.no_grad():
             torch.manual_seed(seed)
             torch.set_num_threads(sampling.threads or previous_threads)
+            # generate pads finished samples itself, which trips transformers' "input_ids may be padded" warning.
+            transformers_logging.set_verbosity_error()
             try:
                 output = self.model.generate(
                     context_ids, attention_mask=torch.ones_like(context_ids), do_sample=True,
@@ -155,6 +159,7 @@ class CausalLMBackend(PromptBackend):
                 )
             finally:
                 torch.set_num_threads(previous_threads)
+                transformers_logging.set_verbosity(previous_verbosity)
         prompts: list[Prompt] = []
         for row in output[:, context_ids.shape[1]:].tolist():
             if eos_id in row:

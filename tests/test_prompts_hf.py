@@ -66,7 +66,7 @@ def test_a_local_folder_loads_as_a_transformers_prompt_model_with_its_chat_templ
 
 def test_junk_from_a_random_model_gives_fewer_valid_prompts_and_a_warning_never_a_crash(tiny_llm):
     model = load_prompt_model(tiny_llm)
-    model.sampling.max_new_tokens = 24
+    model.sampling.max_new_tokens, model.sampling.threads = 24, 1
 
     with pytest.warns(FewerPromptsWarning, match="valid prompts of 4"):
         prompts = model.suggest(brief(), n=4, seed=1)
@@ -81,7 +81,7 @@ def test_after_tuning_the_llm_answers_in_json_and_its_prompts_pass_validation(ti
     before = model.log_likelihood([brief()], [target])[0]
 
     model.fit([brief()], [target], weights=[1.0], config=TrainingConfig(steps=40, batch_size=1, learning_rate=3e-2))
-    model.sampling.temperature = 0.3
+    model.sampling.temperature, model.sampling.threads, model.sampling.max_new_tokens = 0.3, 1, 40
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FewerPromptsWarning)  # one memorised answer cannot fill n=3 distinct prompts
         prompts = model.suggest(brief(), n=3, seed=0)
