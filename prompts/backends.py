@@ -137,12 +137,16 @@ class CausalLMBackend(PromptBackend):
 
     def _sample(self, brief: Brief, k: int, seed: int, sampling: SamplingConfig) -> list[Prompt]:
         import torch
-
-        context_ids = torch.tensor([self._encode(self.context(brief))])
-        eos_id = self.tokenizer.eos_token_id
-        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos_id
         from transformers.utils import logging as transformers_logging
 
+        context_ids = torch.tensor([self._encode(self.context(brief))])
+        window = getattr(self.model.config, "n_positions", None) or getattr(self.model.config,
+                                                                            "max_position_embeddings", None)
+        if window and context_ids.shape[1] + sampling.max_new_tokens > window:
+            raise InputError(f"the brief takes {context_ids.shape[1]} tokens and the answer {sampling.max_new_tokens}, "
+                             f"more than this model's {window}; shorten the brief's texts")
+        eos_id = self.tokenizer.eos_token_id
+        pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else eos_id
         previous_threads, previous_verbosity = torch.get_num_threads(), transformers_logging.get_verbosity()
         # A private RNG stream: the same seed gives the same prompts, and global RNG state is left alone.
         with torch.random.fork_rng(devices=[]), torch.no_grad():

@@ -93,6 +93,14 @@ def test_after_tuning_the_llm_answers_in_json_and_its_prompts_pass_validation(ti
     assert isinstance(reloaded, HFPromptModel) and reloaded.suggest(brief(), n=1, seed=0) == [target]
 
 
+def test_a_brief_longer_than_the_models_window_is_a_clear_error(tiny_llm):
+    from studio.errors import InputError
+
+    long_title = " ".join(["very long product title"] * 35)  # within the brief limits, beyond this model
+    with pytest.raises(InputError, match="more than this model's 512"):
+        load_prompt_model(tiny_llm).suggest(brief(long_title), n=2)
+
+
 def test_answers_are_parsed_leniently():
     assert parse_answer('Sure! {"positive": "teal plain backdrop, bright light", "negative": "text"} bye') == [
         Prompt("teal plain backdrop, bright light", "text")]
