@@ -177,7 +177,12 @@ class RewardModel(nn.Module):
         """
         return self.fuse(self.encode_images(pixels), prompts, group_vectors, categories)
 
-    @torch.no_grad()
+    @property
+    def input_size(self) -> int:
+        """The side (pixels) the image encoder works at; loading creatives at this size loses nothing and is fastest."""
+        return int(self.image_encoder.image_size)
+
+    @torch.inference_mode()
     def predict_ctr(
         self,
         pixels: torch.Tensor,

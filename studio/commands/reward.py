@@ -107,11 +107,11 @@ def _score(args: argparse.Namespace) -> int:
     from reward.model import RewardModel
     from studio import vocabulary
 
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    torch.set_num_threads(1)  # small per-batch ops: a second thread costs more than it gives (benchmarks/reward.py)
     model = RewardModel.from_pretrained(args.model)
     groups = [args.group] if args.group is not None else list(model.config.group_ids)
     model.group_vectors(groups)  # unknown group -> a clear error before any work
-    pixels, errors = load_pixels(args.images, size=4 * model.config.image_size)
+    pixels, errors = load_pixels(args.images, size=model.input_size)
     results = []
     good = [i for i, error in enumerate(errors) if error is None]
     prompts = [args.prompt if args.prompt is not None else recipe_prompt(Path(args.images[i])) for i in good]
