@@ -11,6 +11,7 @@ with respect to them, so the reward can steer a generator (reward-ranked fine-tu
 
 from __future__ import annotations
 
+import os
 import re
 import zlib
 from pathlib import Path
@@ -39,6 +40,11 @@ _SCENE_WORDS: tuple[str, ...] = tuple(
     )
 )
 _WORD = re.compile(r"[a-z]+")
+
+
+def _offline() -> bool:
+    """HF_HUB_OFFLINE read at call time (huggingface_hub reads it once, at import), so a missing model fails fast."""
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 class EmbeddedImageEncoder(nn.Module):
@@ -89,8 +95,9 @@ class TransformersImageEncoder(nn.Module):
         from transformers import AutoConfig, AutoModel
 
         self.name_or_path = name_or_path
+        local = _offline()
         try:
-            config = AutoConfig.from_pretrained(name_or_path)
+            config = AutoConfig.from_pretrained(name_or_path, local_files_only=local)
         except OSError as error:
             raise ModelNotFoundError(
                 f"image encoder {name_or_path!r} is not available locally; pass a local folder or download it first "
@@ -99,9 +106,9 @@ class TransformersImageEncoder(nn.Module):
         if config.model_type == "clip":
             from transformers import CLIPVisionModel
 
-            self.model = CLIPVisionModel.from_pretrained(name_or_path)
+            self.model = CLIPVisionModel.from_pretrained(name_or_path, local_files_only=local)
         else:
-            self.model = AutoModel.from_pretrained(name_or_path)
+            self.model = AutoModel.from_pretrained(name_or_path, local_files_only=local)
         vision_config = getattr(self.model.config, "vision_config", self.model.config)
         self.image_size = int(getattr(vision_config, "image_size", 224))
         self.dim = int(vision_config.hidden_size)
@@ -129,7 +136,7 @@ def _image_normalisation(name_or_path: str) -> tuple[list[float], list[float]]:
     try:
         from transformers import AutoImageProcessor
 
-        processor = AutoImageProcessor.from_pretrained(name_or_path)
+        processor = AutoImageProcessor.from_pretrained(name_or_path, local_files_only=_offline())
         return list(processor.image_mean), list(processor.image_std)
     except (OSError, ValueError, AttributeError, TypeError):
         return [0.4815, 0.4578, 0.4082], [0.2686, 0.2613, 0.2758]
@@ -177,9 +184,10 @@ class TransformersTextEncoder(nn.Module):
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         self.name_or_path = name_or_path
+        local = _offline()
         try:
-            config = AutoConfig.from_pretrained(name_or_path)
-            self.tokenizer = AutoTokenizer.from_pretrained(name_or_path)
+            config = AutoConfig.from_pretrained(name_or_path, local_files_only=local)
+            self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=local)
         except OSError as error:
             raise ModelNotFoundError(
                 f"text encoder {name_or_path!r} is not available locally; pass a local folder or download it first "
@@ -188,9 +196,9 @@ class TransformersTextEncoder(nn.Module):
         if config.model_type == "clip":
             from transformers import CLIPTextModel
 
-            self.model = CLIPTextModel.from_pretrained(name_or_path)
+            self.model = CLIPTextModel.from_pretrained(name_or_path, local_files_only=local)
         else:
-            self.model = AutoModel.from_pretrained(name_or_path)
+            self.model = AutoModel.from_pretrained(name_or_path, local_files_only=local)
         text_config = getattr(self.model.config, "text_config", self.model.config)
         self.dim = int(text_config.hidden_size)
         self.max_length = max_length
