@@ -74,8 +74,16 @@ def _mapping(values: Any, name: str) -> dict[str, str]:
         raise InputError(f"brief field {name!r} must be an object of name: value, got {type(values).__name__}")
     if len(values) > MAX_ITEMS:
         raise InputError(f"brief field {name!r} has {len(values)} items; keep it under {MAX_ITEMS}")
-    return {_text(key, name, required=True): _text(str(value) if isinstance(value, (int, float)) else value, name)
-            for key, value in values.items()}
+    return {_text(key, name, required=True): _text(_as_text(value), name) for key, value in values.items()}
+
+
+def _as_text(value: Any) -> Any:
+    """Numbers and the audience module's {"value": "west", "share": 0.4} become text ("west (40%)")."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if isinstance(value, dict) and set(value) == {"value", "share"} and isinstance(value["share"], (int, float)):
+        return f"{value['value']} ({value['share']:.0%})"
+    return value
 
 
 @dataclass(frozen=True)

@@ -48,6 +48,12 @@ def test_weighted_tags_and_minimal_briefs_are_accepted():
                            ).product.kind() == "mug"
 
 
+def test_demographic_shares_from_the_audience_module_become_text():
+    profile = dict(GROUP_PROFILE, demographics={"region": {"value": "west", "share": 0.4}, "age": 31})
+
+    assert Brief.from_dict(make_brief(audience=profile)).audience.demographics == {"region": "west (40%)", "age": "31"}
+
+
 def test_a_brief_loads_from_a_file(tmp_path):
     path = tmp_path / "brief.json"
     path.write_text(json.dumps(make_brief()), encoding="utf-8")
