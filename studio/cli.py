@@ -15,8 +15,14 @@ from studio import __version__
 from studio.errors import StudioError
 
 # Add a module here when an area gains commands.
-COMMAND_MODULES: list[str] = ["studio.commands.generate", "studio.commands.prompts", "studio.commands.reward",
-                              "studio.commands.simulate"]
+COMMAND_MODULES: list[str] = [
+    "studio.commands.campaign",
+    "studio.commands.generate",
+    "studio.commands.prompts",
+    "studio.commands.reward",
+    "studio.commands.simulate",
+    "studio.commands.train",
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,63 @@
+"""The main job: prompts -> creatives -> CTR ranking per audience group, on the shipped prompt and reward models."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from studio.campaign import run_campaign
+from studio.canvas import place_product, product_mask
+from studio.errors import InputError
+from studio.images import load_image
+
+GROUPS = [
+    {"group_id": "0", "summary": "young travellers", "top_tags": ["travel", "beach"], "demographics": {"age": 24}},
+    {"group_id": "2", "summary": "eco luxury", "top_tags": ["luxury", "eco"],
+     "demographics": {"region": {"value": "central", "share": 0.34}}},
+]
+
+
+def small_campaign(product, out, **kwargs):
+    return run_campaign(product, out_dir=out, category="bottle", groups=GROUPS, prompts_per_group=2, size=96,
+                        steps=2, progress=False, **kwargs)
+
+
+def test_campaign_ranks_creatives_per_group_and_keeps_the_product(tiny_pipeline_dir, product_photo, tmp_path):
+    report = small_campaign(product_photo, tmp_path, generator=str(tiny_pipeline_dir))
+
+    written = json.loads((tmp_path / "campaign.json").read_text())
+    assert [g["group_id"] for g in written["groups"]] == ["0", "2"]
+    assert written["category"] == "beverage" and written["random_init"] is True
+    photo = load_image(product_photo)
+    canvas = place_product(photo, product_mask(photo), aspect="1:1", size=96)
+    for group in report.groups:
+        scores = [c.predicted_ctr for c in group.creatives]
+        assert len(scores) == 2 and scores == sorted(scores, reverse=True)
+        assert all(0.0 < s < 1.0 for s in scores)
+        assert group.best.rank == 1 and len({c.prompt for c in group.creatives}) == 2
+        for creative in group.creatives:
+            pixels = np.asarray(Image.open(creative.path).convert("RGB"))
+            assert np.array_equal(pixels[canvas.keep], np.asarray(canvas.image)[canvas.keep])  # product bit-exact
+    assert written["groups"][1]["best"] == report.groups[1].best.path
+
+
+def test_campaign_refuses_bad_input_before_writing(tiny_pipeline_dir, product_photo, tmp_path):
+    with pytest.raises(InputError, match="prompts_per_group"):
+        run_campaign(product_photo, out_dir=tmp_path / "a", groups=GROUPS, prompts_per_group=0, progress=False)
+    assert not (tmp_path / "a").exists()
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG not really")
+    with pytest.raises(InputError):
+        run_campaign(corrupt, out_dir=tmp_path / "b", groups=GROUPS, progress=False)
+    assert not (tmp_path / "b").exists()
+
+
+def test_campaign_names_an_unknown_group(tiny_pipeline_dir, product_photo, tmp_path):
+    unknown = [{"group_id": "nobody", "summary": "x", "top_tags": ["tech"]}]
+    with pytest.raises(InputError, match="unknown audience group 'nobody'"):
+        run_campaign(product_photo, out_dir=tmp_path, groups=unknown, generator=str(tiny_pipeline_dir), size=64,
+                     steps=1, progress=False)
+    assert not (tmp_path / "campaign.json").exists()
