@@ -36,6 +36,8 @@ def register(subparsers) -> None:
     mini.add_argument("--export", default=None, help="model folder to write (default: studio/models/studio-mini)")
     mini.add_argument("--unet-steps", type=int, default=None, help="override the recipe's UNet step budget")
     mini.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    mini.add_argument("--export-best", action="store_true",
+                      help="only copy the run's best pipeline so far (RUN/best) to the model folder, then stop")
     mini.add_argument("--json", action="store_true")
     mini.set_defaults(func=run_train_mini)
 
@@ -78,8 +80,14 @@ def run_train(args: argparse.Namespace) -> int:
 
 
 def run_train_mini(args: argparse.Namespace) -> int:
-    from studio.mini import MODEL_FOLDER, MiniRecipe, train_mini
+    from pathlib import Path
 
+    from studio.mini import MODEL_FOLDER, MiniRecipe, export_model, train_mini
+
+    if args.export_best:
+        folder = export_model(Path(args.run) / "best", args.export or MODEL_FOLDER)
+        print(json.dumps({"exported": str(folder)}) if args.json else f"exported: {folder}")
+        return 0
     recipe = MiniRecipe() if args.unet_steps is None else MiniRecipe(unet_steps=args.unet_steps)
     result = train_mini(args.run, export=args.export or MODEL_FOLDER, recipe=recipe, threads=args.threads,
                         progress=not args.json)
