@@ -2,7 +2,7 @@
 
     python -m reward.mini [--out reward/models/reward-mini] [--run DIR]
 
-It runs a `studio simulate` experiment (the default world: 4 products x 6 creatives, 5000 users, 200k impressions,
+It runs a `studio simulate` experiment (the default world: 4 products x 6 creatives, 20,000 users, 200k impressions,
 seed 0), trains the reward model on that event log with the default recipe, and saves it. The simulator is only the
 source of the log here; training reads the log, never the simulator's truth.
 """
@@ -29,7 +29,7 @@ def train_mini(out: str | Path = MINI, run_dir: str | Path | None = None, progre
     from reward.training import RewardTrainer, TrainingConfig, split_impressions
     from studio.experiment import ExperimentConfig, run_experiment
 
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    torch.set_num_threads(1)  # small full-batch steps: a second thread only contends (see benchmarks/reward.py)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         run = Path(run_dir) if run_dir else Path(scratch) / "run"

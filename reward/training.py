@@ -27,16 +27,18 @@ class TrainingConfig:
     """How to train. Loss weights follow CG4CTR (0.9 listwise + 0.1 pointwise).
 
     A log has few (product, group) lists (tens), so a batch of 64 lists is usually the whole log: one step per epoch.
+    Early stopping watches an exponential moving average (``val_smoothing``) of the validation loss.
     """
 
-    max_epochs: int = 400
-    patience: int = 50
+    max_epochs: int = 600
+    patience: int = 100
     lists_per_batch: int = 64
-    learning_rate: float = 1e-3
+    learning_rate: float = 3e-3
     weight_decay: float = 1e-4
     listwise_weight: float = 0.9
     pointwise_weight: float = 0.1
     validation_fraction: float = 0.2
+    val_smoothing: float = 0.8
     augment: bool = True
     seed: int = 0
     progress: bool = True
@@ -119,10 +121,13 @@ class RewardTrainer:
             model.eval()
             with torch.no_grad():
                 val_loss = float(self._loss(model, dataset, val, val.index, features)) if val else float(np.mean(losses))
-            self.history_.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": val_loss})
+            # one full-batch step per epoch makes the validation loss jumpy; stop on its moving average
+            smoothed = val_loss if epoch == 0 else cfg.val_smoothing * smoothed + (1 - cfg.val_smoothing) * val_loss
+            self.history_.append({"epoch": epoch + 1, "train_loss": float(np.mean(losses)), "val_loss": val_loss,
+                                  "val_loss_smoothed": smoothed})
             bar.set_postfix(train=f"{np.mean(losses):.4f}", val=f"{val_loss:.4f}")
-            if val_loss < best_loss - 1e-6:
-                best_loss, best_state, self.best_epoch_, waited = val_loss, copy.deepcopy(model.state_dict()), epoch + 1, 0
+            if smoothed < best_loss - 1e-6:
+                best_loss, best_state, self.best_epoch_, waited = smoothed, copy.deepcopy(model.state_dict()), epoch + 1, 0
             else:
                 waited += 1
                 if waited >= cfg.patience:

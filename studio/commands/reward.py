@@ -22,7 +22,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--out", default=None, help="model folder to write (default: <log folder>/reward)")
     train.add_argument("--image-encoder", default="embedded", help="'embedded' or a transformers id / folder")
     train.add_argument("--text-encoder", default="embedded", help="'embedded' or a transformers id / folder")
-    train.add_argument("--max-epochs", type=int, default=400)
+    train.add_argument("--max-epochs", type=int, default=600)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--json", action="store_true", help="print the report as JSON")
     train.set_defaults(func=_train)
@@ -60,7 +60,7 @@ def _train(args: argparse.Namespace) -> int:
     from reward.model import RewardConfig, write_atomic
     from reward.training import RewardTrainer, TrainingConfig, split_impressions
 
-    torch.set_num_threads(min(2, torch.get_num_threads()))
+    torch.set_num_threads(1)  # one full-batch step of small ops per epoch: extra threads only contend
     out = Path(args.out) if args.out else Path(args.log).parent / "reward"
     model_config = RewardConfig(image_encoder=args.image_encoder, text_encoder=args.text_encoder)
     config = TrainingConfig(max_epochs=args.max_epochs, seed=args.seed, model=model_config, progress=not args.json)
