@@ -43,7 +43,7 @@ class MiniRecipe:
     n_train: int = 12_000
     n_heldout: int = 256
     seed: int = 0
-    vae_steps: int = 1200
+    vae_steps: int = 4000
     vae_batch: int = 16
     vae_lr: float = 2e-3
     vae_kl_weight: float = 1e-6
