@@ -26,7 +26,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def quality(run: Path, model_dir: str | None) -> tuple[object, dict]:
+def quality(run: Path, model_dir: str | None, seed: int = 0) -> tuple[object, dict]:
     from reward.data import aggregate, fit_beta_prior, label, load_log_dataset
     from reward.evaluation import SimulatorOracle, candidate_pairs, evaluate
     from reward.model import RewardModel
@@ -37,7 +37,7 @@ def quality(run: Path, model_dir: str | None) -> tuple[object, dict]:
     if not (run / "events.db").is_file():
         run_experiment(ExperimentConfig(), run, progress=False)
     dataset = load_log_dataset(run / "events.db")
-    config = TrainingConfig(progress=False)
+    config = TrainingConfig(progress=False, seed=seed)
     started = time.perf_counter()
     model = RewardModel.from_pretrained(model_dir) if model_dir else RewardTrainer(config).fit(dataset).model_
     seconds = time.perf_counter() - started
@@ -103,6 +103,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="reward model benchmark")
     parser.add_argument("--run", default=None, help="a studio simulate run folder (made here if missing)")
     parser.add_argument("--model", default=None, help="evaluate this model folder instead of training one")
+    parser.add_argument("--seed", type=int, default=0, help="training seed, also picks the held-out 20 % (the simulated world is always seed 0)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core box)")
     parser.add_argument("--speed-only", action="store_true", help="only the throughput part, with --model or reward-mini")
     args = parser.parse_args()
@@ -117,7 +118,7 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory() as scratch:
         run = Path(args.run) if args.run else Path(scratch) / "run"
-        model, q = quality(run, args.model)
+        model, q = quality(run, args.model, args.seed)
     speed = throughput(model)
     rows = [
         ("held-out impressions", q["impressions"], ""),
