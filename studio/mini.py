@@ -52,6 +52,9 @@ class MiniRecipe:
     unet_batch: int = 32
     unet_lr: float = 5e-4
     unet_warmup: int = 200
+    # No min-SNR weighting: on a zero-terminal-SNR schedule it would give the noisiest steps, where the global colour
+    # is decided, almost no weight.
+    unet_snr_gamma: float | None = None
     caption_dropout: float = 0.1
     checkpoint_every: int = 250
     text_width: int = 64
@@ -435,7 +438,7 @@ def train_mini(run: str | os.PathLike = "runs/studio-mini", export: str | os.Pat
     cache_path = run / "encoded.safetensors"
     config = TrainConfig(
         steps=recipe.unet_steps, batch_size=recipe.unet_batch, learning_rate=recipe.unet_lr,
-        warmup_steps=recipe.unet_warmup, caption_dropout=recipe.caption_dropout, snr_gamma=5.0,
+        warmup_steps=recipe.unet_warmup, caption_dropout=recipe.caption_dropout, snr_gamma=recipe.unet_snr_gamma,
         seed=recipe.seed, checkpoint_every=recipe.checkpoint_every, keep_checkpoints=2,
         mask_modes={"product": 0.8, "outpaint": 0.1, "random": 0.1})
     if not cache_path.is_file():

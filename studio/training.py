@@ -16,7 +16,6 @@ costs the UNet only. Data: `RendererData` (procedural scenes) or `FolderData` (i
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import time
