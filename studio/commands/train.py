@@ -65,11 +65,14 @@ def run_train(args: argparse.Namespace) -> int:
         from studio.engine import default_model
 
         args.model = default_model()
-    data = RendererData(seed=args.seed) if args.data == "renderer" else FolderData(args.data)
+    data = None if args.data == "renderer" else FolderData(args.data)
     out = Path(args.out)
     if out.exists() and not args.resume and any(out.glob("checkpoints/step-*")):
         raise InputError(f"{out} already holds checkpoints; pass --resume to continue or choose another --out")
-    trainer = InpaintingTrainer(load_pipeline(args.model), config)
+    pipeline = load_pipeline(args.model)
+    if data is None:  # render at the size the model trains at, rather than resampling small renders
+        data = RendererData(seed=args.seed, size=args.resolution or pipeline.vae.config.sample_size)
+    trainer = InpaintingTrainer(pipeline, config)
     trainer.fit(data, out, resume=args.resume, progress=not args.json)
     final = trainer.save(out / "final")
     result = {"model": str(args.model), "mode": "lora" if args.lora else "full", "steps": trainer.step_,
