@@ -112,7 +112,7 @@ class RewardModel(nn.Module):
         if unknown:
             raise InputError(
                 f"unknown audience group {unknown[0]!r}; this reward model knows groups {self.config.group_ids} "
-                "(pass a profile vector instead, or retrain on a log that has the group)"
+                "(choose one of them, or retrain on a log that has the group)"
             )
         return self.group_table[[index[str(g)] for g in group_ids]]
 
