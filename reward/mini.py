@@ -3,7 +3,8 @@
     python -m reward.mini [--out reward/models/reward-mini] [--run DIR]
 
 It runs a `studio simulate` experiment (the default world: 4 products x 6 creatives, 20,000 users, 200k impressions,
-seed 0), trains the reward model on that event log with the default recipe, and saves it. The simulator is only the
+seed 0), trains the reward model on that event log with the default recipe, and saves it with the run's audience
+clustering in `audience/` (the groups the model knows by id). The simulator is only the
 source of the log here; training reads the log, never the simulator's truth.
 """
 
@@ -27,6 +28,7 @@ def train_mini(out: str | Path = MINI, run_dir: str | Path | None = None, progre
     from reward.data import load_log_dataset
     from reward.evaluation import SimulatorOracle, evaluate
     from reward.training import RewardTrainer, TrainingConfig, split_impressions
+    from studio.audience import AudienceClustering
     from studio.experiment import ExperimentConfig, run_experiment
 
     torch.set_num_threads(1)  # small full-batch steps: a second thread only contends (see benchmarks/reward.py)
@@ -39,6 +41,8 @@ def train_mini(out: str | Path = MINI, run_dir: str | Path | None = None, progre
         config = TrainingConfig(progress=progress)
         trainer = RewardTrainer(config).fit(dataset)
         trainer.model_.save_pretrained(out)
+        # The groups the model scores by id, with their readable profiles (what `studio demo` writes prompts for).
+        AudienceClustering.from_pretrained(run / "audience").save_pretrained(Path(out) / "audience")
         _, held_out = split_impressions(dataset.impressions, config.validation_fraction, config.seed)
         report = evaluate(trainer.model_, dataset, dataset.impressions.iloc[held_out], SimulatorOracle.from_run(run))
     report = {"seconds": round(time.perf_counter() - started, 1), "epochs": trainer.n_epochs_,
