@@ -179,3 +179,20 @@ def test_studio_train_cli_fine_tunes_the_whole_unet_on_renders(tiny_folder, tmp_
     assert code == 0 and result["mode"] == "full" and result["steps"] == 2
     assert (out / "final" / "model_index.json").is_file()
     assert main(["train", "--data", "renderer", "--model", str(tiny_folder), "--steps", "2", "--out", str(out)]) == 2
+
+
+def test_ema_weights_are_checkpointed_and_exported_with_gradient_accumulation(tiny_folder, tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    pipeline = load(tiny_folder)
+    trainer = InpaintingTrainer(pipeline, config(steps=4, checkpoint_every=2, ema_decay=0.5,
+                                                 gradient_accumulation_steps=2))
+    trainer.fit(RendererData(n=8, size=64), tmp_path / "run", progress=False)
+    assert trainer.step_ == 4 and (latest_checkpoint(tmp_path / "run") / "ema").is_dir()
+    saved = trainer.save(tmp_path / "final")
+    exported = UNet2DConditionModel.from_pretrained(saved / "unet").state_dict()
+    live = trainer.unet.state_dict()
+    name = "conv_in.weight"
+    # The export holds the averaged weights; the live (trained) ones are left in place.
+    assert not torch.equal(exported[name], live[name])
+    torch.testing.assert_close(trainer.ema.shadow_params[0].cpu(), exported[name])
