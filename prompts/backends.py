@@ -25,6 +25,7 @@ import numpy as np
 
 from prompts.brief import Brief, Prompt
 from prompts.validation import ValidationConfig, validate
+from studio.atomic import replace_folder
 from studio.errors import InputError, ModelNotFoundError
 
 SHIPPED_MODELS = Path(__file__).parent / "models"
@@ -217,14 +218,7 @@ class CausalLMBackend(PromptBackend):
             for path in staging.iterdir():  # mkdtemp makes private files; a model folder is for everyone to read
                 path.chmod(0o644)
             staging.chmod(0o755)
-            if out_dir.exists():
-                old = out_dir.with_name(f".{out_dir.name}.old")
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(out_dir, old)
-                os.replace(staging, out_dir)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.replace(staging, out_dir)
+            replace_folder(staging, out_dir)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return out_dir

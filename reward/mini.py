@@ -16,7 +16,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from reward.model import SHIPPED_MODELS, write_atomic
+from reward.model import SHIPPED_MODELS
+from studio.atomic import write_file
 
 MINI = SHIPPED_MODELS / "reward-mini"
 
@@ -49,7 +50,7 @@ def train_mini(out: str | Path = MINI, run_dir: str | Path | None = None, progre
               "best_epoch": trainer.best_epoch_, **report}
     training = {"log": "studio simulate (ExperimentConfig defaults)", "validation_fraction": config.validation_fraction,
                 "seed": config.seed, "history": trainer.history_, "report": report}
-    write_atomic(Path(out) / "training.json", lambda path: path.write_text(json.dumps(training, indent=2) + "\n"))
+    write_file(Path(out) / "training.json", lambda path: path.write_text(json.dumps(training, indent=2) + "\n"))
     return report
 
 

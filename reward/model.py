@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
@@ -23,6 +22,7 @@ import torch
 from torch import nn
 
 from studio import vocabulary
+from studio.atomic import write_file
 from studio.errors import InputError, ModelNotFoundError
 from reward.encoders import EMBEDDED, build_image_encoder, build_text_encoder
 
@@ -229,8 +229,8 @@ class RewardModel(nn.Module):
             for key, value in self.state_dict().items()
             if not any(key.startswith(f"{name}.") for name in external)
         }
-        write_atomic(folder / WEIGHTS_NAME, lambda path: save_file(state, str(path), metadata={"format": "pt"}))
-        write_atomic(folder / CONFIG_NAME, lambda path: path.write_text(json.dumps(config, indent=2) + "\n"))
+        write_file(folder / WEIGHTS_NAME, lambda path: save_file(state, str(path), metadata={"format": "pt"}))
+        write_file(folder / CONFIG_NAME, lambda path: path.write_text(json.dumps(config, indent=2) + "\n"))
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike) -> "RewardModel":
@@ -279,16 +279,3 @@ def resolve_model_folder(name_or_path: str | os.PathLike) -> Path:
             "(train one with `studio reward train --log DB --out DIR`, or use 'reward-mini')"
         )
     return folder
-
-
-def write_atomic(target: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename, so a crash never leaves half a file."""
-    handle, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(Path(temp))
-        os.chmod(temp, 0o644)  # mkstemp makes it private; a model folder is meant to be shared
-        os.replace(temp, target)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +31,7 @@ from sklearn.metrics import silhouette_score
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 from threadpoolctl import threadpool_limits
 
+from studio.atomic import write_file
 from studio.errors import InputError, ModelNotFoundError
 
 CONFIG_NAME = "config.json"
@@ -335,9 +335,9 @@ class AudienceClustering:
             "silhouette": {str(k): v for k, v in self.silhouette_.items()},
             "profiles": [{**p.to_dict(), "size": p.size} for p in self.profiles_],
         }
-        _atomic_write(directory / WEIGHTS_NAME, lambda path: save_file(tensors, str(path)))
-        _atomic_write(directory / CONFIG_NAME,
-                      lambda path: Path(path).write_text(json.dumps(config, indent=2, default=_json_default)))
+        write_file(directory / WEIGHTS_NAME, lambda path: save_file(tensors, str(path)))
+        write_file(directory / CONFIG_NAME,
+                   lambda path: path.write_text(json.dumps(config, indent=2, default=_json_default)))
 
     def _has_tag_block(self) -> bool:
         return any(name == "tags" for name, _, _ in self.encoder_.transformers)
@@ -383,15 +383,3 @@ def _json_default(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"cannot store {type(value).__name__} in config.json")
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write through a temporary file in the same folder, then rename it over `path`."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise

@@ -27,7 +27,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from collections.abc import Hashable, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator
 
+from studio.atomic import write_file
 from studio.errors import InputError, ModelNotFoundError
 
 CONFIG_NAME = "config.json"
@@ -248,10 +248,10 @@ class LinUCB(BaseEstimator):
             "n_updates": self.n_updates_,
             "updates_since_refresh": self._updates_since_refresh,
         }
-        _write_atomic(directory / CONFIG_NAME, lambda f: f.write(json.dumps(config, indent=2).encode()))
+        write_file(directory / CONFIG_NAME, lambda path: path.write_bytes(json.dumps(config, indent=2).encode()))
         if self.n_features_in_ is not None:
             state = {"A": self.A_, "b": self.b_, "A_inv": self.A_inv_}
-            _write_atomic(directory / STATE_NAME, lambda f: np.savez(f, **state))
+            write_file(directory / STATE_NAME, lambda path: _savez(path, state))
         elif (directory / STATE_NAME).exists():
             os.remove(directory / STATE_NAME)
 
@@ -396,14 +396,6 @@ class LinUCB(BaseEstimator):
         return rewards
 
 
-def _write_atomic(path: Path, write) -> None:
-    """Write a file through a temporary sibling and ``os.replace`` so readers never see half a file."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as file:
-            write(file)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
+def _savez(path: Path, arrays: dict) -> None:
+    with open(path, "wb") as file:  # a file object: given a name, np.savez would append ".npz" to it
+        np.savez(file, **arrays)

@@ -15,6 +15,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
+from studio.atomic import write_file
 from studio.errors import InputError
 from studio.images import ImageSource, load_image
 from studio.vocabulary import CATEGORIES
@@ -164,7 +165,5 @@ def run_campaign(
     # 4. Write the report atomically
     report = CampaignReport(str(out / "product.png"), title, category, generator, is_random_init(generator),
                             str(prompt_model or "prompts-mini"), str(reward_model), results)
-    staging = out / f".{REPORT_NAME}.tmp"
-    staging.write_text(json.dumps(report.to_dict(), indent=2) + "\n")
-    os.replace(staging, out / REPORT_NAME)
+    write_file(out / REPORT_NAME, lambda staging: staging.write_text(json.dumps(report.to_dict(), indent=2) + "\n"))
     return report

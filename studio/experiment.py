@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from studio.abtest import assign_bucket, bucket_stats, compare
+from studio.atomic import write_file
 from studio.audience import AudienceClustering
 from studio.bandit import LinUCB
 from studio.errors import InputError
@@ -124,7 +123,7 @@ def make_creatives(config: ExperimentConfig, simulator: AudienceSimulator, folde
             index = simulator.add_creative(scene.image, scene.product_mask, CATEGORIES[kind])
             assert index == product * config.arms + arm
             creative_id = f"{product_id}/arm-{arm}"
-            _atomic_save(scene.image, folder / product_id / f"arm-{arm}.png")
+            write_file(folder / product_id / f"arm-{arm}.png", lambda path: scene.image.save(path, format="PNG"))
             creatives.append({"creative_id": creative_id, "product_id": product_id, "arm": arm,
                               "category": CATEGORIES[kind], "backdrop": f"{colour} {material} {lighting}"})
     return creatives
@@ -219,7 +218,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | os.PathLike, progres
                     "creatives": str(out / "creatives"), "audience": str(out / "audience"),
                     "report": str(out / "report.json")}
     _plot(out / "simulate.png", in_treatment, served_ctr, best_ctr)
-    _atomic_text(out / "report.json", json.dumps(report.to_dict(), indent=2))
+    write_file(out / "report.json", lambda path: path.write_text(json.dumps(report.to_dict(), indent=2)))
     return report
 
 
@@ -354,23 +353,7 @@ def _plot(path: Path, in_treatment: np.ndarray, served_ctr: np.ndarray, best_ctr
     left.legend()
     right.legend()
     figure.tight_layout()
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=".simulate.", suffix=".png")
-    os.close(handle)
-    figure.savefig(temporary, dpi=100)
-    plt.close(figure)
-    os.replace(temporary, path)
-
-
-def _atomic_save(image: Image.Image, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".png")
-    os.close(handle)
-    image.save(temporary, format="PNG")
-    os.replace(temporary, path)
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(handle, "w") as file:
-        file.write(text)
-    os.replace(temporary, path)
+    try:
+        write_file(path, lambda temporary: figure.savefig(temporary, dpi=100, format="png"))
+    finally:
+        plt.close(figure)

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from studio.atomic import replace_folder, write_file
 from studio.errors import InputError
 from studio.renderer import CAPTION_WORDS, NEUTRAL_PRODUCT_COLOUR, render_scene, sample_attributes
 from studio.vocabulary import COLOURS, LAYOUTS, LIGHTING, MATERIALS, PRODUCTS
@@ -151,10 +152,9 @@ class SceneArrays:
     def save(self, path: Path) -> None:
         from safetensors.numpy import save_file
 
-        tmp = path.with_name(path.name + ".tmp")
-        save_file({"images": self.images, "masks": self.masks}, str(tmp),
-                  metadata={"captions": json.dumps(self.captions), "attributes": json.dumps(self.attributes)})
-        os.replace(tmp, path)
+        write_file(path, lambda tmp: save_file(
+            {"images": self.images, "masks": self.masks}, str(tmp),
+            metadata={"captions": json.dumps(self.captions), "attributes": json.dumps(self.attributes)}))
 
     @classmethod
     def load(cls, path: Path) -> "SceneArrays":
@@ -230,24 +230,18 @@ def train_vae(vae, train: np.ndarray, heldout: np.ndarray, recipe: MiniRecipe, f
             vae.train()
             bar.write(f"vae step {state['step']}: held-out PSNR {state['psnr'][-1][1]:.2f} dB")
             _save_atomically(vae, folder / "last")
-            tmp = state_path.with_name("state.json.tmp")
-            tmp.write_text(json.dumps(state, indent=1) + "\n")
-            os.replace(tmp, state_path)
+            write_file(state_path, lambda tmp: tmp.write_text(json.dumps(state, indent=1) + "\n"))
     bar.close()
     vae.eval()
     return state
 
 
 def _save_atomically(model, folder: Path) -> None:
+    """``model.save_pretrained`` (a VAE or a whole pipeline) into a staging folder, then swapped in place."""
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     model.save_pretrained(tmp, safe_serialization=True)
-    old = folder.with_name(folder.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
+    replace_folder(tmp, folder)
 
 
 def latent_scaling_factor(vae, images: np.ndarray, batch: int = 128) -> float:
@@ -459,7 +453,7 @@ def train_mini(run: str | os.PathLike = "runs/studio-mini", export: str | os.Pat
         log.write(stage="unet", step=step, loss=loss, probe_seconds=round(time.perf_counter() - started, 1), **result)
         if best is None or result["colour_adherence"] >= best["colour_adherence"]:
             best = {"step": step, **result}
-            _save_pipeline(pipeline, best_path)
+            _save_atomically(pipeline, best_path)
             (run / "best.json").write_text(json.dumps(best, indent=1) + "\n")
 
     trainer = InpaintingTrainer(pipeline, config)
@@ -470,18 +464,6 @@ def train_mini(run: str | os.PathLike = "runs/studio-mini", export: str | os.Pat
         export_model(best_path, export)
         log.write(stage="export", folder=str(export), **(best or {}))
     return {"run": str(run), "best": best}
-
-
-def _save_pipeline(pipeline, folder: Path) -> None:
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    pipeline.save_pretrained(tmp, safe_serialization=True)
-    old = folder.with_name(folder.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def _read_best(run: Path) -> dict | None:
@@ -498,13 +480,7 @@ def export_model(source: str | os.PathLike, folder: str | os.PathLike = MODEL_FO
     tmp = folder.with_name(folder.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.copytree(source, tmp, ignore=shutil.ignore_patterns("*.bin", "*.pt", "*.pkl", "*.tmp"))
-    old = folder.with_name(folder.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if folder.exists():
-        os.replace(folder, old)
-    os.replace(tmp, folder)
-    shutil.rmtree(old, ignore_errors=True)
-    return folder
+    return replace_folder(tmp, folder)
 
 
 class _Log:

@@ -10,7 +10,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 from PIL import Image, PngImagePlugin
 
 from studio import __version__
+from studio.atomic import write_file
 from studio.errors import InputError
 
 # The PNG tEXt key that holds the recipe as JSON.
@@ -26,10 +26,6 @@ RECIPE_KEY = "creative-studio:recipe"
 
 # Files whose bytes are the learned weights of a model folder (diffusers, transformers, PEFT, single-file checkpoints).
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".ckpt", ".pt", ".pth", ".gguf")
-
-# Read once: os.umask can only be read by setting it, which is not thread-safe.
-_UMASK = os.umask(0)
-os.umask(_UMASK)
 
 _hash_lock = threading.Lock()
 _hash_memory: dict[str, str] = {}
@@ -87,16 +83,8 @@ def save_png(image: Image.Image, recipe: Recipe, path: str | os.PathLike, *, com
     path = Path(path)
     info = PngImagePlugin.PngInfo()
     info.add_text(RECIPE_KEY, recipe.to_json())
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".png.tmp", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            image.save(handle, format="PNG", pnginfo=info, compress_level=compress_level)
-        os.chmod(temporary, 0o666 & ~_UMASK)  # mkstemp makes 0600; a creative is an ordinary file
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
-    return path
+    return write_file(path, lambda temporary: image.save(temporary, format="PNG", pnginfo=info,
+                                                         compress_level=compress_level))
 
 
 def read_recipe(path: str | os.PathLike) -> Recipe:
@@ -166,11 +154,7 @@ def weights_hash(path: str | os.PathLike) -> str:
         _hash_memory[key] = result
         on_disk[key] = result
         try:
-            cache_file.parent.mkdir(parents=True, exist_ok=True)
-            descriptor, temporary = tempfile.mkstemp(dir=cache_file.parent, suffix=".tmp")
-            with os.fdopen(descriptor, "w") as handle:
-                json.dump(on_disk, handle)
-            os.replace(temporary, cache_file)
+            write_file(cache_file, lambda temporary: temporary.write_text(json.dumps(on_disk)))
         except OSError:
             pass  # a read-only cache only costs a re-hash next time
         return result

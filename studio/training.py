@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
+from studio.atomic import replace_folder, write_file
 from studio.errors import InputError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -252,10 +253,8 @@ class EncodedData:
         """Write as one safetensors file (atomically)."""
         from safetensors.torch import save_file
 
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file({name: value.contiguous() for name, value in asdict(self).items()}, str(tmp))
-        os.replace(tmp, path)
+        write_file(path, lambda tmp: save_file({name: value.contiguous() for name, value in asdict(self).items()},
+                                               str(tmp)))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "EncodedData":
@@ -505,8 +504,7 @@ class InpaintingTrainer:
         state = {"step": self.step_, "config": asdict(self.config), "seconds_this_session": seconds,
                  "recent_losses": self.losses_[-100:]}
         (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1) + "\n")
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
+        replace_folder(tmp, folder)
         for old in sorted((out / "checkpoints").glob("step-???????"))[:-self.config.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
 
@@ -544,13 +542,7 @@ class InpaintingTrainer:
             finally:
                 if self.ema is not None:
                     self.ema.restore(self.unet.parameters())
-        old = folder.with_name(folder.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        if folder.exists():
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        shutil.rmtree(old, ignore_errors=True)
-        return folder
+        return replace_folder(tmp, folder)
 
 
 def latest_checkpoint(out: str | os.PathLike) -> Path | None:

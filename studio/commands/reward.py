@@ -57,8 +57,9 @@ def _train(args: argparse.Namespace) -> int:
 
     from reward.data import load_log_dataset
     from reward.evaluation import evaluate
-    from reward.model import RewardConfig, write_atomic
+    from reward.model import RewardConfig
     from reward.training import RewardTrainer, TrainingConfig, split_impressions
+    from studio.atomic import write_file
 
     torch.set_num_threads(1)  # one full-batch step of small ops per epoch: extra threads only contend
     out = Path(args.out) if args.out else Path(args.log).parent / "reward"
@@ -73,7 +74,7 @@ def _train(args: argparse.Namespace) -> int:
               **{f"val_{k}": v for k, v in evaluate(trainer.model_, dataset, dataset.impressions.iloc[held_out]).items()}}
     training = {"log": str(Path(args.log).resolve()), "validation_fraction": config.validation_fraction,
                 "seed": config.seed, "history": trainer.history_, "report": report}
-    write_atomic(out / TRAINING_NAME, lambda path: path.write_text(json.dumps(training, indent=2) + "\n"))
+    write_file(out / TRAINING_NAME, lambda path: path.write_text(json.dumps(training, indent=2) + "\n"))
     _print(report, args.json)
     return 0
 
