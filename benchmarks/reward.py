@@ -21,8 +21,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
@@ -63,7 +61,6 @@ def quality(run: Path, model_dir: str | None, seed: int = 0) -> tuple[object, di
 
 def throughput(model, repeats: int = 5, n: int = 256, batch: int = 128) -> dict:
     import torch
-    from PIL import Image
 
     from reward.data import load_pixels
     from studio.renderer import sample_scenes

@@ -196,7 +196,7 @@ class Placement:
         if data is None:
             return cls()
         if not isinstance(data, dict):
-            raise InputError(f"brief 'placement' must be an object like {{\"aspect_ratio\": \"1:1\"}}")
+            raise InputError('brief \'placement\' must be an object like {"aspect_ratio": "1:1"}')
         placement = cls(aspect_ratio=_text(data.get("aspect_ratio"), "placement.aspect_ratio") or "1:1")
         placement.ratio()  # check early
         return placement

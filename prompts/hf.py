@@ -9,13 +9,13 @@ lines -- and whatever is junk is left to validation to drop.
 from __future__ import annotations
 
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
 
 from prompts.backends import CausalLMBackend, resolve_model
 from prompts.brief import Brief, Prompt
+from studio import hub
 from studio.errors import ModelNotFoundError
 
 SYSTEM_MESSAGE = (
@@ -29,10 +29,6 @@ SYSTEM_MESSAGE = (
 _JSON_OBJECT = re.compile(r"\{[^{}]*\}")
 _LABELLED = re.compile(r"^\s*(?:positive|prompt)\s*[:=]\s*(.+?)\s*(?:[|;]\s*negative\s*[:=]\s*(.*))?$", re.IGNORECASE)
 _DEFAULT_NEGATIVE = "blurry, text, watermark, logo, distorted, lowres"
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() not in ("", "0", "false", "no", "off")
 
 
 def brief_block(brief: Brief) -> str:
@@ -54,7 +50,7 @@ class HFPromptModel(CausalLMBackend):
 
         location, is_folder = resolve_model(name_or_path)
         # The local cache first; the hub only for an id that is not cached, and never when offline.
-        attempts = [True] if is_folder or _offline() else [True, False]
+        attempts = [True] if is_folder or hub.offline() else [True, False]
         for attempt, local_only in enumerate(attempts, start=1):
             try:
                 tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=local_only)

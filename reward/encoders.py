@@ -11,7 +11,6 @@ with respect to them, so the reward can steer a generator (reward-ranked fine-tu
 
 from __future__ import annotations
 
-import os
 import re
 import zlib
 from pathlib import Path
@@ -20,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from studio import vocabulary
+from studio import hub, vocabulary
 from studio.errors import ModelNotFoundError
 
 EMBEDDED = "embedded"
@@ -40,11 +39,6 @@ _SCENE_WORDS: tuple[str, ...] = tuple(
     )
 )
 _WORD = re.compile(r"[a-z]+")
-
-
-def _offline() -> bool:
-    """HF_HUB_OFFLINE read at call time (huggingface_hub reads it once, at import), so a missing model fails fast."""
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
 
 
 class EmbeddedImageEncoder(nn.Module):
@@ -95,7 +89,7 @@ class TransformersImageEncoder(nn.Module):
         from transformers import AutoConfig, AutoModel
 
         self.name_or_path = name_or_path
-        local = _offline()
+        local = hub.offline()
         try:
             config = AutoConfig.from_pretrained(name_or_path, local_files_only=local)
         except OSError as error:
@@ -136,7 +130,7 @@ def _image_normalisation(name_or_path: str) -> tuple[list[float], list[float]]:
     try:
         from transformers import AutoImageProcessor
 
-        processor = AutoImageProcessor.from_pretrained(name_or_path, local_files_only=_offline())
+        processor = AutoImageProcessor.from_pretrained(name_or_path, local_files_only=hub.offline())
         return list(processor.image_mean), list(processor.image_std)
     except (OSError, ValueError, AttributeError, TypeError):
         return [0.4815, 0.4578, 0.4082], [0.2686, 0.2613, 0.2758]
@@ -184,7 +178,7 @@ class TransformersTextEncoder(nn.Module):
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         self.name_or_path = name_or_path
-        local = _offline()
+        local = hub.offline()
         try:
             config = AutoConfig.from_pretrained(name_or_path, local_files_only=local)
             self.tokenizer = AutoTokenizer.from_pretrained(name_or_path, local_files_only=local)

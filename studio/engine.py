@@ -13,7 +13,6 @@ import shutil
 import tempfile
 import threading
 import warnings
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 from PIL import Image
 
 import studio
+from studio import hub
 from studio.errors import InputError, ModelNotFoundError, StudioError
 from studio.provenance import weights_hash
 from studio.tiny import RANDOM_INIT_MARKER, build_tiny_pipeline
@@ -152,13 +152,6 @@ def is_random_init(model: str) -> bool:
 # Loading
 
 
-def _offline() -> bool:
-    from huggingface_hub import constants
-
-    flag = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE") or ""
-    return constants.HF_HUB_OFFLINE or flag.strip().lower() in ("1", "true", "yes", "on")
-
-
 def _how_to_get(model: str) -> str:
     return (
         f"model {model!r} is not available locally; on a machine with internet run `huggingface-cli download {model}` "
@@ -176,7 +169,7 @@ def _resolve_model(model: str) -> tuple[str, bool]:
     # A hub id is "name" or "owner/name"; anything else that does not exist is a missing folder.
     if model.startswith((".", "/", "~")) or "\\" in model or model.count("/") > 1:
         raise ModelNotFoundError(f"model folder {model!r} does not exist; pass a diffusers pipeline folder or a hub id")
-    offline = _offline()
+    offline = hub.offline()
     if offline:
         from huggingface_hub import snapshot_download
         from huggingface_hub.errors import LocalEntryNotFoundError
