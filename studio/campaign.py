@@ -16,6 +16,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 from studio.atomic import write_file
+from studio.canvas import product_mask
 from studio.errors import InputError
 from studio.images import ImageSource, load_image
 from studio.vocabulary import CATEGORIES
@@ -73,6 +74,7 @@ def run_campaign(
     product: ImageSource,
     *,
     out_dir: str | os.PathLike,
+    mask: ImageSource | None = None,
     title: str = "",
     category: str = "",
     groups: list[dict] | None = None,
@@ -90,6 +92,7 @@ def run_campaign(
     Args:
         product: the product photo (path, bytes or PIL image; transparency or a plain background).
         out_dir: where `product.png`, one folder of PNG creatives per group and `campaign.json` go.
+        mask: the product mask (white = product) for a photo with neither transparency nor a plain background.
         title, category: the product as the prompt model and reward model read it (category: a catalogue category
             such as "beverage" or a product kind such as "bottle").
         groups: audience group profiles ({"group_id", "summary", "top_tags", ...}); None for the reward model's own
@@ -112,6 +115,7 @@ def run_campaign(
     if not 1 <= prompts_per_group <= 16:
         raise InputError(f"prompts_per_group must be 1 to 16, got {prompts_per_group}")
     image = load_image(product)
+    found = product_mask(image, mask)  # found once, before any model loads; every creative reuses it
     category = CATEGORIES.get(category, category).strip().lower()
     title = title.strip() or category or "product"
 
@@ -145,7 +149,7 @@ def run_campaign(
         creatives = [
             generate_creatives(
                 image, prompt=prompt.positive, negative_prompt=prompt.negative, n=1, seed=seed + i, model=generator,
-                out_dir=group_dir, size=size, progress=False, **({"steps": steps} if steps else {}),
+                mask=found, out_dir=group_dir, size=size, progress=False, **({"steps": steps} if steps else {}),
             )[0]
             for i, prompt in enumerate(prompts)
         ]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -55,9 +56,53 @@ def test_campaign_refuses_bad_input_before_writing(tiny_pipeline_dir, product_ph
     assert not (tmp_path / "b").exists()
 
 
+def test_a_busy_photo_needs_a_mask_and_works_with_one(tiny_pipeline_dir, tmp_path):
+    busy = tmp_path / "busy.png"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (96, 96, 3), dtype=np.uint8)).save(busy)
+    with pytest.raises(InputError, match="supply a mask"):
+        run_campaign(busy, out_dir=tmp_path / "no-mask", groups=GROUPS[:1], progress=False)
+    assert not (tmp_path / "no-mask").exists()
+    mask = np.zeros((96, 96), bool)
+    mask[30:70, 40:60] = True
+    report = run_campaign(busy, out_dir=tmp_path / "masked", mask=mask, groups=GROUPS[:1], prompts_per_group=1,
+                          generator=str(tiny_pipeline_dir), size=96, steps=1, progress=False)
+    photo = load_image(busy)
+    canvas = place_product(photo, mask, aspect="1:1", size=96)
+    pixels = np.asarray(Image.open(report.groups[0].best.path).convert("RGB"))
+    assert np.array_equal(pixels[canvas.keep], np.asarray(canvas.image)[canvas.keep])
+
+
 def test_campaign_names_an_unknown_group(tiny_pipeline_dir, product_photo, tmp_path):
     unknown = [{"group_id": "nobody", "summary": "x", "top_tags": ["tech"]}]
     with pytest.raises(InputError, match="unknown audience group 'nobody'"):
         run_campaign(product_photo, out_dir=tmp_path, groups=unknown, generator=str(tiny_pipeline_dir), size=64,
                      steps=1, progress=False)
     assert not (tmp_path / "campaign.json").exists()
+
+
+def test_studio_campaign_cli_end_to_end(tiny_pipeline_dir, product_photo, tmp_path):
+    import subprocess
+    import sys
+
+    studio = [sys.executable, "-m", "studio.cli"]
+    done = subprocess.run([*studio, "campaign", "--product", str(product_photo), "--category", "bottle",
+                           "--model", str(tiny_pipeline_dir), "--prompts-per-group", "1", "--size", "64",
+                           "--steps", "1", "--out", str(tmp_path / "out"), "--json"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert [g["group_id"] for g in report["groups"]] == ["0", "1", "2", "3"]  # reward-mini's own groups
+    assert all(Path(g["best"]).is_file() for g in report["groups"])
+    assert "randomly initialised" in done.stderr
+
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"")
+    done = subprocess.run([*studio, "demo", "--out", str(tmp_path / "demo"), "--prompts-per-group", "0"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stderr.strip().count("\n") == 0
+    assert "prompts_per_group" in done.stderr and not (tmp_path / "demo").exists()
+    done = subprocess.run([*studio, "campaign", "--product", str(corrupt), "--out", str(tmp_path / "bad")],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stderr.startswith("studio: error:")
+    assert not (tmp_path / "bad").exists()

@@ -15,6 +15,8 @@ def register(subparsers) -> None:
                     "around the product, and the reward model ranks them by predicted CTR.",
     )
     campaign.add_argument("--product", required=True, help="product photo (PNG with transparency, or plain background)")
+    campaign.add_argument("--mask", default=None, help="product mask (white = product) for a photo without "
+                                                        "transparency or a plain background")
     campaign.add_argument("--title", default="", help="product title, e.g. 'green glass bottle'")
     campaign.add_argument("--category", default="", help="catalogue category or product kind, e.g. beverage or bottle")
     _common(campaign)
@@ -52,7 +54,7 @@ def run_campaign_command(args: argparse.Namespace, product=None) -> int:
         groups = [p.to_dict() for p in AudienceClustering.from_pretrained(args.groups).profiles_]
     report = run_campaign(
         product if product is not None else args.product,
-        out_dir=args.out, title=getattr(args, "title", ""), category=getattr(args, "category", ""), groups=groups,
+        out_dir=args.out, mask=getattr(args, "mask", None), title=getattr(args, "title", ""), category=getattr(args, "category", ""), groups=groups,
         prompts_per_group=args.prompts_per_group, seed=args.seed, generator=args.model,
         prompt_model=args.prompt_model, reward_model=args.reward_model, size=args.size, steps=args.steps,
     )
