@@ -15,6 +15,8 @@ costs the UNet only. Data: `RendererData` (procedural scenes) or `FolderData` (i
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import os
 import shutil
@@ -54,6 +56,9 @@ class TrainConfig:
     resolution: int | None = None
     mask_modes: dict[str, float] = field(default_factory=lambda: {"product": 0.7, "outpaint": 0.2, "random": 0.1})
     caption_dropout: float = 0.1
+    # What a dropped caption becomes, drawn uniformly: "" as in Stable Diffusion; adding typical negative prompts
+    # teaches the model to read them as "no condition", as classifier-free guidance then uses them.
+    null_captions: tuple[str, ...] = ("",)
     snr_gamma: float | None = 5.0
     ema_decay: float | None = None
     mixed_precision: str = "no"
@@ -68,6 +73,8 @@ class TrainConfig:
             raise InputError(f"learning_rate must be > 0, got {self.learning_rate}")
         if not 0 <= self.caption_dropout <= 1:
             raise InputError(f"caption_dropout must be a probability in [0, 1], got {self.caption_dropout}")
+        if not self.null_captions:
+            raise InputError("null_captions needs at least one caption (\"\" as in Stable Diffusion)")
         unknown = set(self.mask_modes) - {"product", "outpaint", "random"}
         if unknown or sum(self.mask_modes.values()) <= 0:
             raise InputError(f"mask_modes must weigh 'product', 'outpaint' and/or 'random', got {self.mask_modes}")
@@ -235,7 +242,7 @@ class EncodedData:
 
     latent_mean/std and masked_mean/std: (N, C, h, w) VAE posteriors of the images and masked images (unscaled; a
     fresh latent is sampled every step, as the pipeline samples). masks: (N, 1, h, w) latent-grid masks.
-    prompt_embeds: (N, T, D). empty_embeds: (1, T, D), the "" prompt for caption dropout.
+    prompt_embeds: (N, T, D). empty_embeds: (K, T, D), the config's null captions for caption dropout.
     """
 
     latent_mean: object
@@ -288,7 +295,7 @@ def encode_dataset(components: Components, data, config: TrainConfig, batch_size
         parts["masks"].append(torch.nn.functional.interpolate(masks, size=(latent_size, latent_size)))
         parts["prompt_embeds"].append(encode_prompts(components, [e["caption"] for e in examples]))
     tensors = {key: torch.cat(value) for key, value in parts.items()}
-    return EncodedData(**tensors, empty_embeds=encode_prompts(components, [""]))
+    return EncodedData(**tensors, empty_embeds=encode_prompts(components, list(config.null_captions)))
 
 
 # ------------------------------------------------------------------------------------------------------- objective
@@ -388,6 +395,7 @@ class InpaintingTrainer:
         self._generator.manual_seed(int(rng.integers(2**62)))
         indices = rng.integers(len(data), size=cfg.batch_size)
         drop = torch.from_numpy(rng.uniform(size=cfg.batch_size) < cfg.caption_dropout)
+        null = rng.integers(len(cfg.null_captions), size=cfg.batch_size)
         scale = self.components.vae.config.scaling_factor
         if isinstance(data, EncodedData):
             index = torch.from_numpy(indices)
@@ -397,7 +405,7 @@ class InpaintingTrainer:
             masked = data.masked_mean[index] + data.masked_std[index] * torch.randn(
                 data.masked_std[index].shape, generator=g)
             masks, embeds = data.masks[index], data.prompt_embeds[index].clone()
-            embeds[drop] = data.empty_embeds.to(embeds.dtype)
+            embeds[drop] = data.empty_embeds[torch.from_numpy(null % len(data.empty_embeds))][drop].to(embeds.dtype)
             return latents * scale, masks, masked * scale, embeds
         size = cfg.resolution or self.components.vae.config.sample_size
         latent_size = size // self.components.vae_scale_factor
@@ -411,7 +419,7 @@ class InpaintingTrainer:
         masked_mean, masked_std = _posterior(self.components, pixels * (full_masks < 0.5))
         latents = mean + std * torch.randn(std.shape, generator=self._generator)
         masked = masked_mean + masked_std * torch.randn(masked_std.shape, generator=self._generator)
-        captions = ["" if d else e["caption"] for e, d in zip(examples, drop.tolist())]
+        captions = [cfg.null_captions[n] if d else e["caption"] for e, d, n in zip(examples, drop.tolist(), null)]
         masks = torch.nn.functional.interpolate(full_masks, size=(latent_size, latent_size))
         return latents * scale, masks, masked * scale, encode_prompts(self.components, captions)
 
@@ -534,15 +542,22 @@ class InpaintingTrainer:
             layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(self.unet))
             type(self.pipeline).save_lora_weights(str(tmp), unet_lora_layers=layers, safe_serialization=True)
         else:
-            if self.ema is not None:
-                self.ema.store(self.unet.parameters())
-                self.ema.copy_to(self.unet.parameters())
-            try:
+            with self.averaged_weights():
                 self.pipeline.save_pretrained(str(tmp), safe_serialization=True)
-            finally:
-                if self.ema is not None:
-                    self.ema.restore(self.unet.parameters())
         return replace_folder(tmp, folder)
+
+    @contextlib.contextmanager
+    def averaged_weights(self):
+        """Within the block the UNet holds its EMA weights (when kept); its training weights come back after."""
+        if self.ema is None:
+            yield self.unet
+            return
+        self.ema.store(self.unet.parameters())
+        self.ema.copy_to(self.unet.parameters())
+        try:
+            yield self.unet
+        finally:
+            self.ema.restore(self.unet.parameters())
 
 
 def latest_checkpoint(out: str | os.PathLike) -> Path | None:

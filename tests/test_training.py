@@ -16,6 +16,7 @@ from studio.training import (
     RendererData,
     TrainConfig,
     encode_dataset,
+    encode_prompts,
     latest_checkpoint,
     make_mask,
 )
@@ -73,6 +74,20 @@ def test_encoding_follows_the_pipeline_conventions(tiny_folder):
     assert data.prompt_embeds.shape == (3, pipeline.tokenizer.model_max_length, 32)
     # The masked image's latents encode image * (mask < 0.5), as StableDiffusionInpaintPipeline does.
     assert not torch.allclose(data.masked_mean, data.latent_mean)
+
+
+def test_dropped_captions_become_the_configured_null_captions(tiny_folder):
+    pipeline = load(tiny_folder)
+    components = Components.from_pipeline(pipeline)
+    nulls = ("", "blurry, text, watermark")
+    cfg = config(caption_dropout=1.0, null_captions=nulls, batch_size=8)
+    data = encode_dataset(components, RendererData(n=3, size=64), cfg, progress=False)
+    torch.testing.assert_close(data.empty_embeds, encode_prompts(components, list(nulls)))
+    _, _, _, embeds = InpaintingTrainer(pipeline, cfg)._batch(data, step=0, process=0)
+    used = {min(range(len(nulls)), key=lambda k: (e - data.empty_embeds[k]).abs().max().item()) for e in embeds}
+    assert used == {0, 1}  # every caption dropped, to both null captions
+    with pytest.raises(InputError, match="null_captions"):
+        config(null_captions=())
 
 
 def test_lora_trains_saves_and_loads_back_into_a_fresh_pipeline(tiny_folder, tmp_path):
