@@ -75,12 +75,17 @@ TONE_NEGATIVE: dict[str, tuple[str, ...]] = {
     "neutral": ("clutter",), "calm": ("harsh", "clutter"), "playful": ("dull", "gloomy"),
     "premium": ("cheap", "clutter"), "bold": ("dull", "washed"), "natural": ("plastic", "artificial"),
 }
-_TEMPLATES: tuple[str, ...] = (
+PROMPT_TEMPLATES: tuple[str, ...] = (
     "{colour} {material} backdrop, {lighting} lighting, {layout} scene, {mood} mood",
     "{layout} setting with a {colour} {material} background, {lighting} light, {mood} and {mood2}",
     "{mood} {colour} {material} backdrop, {lighting} lighting, {layout} scene, professional product photo",
     "{colour} {material} background, {layout} shot, {lighting} light, {mood} {mood2} mood, high quality",
 )
+
+
+def negative_prompt(tone: str) -> str:
+    """The negative prompt the prior writes for a brand tone."""
+    return ", ".join(BASE_NEGATIVE + TONE_NEGATIVE[tone])
 
 
 def known_tone(brief: Brief) -> str:
@@ -133,11 +138,10 @@ def sample_prompt(brief: Brief, rng: np.random.Generator) -> tuple[str, str]:
     layout = shape_layout if shape_layout and rng.random() < 0.5 else _pick(rng, theme.layouts)
     mood = _pick(rng, theme.moods, decay=0.8)
     mood2 = _pick(rng, tuple(m for m in theme.moods + accent.moods if m != mood), decay=0.8)
-    template = _TEMPLATES[int(rng.integers(len(_TEMPLATES)))]
+    template = PROMPT_TEMPLATES[int(rng.integers(len(PROMPT_TEMPLATES)))]
     positive = template.format(colour=colour, material=material, lighting=lighting, layout=layout,
                                mood=mood, mood2=mood2)
-    negative = ", ".join(BASE_NEGATIVE + TONE_NEGATIVE[tone])
-    return positive, negative
+    return positive, negative_prompt(tone)
 
 
 def make_pairs(n: int, seed: int = 0) -> list[tuple[Brief, str, str]]:
