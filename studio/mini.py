@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from prompts.data import BASE_NEGATIVE, PROMPT_TEMPLATES, PROMPT_WORDS, TONE_NEGATIVE, TONES, all_mood_words, negative_prompt
 from studio.atomic import replace_folder, write_file
 from studio.errors import InputError
 from studio.renderer import CAPTION_WORDS, NEUTRAL_PRODUCT_COLOUR, render_scene, sample_attributes
@@ -49,18 +50,28 @@ class MiniRecipe:
     vae_lr: float = 2e-3
     vae_kl_weight: float = 1e-6
     vae_psnr_goal: float = 30.0
-    unet_steps: int = 40_000
+    unet_steps: int = 20_000
     unet_batch: int = 32
     unet_lr: float = 5e-4
     unet_warmup: int = 200
+    unet_ema_decay: float = 0.999
     # No min-SNR weighting: on a zero-terminal-SNR schedule it would give the noisiest steps, where the global colour
     # is decided, almost no weight.
     unet_snr_gamma: float | None = None
     caption_dropout: float = 0.1
-    checkpoint_every: int = 250
+    # Share of training captions written in the prompt model's style (its templates, mood words, commas), so the
+    # prompts `studio campaign` sends are in-distribution; dropped captions become "" or one of its negative prompts.
+    prompt_style_captions: float = 0.5
+    checkpoint_every: int = 500
     text_width: int = 64
-    text_length: int = 16
+    text_length: int = 32
     unet_channels: tuple[int, ...] = (32, 64, 128)
+    # Cross-attention per UNet level: none at the full latent size, where it costs most (as SD leaves it out of its
+    # lowest-resolution level).
+    unet_attention: tuple[bool, ...] = (False, True, True)
+    # Also pool the caption into the time embedding (diffusers' addition_embed_type="text", as in DeepFloyd IF), so
+    # every ResNet block is scaled and shifted by it: global attributes such as colour are learnt far sooner.
+    unet_pooled_text: bool = True
     vae_channels: tuple[int, ...] = (16, 32, 64)
     latent_channels: int = 4  # StableDiffusionInpaintPipeline accepts 9-channel (4 + 1 + 4) UNets only
     inference_steps: int = 20
@@ -71,9 +82,25 @@ class MiniRecipe:
 
 
 def mini_words() -> list[str]:
-    """Every word a studio-mini caption can hold: the scene vocabulary and the caption grammar's words."""
-    words = list(COLOURS) + list(MATERIALS) + list(LIGHTING) + list(LAYOUTS) + list(PRODUCTS) + list(CAPTION_WORDS)
+    """Every word a studio-mini caption can hold: the scene vocabulary, the caption grammar's words and every word
+    the prompt model writes (prompts and negative prompts)."""
+    words = [*COLOURS, *MATERIALS, *LIGHTING, *LAYOUTS, *PRODUCTS, *CAPTION_WORDS, *PROMPT_WORDS, *all_mood_words(),
+             *BASE_NEGATIVE, *(word for extra in TONE_NEGATIVE.values() for word in extra)]
     return list(dict.fromkeys(words))
+
+
+def null_captions() -> tuple[str, ...]:
+    """What a dropped training caption becomes: "" and each negative prompt the prompt model writes."""
+    return ("", *dict.fromkeys(negative_prompt(tone) for tone in TONES))
+
+
+def prompt_style_caption(attributes: dict, rng: np.random.Generator) -> str:
+    """A caption for a scene's attributes in the prompt model's style: one of its templates, random mood words."""
+    moods = all_mood_words()
+    mood, mood2 = (str(word) for word in rng.choice(moods, size=2, replace=False))
+    template = PROMPT_TEMPLATES[int(rng.integers(len(PROMPT_TEMPLATES)))]
+    return template.format(**{key: attributes[key] for key in ("colour", "material", "lighting", "layout")},
+                           mood=mood, mood2=mood2)
 
 
 def build_components(folder: str | os.PathLike, recipe: MiniRecipe):
@@ -98,12 +125,16 @@ def build_components(folder: str | os.PathLike, recipe: MiniRecipe):
         latent_channels=recipe.latent_channels, norm_num_groups=16, sample_size=recipe.resolution,
         mid_block_add_attention=False)
     latent_size = recipe.resolution // 2 ** (levels - 1)
+    if len(recipe.unet_attention) != len(recipe.unet_channels):
+        raise InputError("unet_attention needs one flag per UNet level (unet_channels)")
+    pooled = dict(addition_embed_type="text", addition_embed_type_num_heads=4,
+                  resnet_time_scale_shift="scale_shift") if recipe.unet_pooled_text else {}
     unet = UNet2DConditionModel(
         sample_size=latent_size, in_channels=2 * recipe.latent_channels + 1, out_channels=recipe.latent_channels,
-        down_block_types=("CrossAttnDownBlock2D",) * len(recipe.unet_channels),
-        up_block_types=("CrossAttnUpBlock2D",) * len(recipe.unet_channels),
+        down_block_types=tuple("CrossAttnDownBlock2D" if a else "DownBlock2D" for a in recipe.unet_attention),
+        up_block_types=tuple("CrossAttnUpBlock2D" if a else "UpBlock2D" for a in reversed(recipe.unet_attention)),
         block_out_channels=recipe.unet_channels, layers_per_block=1, cross_attention_dim=recipe.text_width,
-        attention_head_dim=8, norm_num_groups=16)
+        attention_head_dim=8, norm_num_groups=16, **pooled)
     # v-prediction on a zero-terminal-SNR schedule: at the first inference step the model sees pure noise, as in
     # training, so the global colour comes from the prompt rather than from leaked low frequencies.
     scheduler = DDIMScheduler(
@@ -134,18 +165,22 @@ class SceneArrays:
                 "caption": self.captions[index]}
 
     @classmethod
-    def render(cls, n: int, size: int, seed: int, exclude=frozenset(), progress: bool = True) -> "SceneArrays":
-        """Render `n` seeded scenes of size x size pixels."""
+    def render(cls, n: int, size: int, seed: int, exclude=frozenset(), progress: bool = True,
+               prompt_style: float = 0.0) -> "SceneArrays":
+        """Render `n` seeded scenes of size x size pixels; a `prompt_style` share of them get a caption in the
+        prompt model's style instead of the renderer's."""
         from tqdm.auto import tqdm
 
         rng = np.random.default_rng([seed, 7])
+        styler = np.random.default_rng([seed, 8])  # its own stream: the images do not depend on prompt_style
         images, masks, captions, attributes = [], [], [], []
         for _ in tqdm(range(n), desc="render", disable=not progress):
             drawn = sample_attributes(rng, set(exclude))
             scene = render_scene(size=size, seed=int(rng.integers(2**31)), **drawn)
             images.append(np.asarray(scene.image))
             masks.append(np.asarray(scene.product_mask))
-            captions.append(scene.caption)
+            styled = prompt_style_caption(scene.attributes, styler) if styler.uniform() < prompt_style else None
+            captions.append(styled or scene.caption)
             attributes.append(scene.attributes)
         return cls(np.stack(images), np.stack(masks), captions, attributes)
 
@@ -273,18 +308,20 @@ def nearest_colour(rgb: np.ndarray) -> str:
 
 
 def generate_backgrounds(pipeline, prompts: list[str], seeds: list[int], size: int, steps: int,
-                         guidance: float = 4.0) -> list[tuple[Image.Image, np.ndarray]]:
+                         guidance: float = 4.0, negative_prompts: list[str] | None = None
+                         ) -> list[tuple[Image.Image, np.ndarray]]:
     """Repaint the backdrop of a neutral scene per (prompt, seed) at the native size; returns (image, background
     boolean mask (S, S)) pairs."""
     import torch
 
     pipeline.set_progress_bar_config(disable=True)
     results = []
-    for prompt, seed in zip(prompts, seeds):
+    for prompt, seed, negative in zip(prompts, seeds, negative_prompts or [None] * len(prompts)):
         scene = neutral_scene(size, seed)
         generator = torch.Generator().manual_seed(seed)
-        image = pipeline(prompt=prompt, image=scene.image, mask_image=scene.background_mask, height=size, width=size,
-                         num_inference_steps=steps, guidance_scale=guidance, generator=generator).images[0]
+        image = pipeline(prompt=prompt, negative_prompt=negative, image=scene.image, mask_image=scene.background_mask,
+                         height=size, width=size, num_inference_steps=steps, guidance_scale=guidance,
+                         generator=generator).images[0]
         results.append((image, np.asarray(scene.product_mask) < 128))
     return results
 
@@ -303,6 +340,32 @@ def colour_adherence(pipeline, seeds: tuple[int, ...] = (0, 1, 2, 3), size: int 
         if got != colour:
             confusions[f"{colour}->{got}"] = confusions.get(f"{colour}->{got}", 0) + 1
     return {"colour_adherence": hits / len(cases), "cases": len(cases), "confusions": confusions}
+
+
+def prompt_model_adherence(pipeline, prompts_per_group: int = 8, seeds: tuple[int, ...] = (0, 1), size: int = 64,
+                           steps: int = 20) -> dict:
+    """Colour adherence on what `studio campaign` sends: prompts-mini's prompts (with their negative prompts) for the
+    reward-mini audience groups. A case hits when the background is nearest to the first colour its prompt names."""
+    from prompts.backends import load_prompt_model
+    from prompts.brief import Brief
+    from reward.model import resolve_model_folder
+    from studio.audience import AudienceClustering
+
+    writer = load_prompt_model(None)
+    groups = AudienceClustering.from_pretrained(resolve_model_folder("reward-mini") / "audience").profiles_
+    cases = []
+    for profile in groups:
+        brief = Brief.from_dict({"audience": profile.to_dict(), "product": {"title": "bottle", "category": "beverage"}})
+        for seed in seeds:
+            for prompt in writer.suggest(brief, n=prompts_per_group, seed=seed):
+                colour = next((word for word in prompt.positive.replace(",", " ").split() if word in COLOURS), None)
+                if colour is not None:
+                    cases.append((prompt, colour, seed * 100 + len(cases)))
+    outputs = generate_backgrounds(pipeline, [p.positive for p, *_ in cases], [seed for *_, seed in cases], size,
+                                   steps, negative_prompts=[p.negative for p, *_ in cases])
+    hits = sum(nearest_colour(np.asarray(image, float)[background].mean(0)) == colour
+               for (_, colour, _), (image, background) in zip(cases, outputs))
+    return {"prompt_model_colour_adherence": hits / max(1, len(cases)), "prompt_model_cases": len(cases)}
 
 
 # -------------------------------------------------------------------------------------------- material classifier
@@ -408,8 +471,8 @@ def train_mini(run: str | os.PathLike = "runs/studio-mini", export: str | os.Pat
     # 1. Data: a fixed seeded set of renders, and held-out renders for the VAE gate.
     data_path = run / "scenes.safetensors"
     if not data_path.is_file():
-        SceneArrays.render(recipe.n_train, recipe.resolution, recipe.seed, set(recipe.held_out), progress).save(
-            data_path)
+        SceneArrays.render(recipe.n_train, recipe.resolution, recipe.seed, set(recipe.held_out), progress,
+                           recipe.prompt_style_captions).save(data_path)
         SceneArrays.render(recipe.n_heldout, recipe.resolution, recipe.seed + 1, set(recipe.held_out),
                            progress).save(run / "heldout.safetensors")
     scenes, heldout = SceneArrays.load(data_path), SceneArrays.load(run / "heldout.safetensors")
@@ -433,7 +496,8 @@ def train_mini(run: str | os.PathLike = "runs/studio-mini", export: str | os.Pat
     config = TrainConfig(
         steps=recipe.unet_steps, batch_size=recipe.unet_batch, learning_rate=recipe.unet_lr,
         warmup_steps=recipe.unet_warmup, caption_dropout=recipe.caption_dropout, snr_gamma=recipe.unet_snr_gamma,
-        seed=recipe.seed, checkpoint_every=recipe.checkpoint_every, keep_checkpoints=2,
+        null_captions=null_captions(), ema_decay=recipe.unet_ema_decay, seed=recipe.seed, checkpoint_every=recipe.checkpoint_every,
+        keep_checkpoints=2,
         mask_modes={"product": 0.8, "outpaint": 0.1, "random": 0.1})
     if not cache_path.is_file():
         encode_dataset(Components.from_pipeline(pipeline), scenes, config, progress=progress).save(cache_path)
@@ -445,16 +509,18 @@ def train_mini(run: str | os.PathLike = "runs/studio-mini", export: str | os.Pat
 
     def probe(trainer, step):
         nonlocal best
-        trainer.unet.eval()
         started = time.perf_counter()
-        result = colour_adherence(pipeline, seeds=(0, 1), size=recipe.resolution, steps=recipe.inference_steps)
-        trainer.unet.train()
-        loss = float(np.mean(trainer.losses_[-recipe.checkpoint_every:])) if trainer.losses_ else None
-        log.write(stage="unet", step=step, loss=loss, probe_seconds=round(time.perf_counter() - started, 1), **result)
-        if best is None or result["colour_adherence"] >= best["colour_adherence"]:
-            best = {"step": step, **result}
-            _save_atomically(pipeline, best_path)
-            (run / "best.json").write_text(json.dumps(best, indent=1) + "\n")
+        with trainer.averaged_weights() as unet:
+            unet.eval()
+            result = colour_adherence(pipeline, seeds=(0, 1), size=recipe.resolution, steps=recipe.inference_steps)
+            unet.train()
+            loss = float(np.mean(trainer.losses_[-recipe.checkpoint_every:])) if trainer.losses_ else None
+            log.write(stage="unet", step=step, loss=loss, probe_seconds=round(time.perf_counter() - started, 1),
+                      **result)
+            if best is None or result["colour_adherence"] >= best["colour_adherence"]:
+                best = {"step": step, **result}
+                _save_atomically(pipeline, best_path)
+                write_file(run / "best.json", lambda tmp: tmp.write_text(json.dumps(best, indent=1) + "\n"))
 
     trainer = InpaintingTrainer(pipeline, config)
     trainer.fit(encoded, run / "unet", resume=True, callback=probe, progress=progress)

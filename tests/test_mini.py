@@ -11,13 +11,16 @@ from studio.mini import (
     HELD_OUT_PAIRS,
     MODEL_FOLDER,
     MiniRecipe,
+    SceneArrays,
     build_components,
     fit_material_classifier,
     mini_words,
     nearest_colour,
     neutral_scene,
+    null_captions,
     train_mini,
 )
+from studio.tiny import build_clip_tokenizer
 from studio.renderer import render_scene
 from studio.vocabulary import COLOURS
 
@@ -25,7 +28,8 @@ torch.set_num_threads(1)
 
 # A recipe small enough for CI: the same stages and code paths as the shipped one, minutes become seconds.
 SMALL = MiniRecipe(n_train=24, n_heldout=8, vae_steps=2, vae_batch=4, unet_steps=2, unet_batch=4,
-                   checkpoint_every=2, inference_steps=2, unet_channels=(16, 32), vae_channels=(16, 16, 32))
+                   checkpoint_every=2, inference_steps=2, unet_channels=(16, 32), unet_attention=(False, True),
+                   vae_channels=(16, 16, 32))
 
 
 def load(folder):
@@ -80,6 +84,21 @@ def test_the_recipe_runs_all_stages_resumes_and_exports(tmp_path):
 
     with pytest.raises(InputError, match="another recipe"):
         train_mini(run, export=None, recipe=MiniRecipe(**{**SMALL.__dict__, "seed": 1}), progress=False)
+
+
+def test_prompt_style_captions_change_captions_only_and_name_every_attribute(tmp_path):
+    plain = SceneArrays.render(12, 32, seed=0, progress=False)
+    styled = SceneArrays.render(12, 32, seed=0, progress=False, prompt_style=0.5)
+    assert np.array_equal(plain.images, styled.images) and plain.attributes == styled.attributes
+    changed = [c for a, c in zip(plain.captions, styled.captions) if a != c]
+    assert 0 < len(changed) < 12 and all("," in caption for caption in changed)
+    for caption, attributes in zip(styled.captions, styled.attributes):
+        words = caption.replace(",", " ").split()
+        assert all(attributes[key] in words for key in ("colour", "material", "lighting", "layout"))
+    tokenizer = build_clip_tokenizer(mini_words(), tmp_path, model_max_length=MiniRecipe().text_length)
+    for caption in styled.captions + list(null_captions()):
+        assert all(len(tokenizer.tokenize(word)) == 1 for word in caption.replace(",", " ").split()), caption
+        assert len(tokenizer(caption).input_ids) <= MiniRecipe().text_length
 
 
 def test_material_classifier_learns_from_renders_only():
