@@ -568,10 +568,11 @@ class _Log:
 
 def evaluate_mini(model: str | os.PathLike = MODEL_FOLDER, steps: int = 20, threads: int = 1,
                   colour_seeds: tuple[int, ...] = (0, 1, 2, 3), material_seeds: tuple[int, ...] = (0,),
-                  latency_runs: int = 3, progress: bool = True) -> dict:
+                  latency_runs: int = 3, classifier_renders: int = 1800, progress: bool = True) -> dict:
     """The studio-mini quality gate (a benchmark, minutes on a CPU). Returns the measured figures and the goals.
 
-    colour_adherence: 12 colours x colour_seeds on a neutral product (goal >= 0.9). material_adherence: 6 materials x
+    colour_adherence: 12 colours x colour_seeds on a neutral product (goal >= 0.9). prompt_model_colour_adherence:
+    the same measure on prompts-mini's prompts for the reward-mini groups (no goal). material_adherence: 6 materials x
     12 colours x material_seeds, read by a classifier fitted on renders only (goal >= 0.7); material_ceiling: that
     classifier's accuracy on held-out renders. product_bit_exact: the product pixels of a 512x512 creative equal the
     input's. latency_s: median seconds per 512x512 creative (generate + upscale + paste back) at `steps` steps.
@@ -596,8 +597,10 @@ def evaluate_mini(model: str | os.PathLike = MODEL_FOLDER, steps: int = 20, thre
 
     say("colour adherence ...", flush=True)
     report.update(colour_adherence(pipeline, colour_seeds, size, steps))
+    say("colour adherence on the prompt model's prompts ...", flush=True)
+    report.update(prompt_model_adherence(pipeline, size=size, steps=steps))
     say("material classifier (renders only) ...", flush=True)
-    classifier, report["material_ceiling"] = fit_material_classifier(size=size)
+    classifier, report["material_ceiling"] = fit_material_classifier(n=classifier_renders, size=size)
     say("material adherence ...", flush=True)
     report["material_adherence"] = material_adherence(pipeline, classifier, material_seeds, size,
                                                       steps)["material_adherence"]

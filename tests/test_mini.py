@@ -13,6 +13,7 @@ from studio.mini import (
     MiniRecipe,
     SceneArrays,
     build_components,
+    evaluate_mini,
     fit_material_classifier,
     mini_words,
     nearest_colour,
@@ -99,6 +100,17 @@ def test_prompt_style_captions_change_captions_only_and_name_every_attribute(tmp
     for caption in styled.captions + list(null_captions()):
         assert all(len(tokenizer.tokenize(word)) == 1 for word in caption.replace(",", " ").split()), caption
         assert len(tokenizer(caption).input_ids) <= MiniRecipe().text_length
+
+
+def test_the_gate_measures_everything_it_reports(mini_folder):
+    report = evaluate_mini(mini_folder, steps=2, colour_seeds=(0,), latency_runs=1, classifier_renders=120,
+                           progress=False)
+    assert report["cases"] == 12 and report["prompt_model_cases"] >= 32
+    for key in ("colour_adherence", "prompt_model_colour_adherence", "material_adherence", "material_ceiling"):
+        assert 0.0 <= report[key] <= 1.0, key
+    assert report["product_bit_exact"] is True and report["latency_s"] > 0 and report["peak_rss_mb"] > 0
+    assert report["passed"] == (report["colour_adherence"] >= 0.9 and report["material_adherence"] >= 0.7
+                                and report["latency_s"] <= 2.0 and report["peak_rss_mb"] <= 1536)
 
 
 def test_material_classifier_learns_from_renders_only():

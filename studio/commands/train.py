@@ -46,6 +46,7 @@ def register(subparsers) -> None:
         description="Benchmarks a studio-mini pipeline folder against the gate (not a test; takes minutes).")
     gate.add_argument("--model", default=None, help="pipeline folder (default: studio/models/studio-mini)")
     gate.add_argument("--steps", type=int, default=20, help="inference steps (default 20)")
+    gate.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2: the latency goal's cores)")
     gate.add_argument("--json", action="store_true")
     gate.set_defaults(func=run_eval_mini)
 
@@ -101,6 +102,7 @@ def run_train_mini(args: argparse.Namespace) -> int:
 def run_eval_mini(args: argparse.Namespace) -> int:
     from studio.mini import MODEL_FOLDER, evaluate_mini
 
-    report = evaluate_mini(args.model or MODEL_FOLDER, steps=args.steps, progress=not args.json)
+    report = evaluate_mini(args.model or MODEL_FOLDER, steps=args.steps, threads=args.threads,
+                           progress=not args.json)
     print(json.dumps(report) if args.json else "\n".join(f"{k}: {v}" for k, v in report.items()))
     return 0
