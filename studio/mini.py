@@ -33,6 +33,8 @@ from studio.renderer import CAPTION_WORDS, NEUTRAL_PRODUCT_COLOUR, render_scene,
 from studio.vocabulary import COLOURS, LAYOUTS, LIGHTING, MATERIALS, PRODUCTS
 
 MODEL_FOLDER = Path(__file__).parent / "models" / "studio-mini"
+# The training probe's material check uses these colours only (a quarter of the gate's cases).
+PROBE_COLOURS: tuple[str, ...] = ("red", "teal", "white", "black")
 # Never rendered for training: the LoRA proof teaches it afterwards.
 HELD_OUT_PAIRS: tuple[tuple[str, str], ...] = (("pink", "wood"),)
 
@@ -326,13 +328,14 @@ def generate_backgrounds(pipeline, prompts: list[str], seeds: list[int], size: i
     return results
 
 
-def colour_adherence(pipeline, seeds: tuple[int, ...] = (0, 1, 2, 3), size: int = 64, steps: int = 20) -> dict:
+def colour_adherence(pipeline, seeds: tuple[int, ...] = (0, 1, 2, 3), size: int = 64, steps: int = 20,
+                     guidance: float = 4.0) -> dict:
     """Share of (colour, seed) cases whose generated background mean colour is nearest to the requested colour."""
     colours = list(COLOURS)
     cases = [(colour, seed) for colour in colours for seed in seeds]
     prompts = [f"a {PRODUCTS[seed % len(PRODUCTS)]} on a {colour} plain backdrop soft light studio shot"
                for colour, seed in cases]
-    outputs = generate_backgrounds(pipeline, prompts, [seed for _, seed in cases], size, steps)
+    outputs = generate_backgrounds(pipeline, prompts, [seed for _, seed in cases], size, steps, guidance)
     hits, confusions = 0, {}
     for (colour, _), (image, background) in zip(cases, outputs):
         got = nearest_colour(np.asarray(image, float)[background].mean(0))
@@ -343,7 +346,7 @@ def colour_adherence(pipeline, seeds: tuple[int, ...] = (0, 1, 2, 3), size: int 
 
 
 def prompt_model_adherence(pipeline, prompts_per_group: int = 8, seeds: tuple[int, ...] = (0, 1), size: int = 64,
-                           steps: int = 20) -> dict:
+                           steps: int = 20, guidance: float = 4.0) -> dict:
     """Colour adherence on what `studio campaign` sends: prompts-mini's prompts (with their negative prompts) for the
     reward-mini audience groups. A case hits when the background is nearest to the first colour its prompt names."""
     from prompts.backends import load_prompt_model
@@ -362,7 +365,7 @@ def prompt_model_adherence(pipeline, prompts_per_group: int = 8, seeds: tuple[in
                 if colour is not None:
                     cases.append((prompt, colour, seed * 100 + len(cases)))
     outputs = generate_backgrounds(pipeline, [p.positive for p, *_ in cases], [seed for *_, seed in cases], size,
-                                   steps, negative_prompts=[p.negative for p, *_ in cases])
+                                   steps, guidance, negative_prompts=[p.negative for p, *_ in cases])
     hits = sum(nearest_colour(np.asarray(image, float)[background].mean(0)) == colour
                for (_, colour, _), (image, background) in zip(cases, outputs))
     return {"prompt_model_colour_adherence": hits / max(1, len(cases)), "prompt_model_cases": len(cases)}
@@ -426,17 +429,18 @@ def fit_material_classifier(n: int = 1800, size: int = 64, seed: int = 0):
 
 
 def material_adherence(pipeline, classifier, seeds: tuple[int, ...] = (0, 1), size: int = 64,
-                       steps: int = 20) -> dict:
-    """Share of generated backgrounds (6 materials x 12 colours x seeds) the renderer-trained classifier reads as the
+                       steps: int = 20, colours: tuple[str, ...] = tuple(COLOURS), guidance: float = 4.0) -> dict:
+    """Share of generated backgrounds (6 materials x colours x seeds) the renderer-trained classifier reads as the
     requested material."""
-    cases = [(material, colour, seed) for material in MATERIALS for colour in COLOURS for seed in seeds]
+    cases = [(material, colour, seed) for material in MATERIALS for colour in colours for seed in seeds]
     prompts = [f"a {PRODUCTS[seed % len(PRODUCTS)]} on a {colour} {material} backdrop soft light studio shot"
                for material, colour, seed in cases]
-    outputs = generate_backgrounds(pipeline, prompts, [seed for *_, seed in cases], size, steps)
+    outputs = generate_backgrounds(pipeline, prompts, [seed for *_, seed in cases], size, steps, guidance)
     features = texture_features(np.stack([np.asarray(image) for image, _ in outputs]),
                                 np.stack([background for _, background in outputs]))
     predicted = classifier.predict(features)
-    return {"material_adherence": float(np.mean(predicted == np.array([m for m, *_ in cases]))), "cases": len(cases)}
+    hits = predicted == np.array([material for material, *_ in cases])
+    return {"material_adherence": float(np.mean(hits)), "material_cases": len(cases)}
 
 
 # --------------------------------------------------------------------------------------------------------- recipe
@@ -503,21 +507,28 @@ def train_mini(run: str | os.PathLike = "runs/studio-mini", export: str | os.Pat
         encode_dataset(Components.from_pipeline(pipeline), scenes, config, progress=progress).save(cache_path)
     encoded = EncodedData.load(cache_path)
 
-    # 4. The UNet, from scratch, probing colour adherence at every checkpoint and keeping the best pipeline.
+    # 4. The UNet, from scratch, probing colour and material adherence at every checkpoint (EMA weights) and keeping
+    # the best pipeline by their mean; a tie goes to the later step.
     best_path = run / "best"
     best = _read_best(run)
+    classifier = None
 
     def probe(trainer, step):
-        nonlocal best
+        nonlocal best, classifier
         started = time.perf_counter()
+        if classifier is None:
+            classifier = fit_material_classifier(n=600, size=recipe.resolution, seed=recipe.seed)[0]
         with trainer.averaged_weights() as unet:
             unet.eval()
             result = colour_adherence(pipeline, seeds=(0, 1), size=recipe.resolution, steps=recipe.inference_steps)
+            result.update(material_adherence(pipeline, classifier, seeds=(0,), size=recipe.resolution,
+                                             steps=recipe.inference_steps, colours=PROBE_COLOURS))
+            result["score"] = (result["colour_adherence"] + result["material_adherence"]) / 2
             unet.train()
             loss = float(np.mean(trainer.losses_[-recipe.checkpoint_every:])) if trainer.losses_ else None
             log.write(stage="unet", step=step, loss=loss, probe_seconds=round(time.perf_counter() - started, 1),
                       **result)
-            if best is None or result["colour_adherence"] >= best["colour_adherence"]:
+            if best is None or result["score"] >= best.get("score", -1.0):
                 best = {"step": step, **result}
                 _save_atomically(pipeline, best_path)
                 write_file(run / "best.json", lambda tmp: tmp.write_text(json.dumps(best, indent=1) + "\n"))
@@ -566,7 +577,7 @@ class _Log:
 # ------------------------------------------------------------------------------------------------------------ gate
 
 
-def evaluate_mini(model: str | os.PathLike = MODEL_FOLDER, steps: int = 20, threads: int = 1,
+def evaluate_mini(model: str | os.PathLike = MODEL_FOLDER, steps: int = 30, guidance: float = 7.5, threads: int = 1,
                   colour_seeds: tuple[int, ...] = (0, 1, 2, 3), material_seeds: tuple[int, ...] = (0,),
                   latency_runs: int = 3, classifier_renders: int = 1800, progress: bool = True) -> dict:
     """The studio-mini quality gate (a benchmark, minutes on a CPU). Returns the measured figures and the goals.
@@ -576,6 +587,7 @@ def evaluate_mini(model: str | os.PathLike = MODEL_FOLDER, steps: int = 20, thre
     12 colours x material_seeds, read by a classifier fitted on renders only (goal >= 0.7); material_ceiling: that
     classifier's accuracy on held-out renders. product_bit_exact: the product pixels of a 512x512 creative equal the
     input's. latency_s: median seconds per 512x512 creative (generate + upscale + paste back) at `steps` steps.
+    steps and guidance default to what `studio generate` and the UI use (30, 7.5).
     peak_rss_mb: peak resident memory of this process.
     """
     import resource
@@ -593,17 +605,18 @@ def evaluate_mini(model: str | os.PathLike = MODEL_FOLDER, steps: int = 20, thre
     say = print if progress else (lambda *args, **kwargs: None)
     pipeline = AutoPipelineForInpainting.from_pretrained(model)
     size = pipeline.unet.config.sample_size * 2 ** (len(pipeline.vae.config.block_out_channels) - 1)
-    report: dict = {"model": str(model), "native_size": size, "steps": steps, "threads": threads}
+    report: dict = {"model": str(model), "native_size": size, "steps": steps, "guidance": guidance,
+                    "threads": threads}
 
     say("colour adherence ...", flush=True)
-    report.update(colour_adherence(pipeline, colour_seeds, size, steps))
+    report.update(colour_adherence(pipeline, colour_seeds, size, steps, guidance))
     say("colour adherence on the prompt model's prompts ...", flush=True)
-    report.update(prompt_model_adherence(pipeline, size=size, steps=steps))
+    report.update(prompt_model_adherence(pipeline, size=size, steps=steps, guidance=guidance))
     say("material classifier (renders only) ...", flush=True)
     classifier, report["material_ceiling"] = fit_material_classifier(n=classifier_renders, size=size)
     say("material adherence ...", flush=True)
-    report["material_adherence"] = material_adherence(pipeline, classifier, material_seeds, size,
-                                                      steps)["material_adherence"]
+    report["material_adherence"] = material_adherence(pipeline, classifier, material_seeds, size, steps,
+                                                      guidance=guidance)["material_adherence"]
 
     say("512x512 creatives ...", flush=True)
     scene = neutral_scene(512, seed=0)
@@ -613,7 +626,7 @@ def evaluate_mini(model: str | os.PathLike = MODEL_FOLDER, steps: int = 20, thre
     for run in range(latency_runs):
         started = time.perf_counter()
         creative = generate_creatives(scene.image, mask=scene.product_mask, prompt=prompt, n=1, seed=run, size=512,
-                                      steps=steps, guidance=4.0, model=str(model), progress=False)[0]
+                                      steps=steps, guidance=guidance, model=str(model), progress=False)[0]
         latencies.append(time.perf_counter() - started)
         pixels = np.asarray(creative.image)
         exact &= bool(np.array_equal(pixels[canvas.keep], np.asarray(canvas.image)[canvas.keep]))

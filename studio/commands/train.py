@@ -45,7 +45,8 @@ def register(subparsers) -> None:
         "eval-mini", help="the studio-mini quality gate: colour/material adherence, bit-exact product, latency",
         description="Benchmarks a studio-mini pipeline folder against the gate (not a test; takes minutes).")
     gate.add_argument("--model", default=None, help="pipeline folder (default: studio/models/studio-mini)")
-    gate.add_argument("--steps", type=int, default=20, help="inference steps (default 20)")
+    gate.add_argument("--steps", type=int, default=30, help="inference steps (default 30, as studio generate)")
+    gate.add_argument("--guidance", type=float, default=7.5, help="guidance scale (default 7.5, as studio generate)")
     gate.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2: the latency goal's cores)")
     gate.add_argument("--json", action="store_true")
     gate.set_defaults(func=run_eval_mini)
@@ -102,7 +103,7 @@ def run_train_mini(args: argparse.Namespace) -> int:
 def run_eval_mini(args: argparse.Namespace) -> int:
     from studio.mini import MODEL_FOLDER, evaluate_mini
 
-    report = evaluate_mini(args.model or MODEL_FOLDER, steps=args.steps, threads=args.threads,
-                           progress=not args.json)
+    report = evaluate_mini(args.model or MODEL_FOLDER, steps=args.steps, guidance=args.guidance,
+                           threads=args.threads, progress=not args.json)
     print(json.dumps(report) if args.json else "\n".join(f"{k}: {v}" for k, v in report.items()))
     return 0
