@@ -32,9 +32,14 @@ DIRECTIONS = ["left", "right", "top", "bottom"]
 DEFAULT_OUT = Path("out") / "ui"
 
 NOISE_NOTICE = (
-    "**Notice:** the default generator is a tiny, randomly initialised model: "
-    "outputs are noise until the trained studio-mini model ships. "
+    "**Notice:** the embedded studio-mini model is missing, so the default generator is a tiny, randomly "
+    "initialised model: outputs are noise. "
     "Enter a real inpainting model (hub id or local folder) under *Model* for real pictures."
+)
+MINI_NOTICE = (
+    "Default generator: **studio-mini**, the small embedded model this project trained on rendered scenes. It paints "
+    "simple 64 x 64 backdrops (colours, materials such as marble, wood or fabric, lighting, layouts) that are upscaled "
+    "around your product. Enter a real inpainting model (hub id or local folder) under *Model* for photographic scenes."
 )
 
 
@@ -51,10 +56,10 @@ def _shown_to_user(handler: Callable[..., Any]) -> Callable[..., Any]:
     return wrapped
 
 
-def _default_model_is_noise() -> bool:
+def _generator_notice() -> str:
     from studio.engine import default_model, is_random_init
 
-    return is_random_init(default_model())
+    return NOISE_NOTICE if is_random_init(default_model()) else MINI_NOTICE
 
 
 def build_app(out_dir: str | os.PathLike = DEFAULT_OUT) -> gr.Blocks:
@@ -110,7 +115,7 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT) -> gr.Blocks:
 
     with gr.Blocks(title="Creative Studio") as app:
         gr.Markdown("# Creative Studio\nUpload a product photo, check its mask, describe a scene, generate creatives.")
-        gr.Markdown(NOISE_NOTICE, visible=_default_model_is_noise(), elem_id="noise-notice")
+        gr.Markdown(_generator_notice(), elem_id="generator-notice")
         with gr.Row():
             with gr.Column(scale=1):
                 photo = gr.File(label="Product photo (PNG, JPEG, WebP)", file_types=["image"], type="filepath",

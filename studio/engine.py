@@ -36,8 +36,8 @@ DTYPES = ("auto", "fp32", "fp16", "bf16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 RANDOM_INIT_NOTE = (
-    "the default generator is randomly initialised (its outputs are noise) until the trained studio-mini model ships; "
-    "pass --model with a real inpainting model for real pictures"
+    "this generator is randomly initialised (its outputs are noise); use the embedded studio-mini "
+    "(studio/models/studio-mini, rebuilt by `studio train-mini`) or pass --model with a real inpainting model"
 )
 
 # A cancel hook: an Event-like object with is_set(), or a callable that returns True to stop.

@@ -1,8 +1,8 @@
 """Tiny random-weight Stable-Diffusion inpainting components, built locally without the hub.
 
-They exist so the engine can be exercised end to end on a CPU in tests, and so a fresh install has a generator to run
-before the trained embedded model (studio-mini) ships. Their outputs are noise: everything that shows results made by
-them says so (see `studio.engine.is_random_init`).
+They exist so the engine can be exercised end to end on a CPU in tests, and as the last-resort default when the
+embedded studio-mini is missing. Their outputs are noise: everything that shows results made by them says so (see
+`studio.engine.is_random_init`).
 """
 
 from __future__ import annotations

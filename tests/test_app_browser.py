@@ -50,7 +50,7 @@ def test_a_marketer_uploads_a_product_paints_the_mask_generates_and_sees_creativ
     with serve_app(tmp_path / "out") as url:
         page = browser.new_page(viewport={"width": 1280, "height": 1100})
         page.goto(url)
-        page.get_by_text("outputs are noise until the trained studio-mini model ships").wait_for()
+        page.locator("#generator-notice").get_by_text("the small embedded model this project trained").wait_for()
 
         page.locator("#product-photo input[type=file]").set_input_files(str(photo))
         page.locator("#mask-message").get_by_text("Product found").wait_for(timeout=30_000)

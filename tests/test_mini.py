@@ -12,7 +12,7 @@ from studio.mini import (
     MODEL_FOLDER,
     MiniRecipe,
     SceneArrays,
-    build_components,
+    colour_adherence,
     evaluate_mini,
     fit_material_classifier,
     mini_words,
@@ -42,13 +42,10 @@ def load(folder):
 
 
 @pytest.fixture(scope="module")
-def mini_folder(tmp_path_factory):
-    """The shipped studio-mini when it exists, else the same architecture freshly built (random weights)."""
-    if (MODEL_FOLDER / "model_index.json").is_file():
-        return MODEL_FOLDER
-    folder = tmp_path_factory.mktemp("mini")
-    build_components(folder / "parts", MiniRecipe()).save_pretrained(folder)
-    return folder
+def mini_folder():
+    """The shipped studio-mini (the package's default generator)."""
+    assert (MODEL_FOLDER / "model_index.json").is_file(), f"studio-mini must ship in {MODEL_FOLDER}"
+    return MODEL_FOLDER
 
 
 def test_components_are_a_stable_diffusion_inpainting_pipeline_with_a_word_level_tokenizer(mini_folder):
@@ -60,6 +57,12 @@ def test_components_are_a_stable_diffusion_inpainting_pipeline_with_a_word_level
         assert len(pipeline.tokenizer.tokenize(word)) == 1, word
     weights = sum(path.stat().st_size for path in mini_folder.rglob("*") if path.is_file())
     assert weights <= 40 * 2**20
+
+
+def test_the_shipped_studio_mini_paints_the_requested_colour(mini_folder):
+    """The gate's colour check on one seed: the embedded generator follows the colour word of its prompt."""
+    result = colour_adherence(load(mini_folder), seeds=(0,), steps=20)
+    assert result["cases"] == 12 and result["colour_adherence"] >= 0.75, result["confusions"]
 
 
 def test_the_recipe_runs_all_stages_resumes_and_exports(tmp_path):
@@ -125,42 +128,44 @@ def test_nearest_colour_names_the_rendered_backdrop():
         assert nearest_colour(np.asarray(scene.image, float)[background].mean(0)) == colour
 
 
-def test_lora_shifts_studio_mini_toward_an_unseen_backdrop_and_round_trips(mini_folder, tmp_path):
-    """LoRA on a handful of renders of the held-out pair moves what the model paints toward that backdrop."""
-    from studio.training import InpaintingTrainer, TrainConfig
+def test_lora_teaches_studio_mini_a_new_word_for_an_unseen_backdrop_and_round_trips(mini_folder, tmp_path):
+    """DreamBooth-style LoRA proof: six renders of the never-trained pink x wood pair, captioned with a word studio-mini
+    has learnt to ignore ("neon", a mood word its captions attach to random scenes), move what the word paints
+    toward that backdrop; the LoRA saves and loads back to the same pixels."""
+    from studio.training import Components, FolderData, InpaintingTrainer, TrainConfig, encode_dataset
 
     colour, material = HELD_OUT_PAIRS[0]
     shots = tmp_path / "shots"
     shots.mkdir()
+    backdrops = []
     for seed in range(6):
         scene = render_scene(colour, material, "soft", "studio", "bottle", size=64, seed=seed)
         scene.image.save(shots / f"{seed}.png")
         scene.product_mask.save(shots / f"{seed}.mask.png")
-        (shots / f"{seed}.txt").write_text(scene.caption)
-    prompt = f"a bottle on a {colour} {material} backdrop soft light studio shot"
+        (shots / f"{seed}.txt").write_text("a bottle on a neon backdrop")
+        backdrops.append(np.asarray(scene.backdrop, float).reshape(-1, 3).mean(0))
+    target = np.mean(backdrops, axis=0)
     scene = neutral_scene(64, seed=0)
+    background = np.asarray(scene.product_mask) < 128
 
-    def painted_latents(pipeline):
-        out = pipeline(prompt=prompt, image=scene.image, mask_image=scene.background_mask, num_inference_steps=8,
-                       guidance_scale=4.0, output_type="latent", generator=torch.Generator().manual_seed(0))
-        return out.images[0]
+    def paint(pipeline):
+        return pipeline(prompt="a bottle on a neon backdrop", image=scene.image, mask_image=scene.background_mask,
+                        num_inference_steps=8, guidance_scale=4.0, generator=torch.Generator().manual_seed(0),
+                        output_type="np").images[0]
 
-    from studio.training import FolderData, encode_dataset, Components
+    def distance(pixels):  # background mean colour to the renders' backdrop mean colour, 0-255 RGB
+        return float(np.linalg.norm(pixels[background].mean(0) * 255 - target))
 
     pipeline = load(mini_folder)
+    before = distance(paint(pipeline))
     config = TrainConfig(steps=30, batch_size=6, learning_rate=5e-3, lora=True, lora_rank=8, checkpoint_every=30,
                          caption_dropout=0.0, snr_gamma=None, mask_modes={"product": 1.0})
-    target = encode_dataset(Components.from_pipeline(pipeline), FolderData(shots), config, progress=False)
-    goal = target.latent_mean.mean(0) * pipeline.vae.config.scaling_factor  # the backdrop's mean latent
-    before = painted_latents(pipeline)
-
-    trainer = InpaintingTrainer(pipeline, config).fit(target, tmp_path / "run", progress=False)
-    after = painted_latents(pipeline)
-    distance_before = (before - goal).pow(2).mean().item()
-    distance_after = (after - goal).pow(2).mean().item()
-    assert distance_after < 0.8 * distance_before
+    data = encode_dataset(Components.from_pipeline(pipeline), FolderData(shots), config, progress=False)
+    trainer = InpaintingTrainer(pipeline, config).fit(data, tmp_path / "run", progress=False)
+    after = paint(pipeline)
+    assert distance(after) < 0.5 * before
 
     saved = trainer.save(tmp_path / "lora")
     fresh = load(mini_folder)
     fresh.load_lora_weights(str(saved))
-    torch.testing.assert_close(painted_latents(fresh), after, atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(paint(fresh), after, atol=1e-4)
