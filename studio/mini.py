@@ -8,7 +8,7 @@ The recipe (`train_mini`, the `studio train-mini` command) runs in resumable sta
 3. cache -- encode every scene once with the frozen VAE and the frozen random-init CLIP text encoder
             (`studio.training.encode_dataset`): UNet steps then pay for the UNet only;
 4. unet  -- train the 9-channel UNet2DConditionModel from scratch with `studio.training.InpaintingTrainer`, probing
-            colour adherence at every checkpoint and keeping the best pipeline;
+            colour and material adherence at every checkpoint and keeping the best (EMA) pipeline;
 5. export -- copy the best pipeline to the model folder (studio/models/studio-mini by default).
 
 `evaluate_mini` is the quality gate (`studio eval-mini`): colour and material adherence, bit-exact product pixels,
