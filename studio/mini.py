@@ -4,7 +4,6 @@ The recipe (`train_mini`, the `studio train-mini` command) runs in resumable sta
 1. data  -- render a fixed, seeded set of 64x64 product scenes (one held-out colour x material pair is never shown);
 2. vae   -- train an AutoencoderKL (4x down-sampling, 4 latent channels) until it reconstructs held-out renders at the
             PSNR goal, then freeze it and set its scaling factor to 1 / std of the latents;
-   decoder -- refine the decoder of the frozen encoder with a spectral texture term (the latent space is unchanged);
 3. cache -- encode every scene once with the frozen VAE and the frozen random-init CLIP text encoder
             (`studio.training.encode_dataset`): UNet steps then pay for the UNet only;
 4. unet  -- train the 9-channel UNet2DConditionModel from scratch with `studio.training.InpaintingTrainer`, probing
@@ -53,10 +52,6 @@ class MiniRecipe:
     vae_lr: float = 2e-3
     vae_kl_weight: float = 1e-6
     vae_psnr_goal: float = 30.0
-    decoder_steps: int = 2000
-    decoder_batch: int = 16
-    decoder_lr: float = 5e-4
-    decoder_spectral_weight: float = 0.05
     unet_steps: int = 20_000
     unet_batch: int = 32
     unet_lr: float = 5e-4
@@ -228,15 +223,11 @@ def psnr(vae, images: np.ndarray, batch: int = 64) -> float:
 
 
 def train_vae(vae, train: np.ndarray, heldout: np.ndarray, recipe: MiniRecipe, folder: Path,
-              progress: bool = True, decoder_only: bool = False) -> dict:
+              progress: bool = True) -> dict:
     """Train the AutoencoderKL on uint8 images (N, S, S, 3), resumable from folder/last; returns its report.
 
     Loss: MSE + L1 reconstruction + a small KL term (Stable Diffusion's VAE recipe without the GAN and LPIPS terms).
     Stops at `vae_steps` or as soon as the held-out PSNR reaches the goal at a checkpoint.
-
-    decoder_only: refine the decoder of a frozen encoder for `decoder_steps` (as Stability's ft-MSE decoders), so the
-    latent space, and any cache or UNet built on it, stays valid. Its loss adds a log-amplitude spectrum term, which
-    rewards fine texture (fabric weave, marble veins) that a pixel loss blurs away.
     """
     import torch
     from diffusers import AutoencoderKL
@@ -247,59 +238,39 @@ def train_vae(vae, train: np.ndarray, heldout: np.ndarray, recipe: MiniRecipe, f
     if (folder / "last").is_dir():
         vae.load_state_dict(AutoencoderKL.from_pretrained(folder / "last").state_dict())
     vae.train()
-    steps, base_lr = (recipe.decoder_steps, recipe.decoder_lr) if decoder_only else (recipe.vae_steps, recipe.vae_lr)
-    goal = float("inf") if decoder_only else recipe.vae_psnr_goal
-    vae.requires_grad_(True)
-    if decoder_only:
-        vae.encoder.requires_grad_(False)
-        vae.quant_conv.requires_grad_(False)
-    parameters = [p for p in vae.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(parameters, lr=base_lr, weight_decay=0.0)
-    rng = np.random.default_rng([recipe.seed, 13 if decoder_only else 11, state["step"]])
-    stage = "decoder" if decoder_only else "vae"
-    bar = tqdm(total=steps, initial=state["step"], desc=stage, disable=not progress)
-    while state["step"] < steps and not (state["psnr"] and state["psnr"][-1][1] >= goal):
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=recipe.vae_lr, weight_decay=0.0)
+    rng = np.random.default_rng([recipe.seed, 11, state["step"]])
+    bar = tqdm(total=recipe.vae_steps, initial=state["step"], desc="vae", disable=not progress)
+    while state["step"] < recipe.vae_steps and not (state["psnr"] and state["psnr"][-1][1] >= recipe.vae_psnr_goal):
         step = state["step"]
         # Cosine decay over the step budget, after a short warm-up.
-        lr = base_lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + np.cos(np.pi * step / steps))
+        lr = recipe.vae_lr * min(1.0, (step + 1) / 100) * 0.5 * (1 + np.cos(np.pi * step / recipe.vae_steps))
         for group in optimizer.param_groups:
-            group["lr"] = max(lr, base_lr * 0.02)
-        batch = train[rng.integers(len(train), size=recipe.decoder_batch if decoder_only else recipe.vae_batch)]
+            group["lr"] = max(lr, recipe.vae_lr * 0.02)
+        batch = train[rng.integers(len(train), size=recipe.vae_batch)]
         if rng.uniform() < 0.5:
             batch = batch[:, :, ::-1]
         x = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2).float() / 127.5 - 1
-        with torch.set_grad_enabled(not decoder_only):
-            posterior = vae.encode(x).latent_dist
+        posterior = vae.encode(x).latent_dist
         y = vae.decode(posterior.sample()).sample
-        loss = (y - x).pow(2).mean() + 0.1 * (y - x).abs().mean()
-        if decoder_only:
-            loss = loss + recipe.decoder_spectral_weight * (_log_amplitude(y) - _log_amplitude(x)).abs().mean()
-        else:
-            loss = loss + recipe.vae_kl_weight * posterior.kl().mean()
+        loss = (y - x).pow(2).mean() + 0.1 * (y - x).abs().mean() + recipe.vae_kl_weight * posterior.kl().mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
         optimizer.step()
         state["step"] += 1
         bar.update(1)
         bar.set_postfix(loss=f"{loss.item():.4f}")
-        if state["step"] % recipe.checkpoint_every == 0 or state["step"] >= steps:
+        if state["step"] % recipe.checkpoint_every == 0 or state["step"] >= recipe.vae_steps:
             vae.eval()
             state["psnr"].append([state["step"], psnr(vae, heldout)])
             vae.train()
-            bar.write(f"{stage} step {state['step']}: held-out PSNR {state['psnr'][-1][1]:.2f} dB")
+            bar.write(f"vae step {state['step']}: held-out PSNR {state['psnr'][-1][1]:.2f} dB")
             _save_atomically(vae, folder / "last")
             write_file(state_path, lambda tmp: tmp.write_text(json.dumps(state, indent=1) + "\n"))
     bar.close()
     vae.eval()
     return state
-
-
-def _log_amplitude(images):
-    """log(1 + |FFT|) per channel of images (B, C, H, W): the texture's power at each spatial frequency."""
-    import torch
-
-    return torch.log1p(torch.fft.rfft2(images, norm="ortho").abs())
 
 
 def _save_atomically(model, folder: Path) -> None:
@@ -521,14 +492,7 @@ def train_mini(run: str | os.PathLike = "runs/studio-mini", export: str | os.Pat
         pipeline.vae.register_to_config(scaling_factor=scale)
         _save_atomically(pipeline.vae, vae_final)
         log.write(stage="vae", step=state["step"], psnr=state["psnr"][-1][1], scaling_factor=scale)
-    # 2b. Refine the decoder of the frozen encoder (the latents, hence the cache and the UNet, do not change).
-    vae_refined = run / "vae" / "refined"
-    if not vae_refined.is_dir():
-        vae = AutoencoderKL.from_pretrained(vae_final)
-        state = train_vae(vae, scenes.images, heldout.images, recipe, run / "decoder", progress, decoder_only=True)
-        _save_atomically(vae, vae_refined)
-        log.write(stage="decoder", step=state["step"], psnr=state["psnr"][-1][1])
-    pipeline.vae = AutoencoderKL.from_pretrained(vae_refined)
+    pipeline.vae = AutoencoderKL.from_pretrained(vae_final)
     pipeline.register_modules(vae=pipeline.vae)
 
     # 3. Encode every scene once (frozen VAE + frozen random-init text encoder).

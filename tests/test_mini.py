@@ -28,8 +28,7 @@ from studio.vocabulary import COLOURS
 torch.set_num_threads(1)
 
 # A recipe small enough for CI: the same stages and code paths as the shipped one, minutes become seconds.
-SMALL = MiniRecipe(n_train=24, n_heldout=8, vae_steps=2, vae_batch=4, decoder_steps=2, decoder_batch=4, unet_steps=2,
-                   unet_batch=4,
+SMALL = MiniRecipe(n_train=24, n_heldout=8, vae_steps=2, vae_batch=4, unet_steps=2, unet_batch=4,
                    checkpoint_every=2, inference_steps=2, unet_channels=(16, 32), unet_attention=(False, True),
                    vae_channels=(16, 16, 32))
 
@@ -71,14 +70,7 @@ def test_the_recipe_runs_all_stages_resumes_and_exports(tmp_path):
     first = train_mini(run, export=export, recipe=SMALL, progress=False)
     assert first["best"]["step"] == 2 and 0 <= first["best"]["colour_adherence"] <= 1
     stages = [json.loads(line)["stage"] for line in (run / "log.jsonl").read_text().splitlines()]
-    assert stages == ["vae", "decoder", "unet", "export"]
-    # The decoder refinement keeps the encoder, so the latent cache and the UNet stay valid.
-    from diffusers import AutoencoderKL
-
-    final, refined = (AutoencoderKL.from_pretrained(run / "vae" / name) for name in ("final", "refined"))
-    for name, weight in final.encoder.state_dict().items():
-        assert torch.equal(weight, refined.encoder.state_dict()[name]), name
-    assert any(not torch.equal(w, refined.decoder.state_dict()[n]) for n, w in final.decoder.state_dict().items())
+    assert stages == ["vae", "unet", "export"]
     scenes = run / "scenes.safetensors"
     stamp = scenes.stat().st_mtime_ns
 
