@@ -32,7 +32,7 @@ def train_mini(out: str | Path = MINI, run_dir: str | Path | None = None, progre
     from studio.audience import AudienceClustering
     from studio.experiment import ExperimentConfig, run_experiment
 
-    torch.set_num_threads(1)  # small full-batch steps: a second thread only contends (see benchmarks/reward.py)
+    torch.set_num_threads(1)  # small full-batch steps: a second thread only contends (see benchmarks/reward_model.py)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
         run = Path(run_dir) if run_dir else Path(scratch) / "run"

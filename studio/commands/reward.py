@@ -108,7 +108,7 @@ def _score(args: argparse.Namespace) -> int:
     from reward.model import RewardModel
     from studio import vocabulary
 
-    torch.set_num_threads(1)  # small per-batch ops: a second thread costs more than it gives (benchmarks/reward.py)
+    torch.set_num_threads(1)  # small per-batch ops: a second thread costs more than it gives (benchmarks/reward_model.py)
     model = RewardModel.from_pretrained(args.model)
     groups = [args.group] if args.group is not None else list(model.config.group_ids)
     model.group_vectors(groups)  # unknown group -> a clear error before any work

@@ -1,6 +1,6 @@
 """Reward model benchmark: ranking quality against the simulator's oracle, and scoring throughput on the CPU.
 
-    python benchmarks/reward.py [--run DIR] [--model DIR] [--threads 1] [--speed-only]
+    python benchmarks/reward_model.py [--run DIR] [--model DIR] [--threads 1] [--speed-only]
 
 1. Quality: a `studio simulate` run (ExperimentConfig defaults unless --run names an existing run folder), the
    reward model trained on its log (or --model), evaluated on the held-out 20 % of impressions. Baselines measured
@@ -100,7 +100,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description="reward model benchmark")
     parser.add_argument("--run", default=None, help="a studio simulate run folder (made here if missing)")
     parser.add_argument("--model", default=None, help="evaluate this model folder instead of training one")
-    parser.add_argument("--seed", type=int, default=0, help="training seed, also picks the held-out 20 % (the simulated world is always seed 0)")
+    parser.add_argument("--seed", type=int, default=0, help="training seed, also picks the held-out 20 %% (the simulated world is always seed 0)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared 2-core box)")
     parser.add_argument("--speed-only", action="store_true", help="only the throughput part, with --model or reward-mini")
     args = parser.parse_args()

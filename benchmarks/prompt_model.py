@@ -3,8 +3,8 @@
 The baseline is the interest -> scene prior itself (`prompts.data.sample_prompt`, the teacher prompts-mini learns
 from), run on the same briefs in the same process. Latencies are medians over briefs.
 
-    python benchmarks/prompts.py                 # prompts-mini, 50 briefs, n=8, 2 threads
-    python benchmarks/prompts.py --model DIR_OR_ID --briefs 20
+    python benchmarks/prompt_model.py                 # prompts-mini, 50 briefs, n=8, 2 threads
+    python benchmarks/prompt_model.py --model DIR_OR_ID --briefs 20
 """
 
 from __future__ import annotations
@@ -12,15 +12,10 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 import warnings
-from pathlib import Path
 
 import numpy as np
-
-# Run as a script, this file's folder comes first on sys.path and its name would hide the `prompts` package.
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 
 
 def on_prior(brief, positive: str) -> bool:
