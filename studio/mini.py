@@ -26,7 +26,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from prompts.data import BASE_NEGATIVE, PROMPT_TEMPLATES, PROMPT_WORDS, TONE_NEGATIVE, TONES, all_mood_words, negative_prompt
+from prompts.data import (
+    BASE_NEGATIVE, PROMPT_TEMPLATES, PROMPT_WORDS, TONE_NEGATIVE, TONES, all_mood_words, negative_prompt,
+)
 from studio.atomic import replace_folder, write_file
 from studio.errors import InputError
 from studio.renderer import CAPTION_WORDS, NEUTRAL_PRODUCT_COLOUR, render_scene, sample_attributes
@@ -500,8 +502,8 @@ def train_mini(run: str | os.PathLike = "runs/studio-mini", export: str | os.Pat
     config = TrainConfig(
         steps=recipe.unet_steps, batch_size=recipe.unet_batch, learning_rate=recipe.unet_lr,
         warmup_steps=recipe.unet_warmup, caption_dropout=recipe.caption_dropout, snr_gamma=recipe.unet_snr_gamma,
-        null_captions=null_captions(), ema_decay=recipe.unet_ema_decay, seed=recipe.seed, checkpoint_every=recipe.checkpoint_every,
-        keep_checkpoints=2,
+        null_captions=null_captions(), ema_decay=recipe.unet_ema_decay, seed=recipe.seed,
+        checkpoint_every=recipe.checkpoint_every, keep_checkpoints=2,
         mask_modes={"product": 0.8, "outpaint": 0.1, "random": 0.1})
     if not cache_path.is_file():
         encode_dataset(Components.from_pipeline(pipeline), scenes, config, progress=progress).save(cache_path)
