@@ -369,9 +369,11 @@ class InpaintingTrainer:
             from peft import LoraConfig
 
             self.unet.requires_grad_(False)
-            self.unet.add_adapter(LoraConfig(r=self.config.lora_rank, lora_alpha=self.config.lora_alpha or
-                                             self.config.lora_rank, init_lora_weights="gaussian",
-                                             target_modules=LORA_TARGETS))
+            with torch.random.fork_rng(devices=[]):  # seeded LoRA init, without touching the caller's RNG
+                torch.manual_seed(self.config.seed)
+                self.unet.add_adapter(LoraConfig(r=self.config.lora_rank, lora_alpha=self.config.lora_alpha or
+                                                 self.config.lora_rank, init_lora_weights="gaussian",
+                                                 target_modules=LORA_TARGETS))
         else:
             self.unet.requires_grad_(True)
         self.ema = None

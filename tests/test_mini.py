@@ -6,19 +6,22 @@ import numpy as np
 import pytest
 import torch
 
+from prompts.validation import words
 from studio.errors import InputError
 from studio.mini import (
-    HELD_OUT_PAIRS,
     MODEL_FOLDER,
     MiniRecipe,
     SceneArrays,
+    build_components,
     colour_adherence,
     evaluate_mini,
     fit_material_classifier,
+    lora_word_proof,
     mini_words,
     nearest_colour,
     neutral_scene,
     null_captions,
+    paint_proof_word,
     train_mini,
 )
 from studio.tiny import build_clip_tokenizer
@@ -90,6 +93,11 @@ def test_the_recipe_runs_all_stages_resumes_and_exports(tmp_path):
         train_mini(run, export=None, recipe=MiniRecipe(**{**SMALL.__dict__, "seed": 1}), progress=False)
 
 
+def test_a_recipe_with_one_attention_flag_per_level_missing_is_refused(tmp_path):
+    with pytest.raises(InputError, match="one flag per UNet level"):
+        build_components(tmp_path, MiniRecipe(unet_attention=(False, True)))
+
+
 def test_prompt_style_captions_change_captions_only_and_name_every_attribute(tmp_path):
     plain = SceneArrays.render(12, 32, seed=0, progress=False)
     styled = SceneArrays.render(12, 32, seed=0, progress=False, prompt_style=0.5)
@@ -97,11 +105,11 @@ def test_prompt_style_captions_change_captions_only_and_name_every_attribute(tmp
     changed = [c for a, c in zip(plain.captions, styled.captions) if a != c]
     assert 0 < len(changed) < 12 and all("," in caption for caption in changed)
     for caption, attributes in zip(styled.captions, styled.attributes):
-        words = caption.replace(",", " ").split()
-        assert all(attributes[key] in words for key in ("colour", "material", "lighting", "layout"))
+        named = words(caption)
+        assert all(attributes[key] in named for key in ("colour", "material", "lighting", "layout"))
     tokenizer = build_clip_tokenizer(mini_words(), tmp_path, model_max_length=MiniRecipe().text_length)
     for caption in styled.captions + list(null_captions()):
-        assert all(len(tokenizer.tokenize(word)) == 1 for word in caption.replace(",", " ").split()), caption
+        assert all(len(tokenizer.tokenize(word)) == 1 for word in words(caption)), caption
         assert len(tokenizer(caption).input_ids) <= MiniRecipe().text_length
 
 
@@ -109,8 +117,10 @@ def test_the_gate_measures_everything_it_reports(mini_folder):
     report = evaluate_mini(mini_folder, steps=2, colour_seeds=(0,), latency_runs=1, classifier_renders=120,
                            progress=False)
     assert report["cases"] == 12 and report["prompt_model_cases"] >= 32
-    for key in ("colour_adherence", "prompt_model_colour_adherence", "material_adherence", "material_ceiling"):
+    for key in ("colour_adherence", "prompt_model_colour_adherence", "material_adherence", "material_ceiling",
+                "material_vae_ceiling"):
         assert 0.0 <= report[key] <= 1.0, key
+    assert report["lora_proof"]["distance_after"] < 0.5 * report["lora_proof"]["distance_before"]
     assert report["product_bit_exact"] is True and report["latency_s"] > 0 and report["peak_rss_mb"] > 0
     assert report["passed"] == (report["colour_adherence"] >= 0.9 and report["material_adherence"] >= 0.7
                                 and report["latency_s"] <= 2.0 and report["peak_rss_mb"] <= 1536)
@@ -132,40 +142,9 @@ def test_lora_teaches_studio_mini_a_new_word_for_an_unseen_backdrop_and_round_tr
     """DreamBooth-style LoRA proof: six renders of the never-trained pink x wood pair, captioned with a word studio-mini
     has learnt to ignore ("neon", a mood word its captions attach to random scenes), move what the word paints
     toward that backdrop; the LoRA saves and loads back to the same pixels."""
-    from studio.training import Components, FolderData, InpaintingTrainer, TrainConfig, encode_dataset
+    proof = lora_word_proof(mini_folder, tmp_path)
+    assert proof["distance_after"] < 0.5 * proof["distance_before"]
 
-    colour, material = HELD_OUT_PAIRS[0]
-    shots = tmp_path / "shots"
-    shots.mkdir()
-    backdrops = []
-    for seed in range(6):
-        scene = render_scene(colour, material, "soft", "studio", "bottle", size=64, seed=seed)
-        scene.image.save(shots / f"{seed}.png")
-        scene.product_mask.save(shots / f"{seed}.mask.png")
-        (shots / f"{seed}.txt").write_text("a bottle on a neon backdrop")
-        backdrops.append(np.asarray(scene.backdrop, float).reshape(-1, 3).mean(0))
-    target = np.mean(backdrops, axis=0)
-    scene = neutral_scene(64, seed=0)
-    background = np.asarray(scene.product_mask) < 128
-
-    def paint(pipeline):
-        return pipeline(prompt="a bottle on a neon backdrop", image=scene.image, mask_image=scene.background_mask,
-                        num_inference_steps=8, guidance_scale=4.0, generator=torch.Generator().manual_seed(0),
-                        output_type="np").images[0]
-
-    def distance(pixels):  # background mean colour to the renders' backdrop mean colour, 0-255 RGB
-        return float(np.linalg.norm(pixels[background].mean(0) * 255 - target))
-
-    pipeline = load(mini_folder)
-    before = distance(paint(pipeline))
-    config = TrainConfig(steps=30, batch_size=6, learning_rate=5e-3, lora=True, lora_rank=8, checkpoint_every=30,
-                         caption_dropout=0.0, snr_gamma=None, mask_modes={"product": 1.0})
-    data = encode_dataset(Components.from_pipeline(pipeline), FolderData(shots), config, progress=False)
-    trainer = InpaintingTrainer(pipeline, config).fit(data, tmp_path / "run", progress=False)
-    after = paint(pipeline)
-    assert distance(after) < 0.5 * before
-
-    saved = trainer.save(tmp_path / "lora")
     fresh = load(mini_folder)
-    fresh.load_lora_weights(str(saved))
-    np.testing.assert_allclose(paint(fresh), after, atol=1e-4)
+    fresh.load_lora_weights(proof["lora"])
+    np.testing.assert_allclose(paint_proof_word(fresh), proof["pixels"], atol=1e-4)

@@ -100,20 +100,20 @@ def test_bad_logs_are_clear_errors(run_dir, tmp_path, capsys):
     EventLog(tmp_path / "empty" / "events.db").close()
     assert main(["reward", "train", "--log", str(tmp_path / "empty" / "events.db")]) == 2
     assert "no impressions" in capsys.readouterr().err
+    def edited_copy(name, statement):
+        """A copy of the run folder whose event log had `statement` applied."""
+        copy = tmp_path / name
+        shutil.copytree(run_dir, copy)
+        with sqlite3.connect(copy / "events.db") as connection:
+            connection.execute(statement)
+        return copy / "events.db"
+
     # a log with no clicks
-    copy = tmp_path / "noclicks"
-    shutil.copytree(run_dir, copy)
-    with sqlite3.connect(copy / "events.db") as connection:
-        connection.execute("DELETE FROM clicks")
     with pytest.raises(InputError, match="no clicks"):
-        load_log_dataset(copy / "events.db")
+        load_log_dataset(edited_copy("noclicks", "DELETE FROM clicks"))
     # a log that names creatives the run folder does not have
-    unknown = tmp_path / "unknown"
-    shutil.copytree(run_dir, unknown)
-    with sqlite3.connect(unknown / "events.db") as connection:
-        connection.execute("UPDATE impressions SET creative_id = 'mystery/arm-9' WHERE rowid = 1")
     with pytest.raises(InputError, match="does not have"):
-        load_log_dataset(unknown / "events.db")
+        load_log_dataset(edited_copy("unknown", "UPDATE impressions SET creative_id = 'mystery/arm-9' WHERE rowid = 1"))
     # no log at all
     with pytest.raises(InputError, match="no event log"):
         read_impressions(tmp_path / "nowhere.db")

@@ -90,6 +90,16 @@ def test_dropped_captions_become_the_configured_null_captions(tiny_folder):
         config(null_captions=())
 
 
+def test_lora_initialisation_is_seeded(tiny_folder):
+    def lora_weights(seed):
+        trainer = InpaintingTrainer(load(tiny_folder), config(lora=True, seed=seed))
+        return {name: w.clone() for name, w in trainer.unet.named_parameters() if "lora" in name}
+
+    first, again, other = lora_weights(0), lora_weights(0), lora_weights(1)
+    assert first and all(torch.equal(first[name], again[name]) for name in first)
+    assert any(not torch.equal(first[name], other[name]) for name in first)
+
+
 def test_lora_trains_saves_and_loads_back_into_a_fresh_pipeline(tiny_folder, tmp_path):
     pipeline = load(tiny_folder)
     before = paint(pipeline)
