@@ -3,10 +3,10 @@
 Run `python app.py` (127.0.0.1:7860; see `--help` for host, port and the output folder). The layout lives here; every
 event handler is a short call into a library function that is tested on its own:
 
-- upload  -> `studio.editor.open_for_editing` (load safely, auto-detect the product mask, show it for editing);
-- Generate -> `studio.editor.mask_from_editor` and `studio.creatives.generate_creatives` (lossless PNGs with their
+- upload  -> `studio.imaging.editor.open_for_editing` (load safely, auto-detect the product mask, show it for editing);
+- Generate -> `studio.imaging.editor.mask_from_editor` and `studio.imaging.creatives.generate_creatives` (lossless PNGs with their
   provenance recipe), with progress, and a Cancel button that stops the pipeline at its next step
-  (`studio.cancellation.CancelFlags`);
+  (`studio.core.cancellation.CancelFlags`);
 - selecting a creative -> its recipe.
 """
 
@@ -22,9 +22,9 @@ from typing import Any
 
 import gradio as gr
 
-from studio.cancellation import CancelFlags
-from studio.editor import ADD_COLOUR, REMOVE_COLOUR, TINT_OPACITY, mask_from_editor, open_for_editing
-from studio.errors import InputError, StudioError
+from studio.core.cancellation import CancelFlags
+from studio.imaging.editor import ADD_COLOUR, REMOVE_COLOUR, TINT_OPACITY, mask_from_editor, open_for_editing
+from studio.core.errors import InputError, StudioError
 
 PLACEMENTS = ["1:1", "4:5", "16:9", "9:16"]
 MODES = [("Background replacement", "background"), ("Outpaint (extend the frame)", "outpaint")]
@@ -57,7 +57,7 @@ def _shown_to_user(handler: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _generator_notice() -> str:
-    from studio.engine import default_model, is_random_init
+    from studio.imaging.engine import default_model, is_random_init
 
     return NOISE_NOTICE if is_random_init(default_model()) else MINI_NOTICE
 
@@ -82,8 +82,8 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT) -> gr.Blocks:
     @_shown_to_user
     def generate(path, editor, detected, prompt, negative_prompt, mode, placement, directions, amount, count, seed,
                  steps, guidance, model, request: gr.Request, progress=gr.Progress(track_tqdm=True)):
-        from studio.creatives import generate_creatives
-        from studio.images import load_image
+        from studio.imaging.creatives import generate_creatives
+        from studio.imaging.images import load_image
 
         if not path:
             raise InputError("No product photo yet: upload one first.")

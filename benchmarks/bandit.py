@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from studio.bandit import LinUCB
+from studio.learning.bandit import LinUCB
 
 
 def time_events(select, update, X, rewards) -> float:

@@ -37,7 +37,7 @@ def product_photo(folder: Path) -> Path:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default=None, help="hub id or folder (default: studio.engine.default_model())")
+    parser.add_argument("--model", default=None, help="hub id or folder (default: studio.imaging.engine.default_model())")
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--n", type=int, default=4, help="creatives per batch (one generate_creatives call)")
     parser.add_argument("--batches", type=int, default=5, help="timed batches per side, after one warm-up each")
@@ -48,9 +48,9 @@ def main() -> int:
 
     import torch
 
-    from studio.canvas import model_size, place_product, product_mask
-    from studio.creatives import generate_creatives
-    from studio.engine import default_model, load_engine
+    from studio.imaging.canvas import model_size, place_product, product_mask
+    from studio.imaging.creatives import generate_creatives
+    from studio.imaging.engine import default_model, load_engine
 
     torch.set_num_threads(args.threads)
     model = args.model or default_model()

@@ -30,7 +30,7 @@ def quality(run: Path, model_dir: str | None, seed: int = 0) -> tuple[object, di
     from reward.model import RewardModel
     from reward.training import RewardTrainer, TrainingConfig, split_impressions
     from reward import metrics
-    from studio.experiment import ExperimentConfig, run_experiment
+    from studio.sim.experiment import ExperimentConfig, run_experiment
 
     if not (run / "events.db").is_file():
         run_experiment(ExperimentConfig(), run, progress=False)
@@ -63,7 +63,7 @@ def throughput(model, repeats: int = 5, n: int = 256, batch: int = 128) -> dict:
     import torch
 
     from reward.data import load_pixels
-    from studio.renderer import sample_scenes
+    from studio.sim.renderer import sample_scenes
 
     with tempfile.TemporaryDirectory() as scratch:
         scenes = sample_scenes(32, seed=1, size=256)

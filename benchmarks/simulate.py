@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from studio.eventlog import EventLog
-from studio.experiment import ExperimentConfig, run_experiment
+from studio.learning.eventlog import EventLog
+from studio.sim.experiment import ExperimentConfig, run_experiment
 
 
 def impressions(n: int, start: int) -> pd.DataFrame:

@@ -14,8 +14,8 @@ import time
 
 import torch
 
-from studio.mini import MiniRecipe, build_components
-from studio.training import Components, InpaintingTrainer, RendererData, TrainConfig, encode_dataset, inpainting_loss
+from studio.training.mini import MiniRecipe, build_components
+from studio.training.trainer import Components, InpaintingTrainer, RendererData, TrainConfig, encode_dataset, inpainting_loss
 
 
 def median_step_seconds(trainer: InpaintingTrainer, data, steps: int) -> float:

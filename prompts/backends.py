@@ -25,8 +25,8 @@ import numpy as np
 
 from prompts.brief import Brief, Prompt
 from prompts.validation import ValidationConfig, validate
-from studio.atomic import replace_folder
-from studio.errors import InputError, ModelNotFoundError
+from studio.core.atomic import replace_folder
+from studio.core.errors import InputError, ModelNotFoundError
 
 SHIPPED_MODELS = Path(__file__).parent / "models"
 DEFAULT_MODEL = "prompts-mini"

@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from studio.errors import InputError
-from studio.vocabulary import CATEGORIES, COLOURS, INTEREST_TAGS, PRODUCTS
+from studio.core.errors import InputError
+from studio.core.vocabulary import CATEGORIES, COLOURS, INTEREST_TAGS, PRODUCTS
 
 MAX_TEXT_CHARS = 1000  # one text field (title, summary, tone, an attribute)
 MAX_ITEMS = 32  # tags, attributes, required or banned words

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from prompts.brief import Audience, Brief, BrandRules, Placement, Product
-from studio.vocabulary import CATEGORIES, COLOURS, INTEREST_TAGS, PRODUCTS
+from studio.core.vocabulary import CATEGORIES, COLOURS, INTEREST_TAGS, PRODUCTS
 
 
 @dataclass(frozen=True)

@@ -15,8 +15,8 @@ from typing import Any
 
 from prompts.backends import CausalLMBackend, resolve_model
 from prompts.brief import Brief, Prompt
-from studio import hub
-from studio.errors import ModelNotFoundError
+from studio.core import hub
+from studio.core.errors import ModelNotFoundError
 
 SYSTEM_MESSAGE = (
     "You write scene prompts for an image generator that paints the background around a product photo. "

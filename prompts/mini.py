@@ -16,8 +16,8 @@ from typing import Any
 from prompts.backends import CausalLMBackend, SamplingConfig, resolve_model
 from prompts.brief import Brief, Prompt
 from prompts.data import BASE_NEGATIVE, PROMPT_WORDS, SHAPES, TONE_NEGATIVE, TONES, all_mood_words, known_tone
-from studio.errors import ModelNotFoundError
-from studio.vocabulary import COLOURS, INTEREST_TAGS, LAYOUTS, LIGHTING, MATERIALS, PRODUCTS
+from studio.core.errors import ModelNotFoundError
+from studio.core.vocabulary import COLOURS, INTEREST_TAGS, LAYOUTS, LIGHTING, MATERIALS, PRODUCTS
 
 PAD, UNK, EOS = "[PAD]", "[UNK]", "[EOS]"
 SCENE = "[SCENE]"  # ends the brief: the scene prompt starts here

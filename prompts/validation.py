@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from prompts.brief import Brief, Prompt
-from studio.vocabulary import COLOURS, MATERIALS, PRODUCTS
+from studio.core.vocabulary import COLOURS, MATERIALS, PRODUCTS
 
 CLIP_MAX_TOKENS = 77  # including CLIP's start and end tokens
 _CLIP_PIECES = re.compile(r"'s|'t|'re|'ve|'m|'ll|'d|[^\W\d_]+|\d|[^\s\w]+|_+", re.IGNORECASE)

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from studio.errors import InputError
+from studio.core.errors import InputError
 
 KEYS = ["product_id", "group_id", "creative_id"]
 
@@ -176,7 +176,7 @@ def read_impressions(log_path: str | Path) -> pd.DataFrame:
 
     Columns: impression_id, ts, user_id, group_id, product_id, creative_id, ..., clicked (0/1).
     """
-    from studio.eventlog import EventLog
+    from studio.learning.eventlog import EventLog
 
     path = Path(log_path)
     if not path.is_file():
@@ -206,7 +206,7 @@ def read_catalogue(run_dir: str | Path, creative_ids: Sequence[str]) -> pd.DataF
        product id ("bottle-0" -> beverage).
     Returns a frame indexed by creative_id with columns product_id, category, prompt, image (absolute path).
     """
-    from studio import vocabulary
+    from studio.core import vocabulary
 
     run_dir = Path(run_dir)
     wanted = sorted({str(c) for c in creative_ids})
@@ -244,7 +244,7 @@ def read_catalogue(run_dir: str | Path, creative_ids: Sequence[str]) -> pd.DataF
 
 
 def recipe_prompt(image: Path) -> str:
-    from studio.provenance import read_recipe
+    from studio.imaging.provenance import read_recipe
 
     try:
         return read_recipe(image).prompt
@@ -254,7 +254,7 @@ def recipe_prompt(image: Path) -> str:
 
 def read_groups(run_dir: str | Path) -> dict[str, np.ndarray]:
     """Group id -> profile vector, from the audience clustering saved in ``<run_dir>/audience``."""
-    from studio.audience import AudienceClustering
+    from studio.learning.audience import AudienceClustering
 
     folder = Path(run_dir) / "audience"
     if not folder.is_dir():

@@ -19,8 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from studio import hub, vocabulary
-from studio.errors import ModelNotFoundError
+from studio.core import hub
+
+from studio.core import vocabulary
+from studio.core.errors import ModelNotFoundError
 
 EMBEDDED = "embedded"
 

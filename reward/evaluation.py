@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from studio.errors import InputError
+from studio.core.errors import InputError
 from reward import metrics
 from reward.data import RewardDataset
 from reward.model import RewardModel
@@ -30,8 +30,8 @@ class SimulatorOracle:
     @classmethod
     def from_run(cls, run_dir: str | Path) -> "SimulatorOracle | None":
         """Rebuild the world of a ``studio simulate`` run from its report.json; None if the folder has none."""
-        from studio.experiment import ExperimentConfig, make_creatives
-        from studio.simulator import AudienceSimulator
+        from studio.sim.experiment import ExperimentConfig, make_creatives
+        from studio.sim.simulator import AudienceSimulator
 
         report = Path(run_dir) / "report.json"
         if not report.is_file():

@@ -10,7 +10,7 @@ import numpy as np
 from sklearn.metrics import log_loss as _sk_log_loss
 from sklearn.metrics import ndcg_score, roc_auc_score
 
-from studio.errors import InputError
+from studio.core.errors import InputError
 
 
 def _check_pair(labels: np.ndarray, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -21,9 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from studio import vocabulary
-from studio.atomic import write_file
-from studio.errors import InputError, ModelNotFoundError
+from studio.core import vocabulary
+from studio.core.atomic import write_file
+from studio.core.errors import InputError, ModelNotFoundError
 from reward.encoders import EMBEDDED, build_image_encoder, build_text_encoder
 
 # Bump when the meaning of config.json or the weight names change; folders of another version are refused.

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from studio.errors import InputError
+from studio.core.errors import InputError
 from reward.data import BetaPrior, RewardDataset, aggregate, fit_beta_prior, label
 from reward.model import RewardConfig, RewardModel
 

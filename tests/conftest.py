@@ -14,7 +14,7 @@ def tiny_pipeline_dir(tmp_path_factory) -> Path:
     """A tiny random StableDiffusionInpaintPipeline saved with save_pretrained (a few MB, never from the hub)."""
     import torch
 
-    from studio.tiny import build_tiny_pipeline
+    from studio.imaging.tiny import build_tiny_pipeline
 
     torch.set_num_threads(1)  # two shared cores: one thread is much faster than fighting for both
     folder = tmp_path_factory.mktemp("tiny-random")
@@ -25,7 +25,7 @@ def tiny_pipeline_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_lora_path(tiny_pipeline_dir, tmp_path_factory) -> Path:
     """A random LoRA for the tiny pipeline's UNet (diffusers LoRA safetensors)."""
-    from studio.tiny import build_tiny_lora
+    from studio.imaging.tiny import build_tiny_lora
 
     return build_tiny_lora(tiny_pipeline_dir, tmp_path_factory.mktemp("tiny-lora"), rank=4, seed=0)
 

@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from studio.abtest import (
+from studio.learning.abtest import (
     assign_bucket,
     bucket_stats,
     compare,
@@ -13,7 +13,7 @@ from studio.abtest import (
     two_proportion_ztest,
     wilson_interval,
 )
-from studio.errors import InputError
+from studio.core.errors import InputError
 
 
 def test_a_user_always_lands_in_the_same_bucket():

@@ -9,9 +9,9 @@ from gradio_client.utils import Status
 from PIL import Image
 
 from app_server import serve_app
-from studio.canvas import place_product
-from studio.editor import stroke_layer
-from studio.provenance import read_recipe
+from studio.imaging.canvas import place_product
+from studio.imaging.editor import stroke_layer
+from studio.imaging.provenance import read_recipe
 
 pytestmark = pytest.mark.slow
 

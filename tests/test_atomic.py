@@ -1,8 +1,8 @@
-"""studio.atomic: whole files and whole folders, or the old ones untouched."""
+"""studio.core.atomic: whole files and whole folders, or the old ones untouched."""
 
 import pytest
 
-from studio.atomic import replace_folder, write_file
+from studio.core.atomic import replace_folder, write_file
 
 
 def test_write_file_replaces_content_and_leaves_no_temp_file(tmp_path):

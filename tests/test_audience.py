@@ -4,8 +4,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from studio.audience import AudienceClustering, GroupProfile
-from studio.errors import InputError, ModelNotFoundError
+from studio.learning.audience import AudienceClustering, GroupProfile
+from studio.core.errors import InputError, ModelNotFoundError
 
 PLANTED = [  # (age, region, device, interests) of three well-separated audiences
     (24, "north", "mobile", "beach|travel|fitness"),

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from studio.bandit import LinUCB
-from studio.errors import InputError, ModelNotFoundError
+from studio.learning.bandit import LinUCB
+from studio.core.errors import InputError, ModelNotFoundError
 
 ARMS = ["c0", "c1", "c2", "c3"]
 

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from studio.campaign import run_campaign
-from studio.canvas import place_product, product_mask
-from studio.errors import InputError
-from studio.images import load_image
+from studio.jobs.campaign import run_campaign
+from studio.imaging.canvas import place_product, product_mask
+from studio.core.errors import InputError
+from studio.imaging.images import load_image
 
 GROUPS = [
     {"group_id": "0", "summary": "young travellers", "top_tags": ["travel", "beach"], "demographics": {"age": 24}},

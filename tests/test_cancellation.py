@@ -2,7 +2,7 @@
 
 import threading
 
-from studio.cancellation import CancelFlags
+from studio.core.cancellation import CancelFlags
 
 
 def test_cancel_sets_the_flag_of_the_running_job():

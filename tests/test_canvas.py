@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from studio.canvas import (
+from studio.imaging.canvas import (
     extend_to_aspect,
     model_size,
     outpaint_canvas,
@@ -15,7 +15,7 @@ from studio.canvas import (
     product_mask,
     validate_mask,
 )
-from studio.errors import InputError
+from studio.core.errors import InputError
 
 ASPECTS = {"1:1": (1.0, 1.0), "4:5": (4.0, 5.0), "16:9": (16.0, 9.0), "9:16": (9.0, 16.0)}
 

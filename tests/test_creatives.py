@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from studio import engine as engine_module
-from studio.canvas import outpaint_canvas, place_product, product_mask
-from studio.creatives import generate_creatives, parse_extend
-from studio.engine import GenerationCancelled
-from studio.errors import InputError
-from studio.provenance import read_recipe
+from studio.imaging import engine as engine_module
+from studio.imaging.canvas import outpaint_canvas, place_product, product_mask
+from studio.imaging.creatives import generate_creatives, parse_extend
+from studio.imaging.engine import GenerationCancelled
+from studio.core.errors import InputError
+from studio.imaging.provenance import read_recipe
 
 # Small and quick: 128 px creatives painted in 2 steps by the tiny random pipeline.
 FAST = dict(steps=2, size=128, progress=False, device="cpu")

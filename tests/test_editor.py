@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from studio.editor import (ADD_COLOUR, PREVIEW_MAX_SIDE, REMOVE_COLOUR, editor_value, mask_from_editor,
+from studio.imaging.editor import (ADD_COLOUR, PREVIEW_MAX_SIDE, REMOVE_COLOUR, editor_value, mask_from_editor,
                            open_for_editing, preview_size, stroke_layer)
-from studio.errors import InputError
+from studio.core.errors import InputError
 
 
 def a_product_photo(width=120, height=80):

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from studio import engine as engine_module
-from studio.engine import (
+from studio.imaging import engine as engine_module
+from studio.imaging.engine import (
     SCHEDULERS,
     GenerationCancelled,
     GenerationSettings,
@@ -20,8 +20,8 @@ from studio.engine import (
     resolve_device,
     resolve_dtype,
 )
-from studio.errors import InputError, ModelNotFoundError
-from studio.tiny import build_clip_tokenizer, tiny_words
+from studio.core.errors import InputError, ModelNotFoundError
+from studio.imaging.tiny import build_clip_tokenizer, tiny_words
 
 FAST = GenerationSettings(steps=2)
 
@@ -232,7 +232,7 @@ def test_default_model_prefers_the_embedded_studio_mini(tmp_path, monkeypatch):
 
 
 def test_weights_hash_is_stable_cached_and_follows_the_bytes(tmp_path):
-    from studio.provenance import weights_hash
+    from studio.imaging.provenance import weights_hash
 
     folder = tmp_path / "model"
     (folder / "unet").mkdir(parents=True)

@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from studio.bandit import LinUCB
-from studio.errors import InputError
-from studio.evaluation import BanditLog, doubly_robust, evaluate_policy, ips, replay, snips
+from studio.learning.bandit import LinUCB
+from studio.core.errors import InputError
+from studio.learning.offpolicy import BanditLog, doubly_robust, evaluate_policy, ips, replay, snips
 
 ARMS = ["red", "blue", "green"]
 WEIGHTS = np.array([[1.5, 0.0], [-1.5, 0.5], [0.0, -1.0]])

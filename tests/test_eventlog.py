@@ -10,8 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from studio.errors import InputError
-from studio.eventlog import IMPRESSION_COLUMNS, EventLog
+from studio.core.errors import InputError
+from studio.learning.eventlog import IMPRESSION_COLUMNS, EventLog
 
 
 def impressions(start, n, bucket="control"):
@@ -87,7 +87,7 @@ def test_a_file_that_is_not_a_database_gets_a_clear_error(tmp_path):
 WRITER = textwrap.dedent("""
     import sys
     import pandas as pd
-    from studio.eventlog import EventLog
+    from studio.learning.eventlog import EventLog
 
     log = EventLog(sys.argv[1])
     batch = 0

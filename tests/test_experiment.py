@@ -3,7 +3,7 @@
 import json
 
 from studio.cli import main
-from studio.eventlog import EventLog
+from studio.learning.eventlog import EventLog
 
 
 def test_simulate_learns_which_creative_each_group_prefers(tmp_path, capsys):

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from studio.errors import InputError
-from studio.images import load_image, load_mask
+from studio.core.errors import InputError
+from studio.imaging.images import load_image, load_mask
 
 
 def png_bytes(image: Image.Image, **options) -> bytes:

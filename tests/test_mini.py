@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from prompts.validation import words
-from studio.errors import InputError
-from studio.mini import (
+from studio.core.errors import InputError
+from studio.training.mini import (
     MODEL_FOLDER,
     MiniRecipe,
     SceneArrays,
@@ -24,9 +24,9 @@ from studio.mini import (
     paint_proof_word,
     train_mini,
 )
-from studio.tiny import build_clip_tokenizer
-from studio.renderer import render_scene
-from studio.vocabulary import COLOURS
+from studio.imaging.tiny import build_clip_tokenizer
+from studio.sim.renderer import render_scene
+from studio.core.vocabulary import COLOURS
 
 torch.set_num_threads(1)
 

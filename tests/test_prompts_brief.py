@@ -5,7 +5,7 @@ import json
 import pytest
 
 from prompts.brief import MAX_BRIEF_BYTES, Brief, group_profile_from_tags
-from studio.errors import InputError
+from studio.core.errors import InputError
 
 GROUP_PROFILE = {  # what the audience module's GroupProfile.to_dict() gives
     "group_id": "g3",

@@ -10,7 +10,7 @@ from prompts.brief import Brief, Prompt
 from prompts.hf import SYSTEM_MESSAGE, HFPromptModel, parse_answer
 from prompts.training import TrainingConfig
 from prompts.validation import check_prompt
-from studio.errors import ModelNotFoundError
+from studio.core.errors import ModelNotFoundError
 
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
@@ -94,7 +94,7 @@ def test_after_tuning_the_llm_answers_in_json_and_its_prompts_pass_validation(ti
 
 
 def test_a_brief_longer_than_the_models_window_is_a_clear_error(tiny_llm):
-    from studio.errors import InputError
+    from studio.core.errors import InputError
 
     long_title = " ".join(["very long product title"] * 35)  # within the brief limits, beyond this model
     with pytest.raises(InputError, match="more than this model's 512"):

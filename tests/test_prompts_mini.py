@@ -8,7 +8,7 @@ from prompts.brief import Brief, Prompt
 from prompts.mini import MiniPromptModel
 from prompts.training import TrainingConfig
 from prompts.validation import CLIP_MAX_TOKENS, check_prompt, clip_token_count, words
-from studio.errors import InputError
+from studio.core.errors import InputError
 
 
 def brief(tags=("eco", "outdoors"), title="Green tea bottle", **brand) -> Brief:

@@ -7,7 +7,7 @@ from prompts.data import INTEREST_SCENES, make_pairs
 from prompts.mini import MiniPromptModel, build_tokenizer
 from prompts.training import MiniTrainingConfig, train_prompts_mini
 from prompts.validation import check_prompt
-from studio.vocabulary import COLOURS, INTEREST_TAGS, LAYOUTS, LIGHTING, MATERIALS
+from studio.core.vocabulary import COLOURS, INTEREST_TAGS, LAYOUTS, LIGHTING, MATERIALS
 
 TINY = MiniTrainingConfig(n_pairs=64, n_layer=1, n_embd=32, n_head=2, steps=4, batch_size=8, warmup_steps=2,
                           progress=False)

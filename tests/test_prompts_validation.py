@@ -5,7 +5,7 @@ import pytest
 from prompts.brief import Brief, Prompt
 from prompts.data import all_mood_words
 from prompts.validation import ValidationConfig, check_prompt, clip_token_count, distinct_n, validate
-from studio.vocabulary import COLOURS, MATERIALS
+from studio.core.vocabulary import COLOURS, MATERIALS
 
 BRIEF = Brief.from_dict({
     "audience": {"group_id": "g1", "summary": "people into eco", "top_tags": ["eco", "outdoors"]},

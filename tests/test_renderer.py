@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from studio.errors import InputError
-from studio.renderer import (
+from studio.core.errors import InputError
+from studio.sim.renderer import (
     CAPTION_WORDS,
     Scene,
     outpaint_mask,
@@ -13,7 +13,7 @@ from studio.renderer import (
     render_scene,
     sample_scenes,
 )
-from studio.vocabulary import COLOURS, LAYOUTS, LIGHTING, MATERIALS, PRODUCTS
+from studio.core.vocabulary import COLOURS, LAYOUTS, LIGHTING, MATERIALS, PRODUCTS
 
 
 def nearest_colour(rgb: np.ndarray) -> str:

@@ -6,7 +6,7 @@ import pytest
 
 from reward import metrics
 from reward.data import BetaPrior, aggregate, fit_beta_prior, label, load_pixels
-from studio.errors import InputError
+from studio.core.errors import InputError
 
 
 def test_auc_and_log_loss_of_perfect_and_useless_scores():

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from reward.model import FORMAT_VERSION, RewardConfig, RewardModel
-from studio.errors import InputError, ModelNotFoundError
+from studio.core.errors import InputError, ModelNotFoundError
 
 
 def small_model(**overrides) -> RewardModel:
@@ -90,7 +90,7 @@ def test_transformers_encoders_from_local_folders(tmp_path):
     """A CLIP vision tower and a CLIP text tower by path (tiny and random, built here: never the hub)."""
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel
 
-    from studio.tiny import build_clip_tokenizer, tiny_words
+    from studio.imaging.tiny import build_clip_tokenizer, tiny_words
 
     torch.manual_seed(0)
     vision = CLIPVisionModel(CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1,

@@ -14,8 +14,8 @@ from reward.evaluation import SimulatorOracle, evaluate
 from reward.model import RewardConfig, RewardModel
 from reward.training import RewardTrainer, TrainingConfig, split_impressions
 from studio.cli import main
-from studio.errors import InputError
-from studio.experiment import ExperimentConfig, run_experiment
+from studio.core.errors import InputError
+from studio.sim.experiment import ExperimentConfig, run_experiment
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +95,7 @@ def test_cli_train_eval_score(run_dir, tmp_path, capsys):
 
 def test_bad_logs_are_clear_errors(run_dir, tmp_path, capsys):
     # an empty log
-    from studio.eventlog import EventLog
+    from studio.learning.eventlog import EventLog
 
     EventLog(tmp_path / "empty" / "events.db").close()
     assert main(["reward", "train", "--log", str(tmp_path / "empty" / "events.db")]) == 2

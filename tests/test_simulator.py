@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from studio.errors import InputError
-from studio.simulator import AudienceSimulator, measure_background
+from studio.core.errors import InputError
+from studio.sim.simulator import AudienceSimulator, measure_background
 
 
 def flat(rgb, size=32):

@@ -7,9 +7,9 @@ import pytest
 import torch
 from PIL import Image
 
-from studio.errors import InputError
-from studio.renderer import render_scene
-from studio.training import (
+from studio.core.errors import InputError
+from studio.sim.renderer import render_scene
+from studio.training.trainer import (
     Components,
     FolderData,
     InpaintingTrainer,
@@ -26,7 +26,7 @@ torch.set_num_threads(1)
 
 @pytest.fixture(scope="module")
 def tiny_folder(tmp_path_factory):
-    from studio.tiny import build_tiny_pipeline
+    from studio.imaging.tiny import build_tiny_pipeline
 
     folder = tmp_path_factory.mktemp("tiny")
     build_tiny_pipeline(folder, seed=0)

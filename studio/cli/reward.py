@@ -1,0 +1,142 @@
+"""`studio reward train | eval | score`: the CTR reward model from the command line.
+
+A log is the ``events.db`` of a run folder; the folder also holds the creatives (``catalogue.json`` or
+``creatives/<creative_id>.png``) and the audience clustering (``audience/``), see ``reward.data.read_catalogue``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+TRAINING_NAME = "training.json"
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("reward", help="train, evaluate and apply the CTR reward model")
+    commands = parser.add_subparsers(dest="reward_command", metavar="ACTION", required=True)
+
+    train = commands.add_parser("train", help="train a reward model on an event log")
+    train.add_argument("--log", required=True, help="events.db of a run folder (studio simulate writes one)")
+    train.add_argument("--out", default=None, help="model folder to write (default: <log folder>/reward)")
+    train.add_argument("--image-encoder", default="embedded", help="'embedded' or a transformers id / folder")
+    train.add_argument("--text-encoder", default="embedded", help="'embedded' or a transformers id / folder")
+    train.add_argument("--max-epochs", type=int, default=600)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--json", action="store_true", help="print the report as JSON")
+    train.set_defaults(func=_train)
+
+    evaluate = commands.add_parser("eval", help="evaluate a reward model on the held-out impressions of a log")
+    evaluate.add_argument("--log", required=True, help="events.db of a run folder")
+    evaluate.add_argument("--model", required=True, help="reward model folder, or 'reward-mini'")
+    evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
+    evaluate.set_defaults(func=_evaluate)
+
+    score = commands.add_parser("score", help="predict the CTR of creative images for an audience group")
+    score.add_argument("images", nargs="+", help="creative images (PNG); a corrupt one is reported, not fatal")
+    score.add_argument("--model", required=True, help="reward model folder, or 'reward-mini'")
+    score.add_argument("--prompt", default=None, help="the creatives' prompt (default: the PNG's provenance recipe)")
+    score.add_argument("--group", default=None, help="audience group id (default: every group the model knows)")
+    score.add_argument("--category", default=None,
+                       help="product category or kind (default: from the parent folder name, e.g. bottle-0)")
+    score.add_argument("--json", action="store_true", help="print the scores as JSON")
+    score.set_defaults(func=_score)
+
+
+def _print(report: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(report, indent=2))
+        return
+    for key, value in report.items():
+        print(f"{key:>24}: {value:.4f}" if isinstance(value, float) else f"{key:>24}: {value}")
+
+
+def _train(args: argparse.Namespace) -> int:
+    import torch
+
+    from reward.data import load_log_dataset
+    from reward.evaluation import evaluate
+    from reward.model import RewardConfig
+    from reward.training import RewardTrainer, TrainingConfig, split_impressions
+    from studio.core.atomic import write_file
+
+    torch.set_num_threads(1)  # one full-batch step of small ops per epoch: extra threads only contend
+    out = Path(args.out) if args.out else Path(args.log).parent / "reward"
+    model_config = RewardConfig(image_encoder=args.image_encoder, text_encoder=args.text_encoder)
+    config = TrainingConfig(max_epochs=args.max_epochs, seed=args.seed, model=model_config, progress=not args.json)
+    dataset = load_log_dataset(args.log, image_size=model_config.image_size)
+    trainer = RewardTrainer(config).fit(dataset)
+    trainer.model_.save_pretrained(out)
+    _, held_out = split_impressions(dataset.impressions, config.validation_fraction, config.seed)
+    report = {"model": str(out), "epochs": trainer.n_epochs_, "best_epoch": trainer.best_epoch_,
+              "prior_alpha": trainer.prior_.alpha, "prior_beta": trainer.prior_.beta,
+              **{f"val_{k}": v for k, v in evaluate(trainer.model_, dataset, dataset.impressions.iloc[held_out]).items()}}
+    training = {"log": str(Path(args.log).resolve()), "validation_fraction": config.validation_fraction,
+                "seed": config.seed, "history": trainer.history_, "report": report}
+    write_file(out / TRAINING_NAME, lambda path: path.write_text(json.dumps(training, indent=2) + "\n"))
+    _print(report, args.json)
+    return 0
+
+
+def _evaluate(args: argparse.Namespace) -> int:
+    from reward.data import load_log_dataset
+    from reward.evaluation import SimulatorOracle, evaluate
+    from reward.model import RewardModel, resolve_model_folder
+    from reward.training import split_impressions
+
+    model = RewardModel.from_pretrained(args.model)
+    dataset = load_log_dataset(args.log, image_size=model.config.image_size)
+    impressions, split = dataset.impressions, "all"
+    # The held-out part of the log the model was trained on; a different log is all held out.
+    training = resolve_model_folder(args.model) / TRAINING_NAME
+    if training.is_file():
+        info = json.loads(training.read_text())
+        if info.get("log") == str(Path(args.log).resolve()):
+            _, rows = split_impressions(impressions, info["validation_fraction"], info["seed"])
+            impressions, split = impressions.iloc[rows], "held-out"
+    oracle = SimulatorOracle.from_run(Path(args.log).parent)
+    report = {"split": split, **evaluate(model, dataset, impressions, oracle)}
+    _print(report, args.json)
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    import torch
+
+    from reward.data import recipe_prompt, load_pixels
+    from reward.model import RewardModel
+    from studio.core import vocabulary
+
+    torch.set_num_threads(1)  # small per-batch ops: a second thread costs more than it gives (benchmarks/reward_model.py)
+    model = RewardModel.from_pretrained(args.model)
+    groups = [args.group] if args.group is not None else list(model.config.group_ids)
+    model.group_vectors(groups)  # unknown group -> a clear error before any work
+    pixels, errors = load_pixels(args.images, size=model.input_size)
+    results = []
+    good = [i for i, error in enumerate(errors) if error is None]
+    prompts = [args.prompt if args.prompt is not None else recipe_prompt(Path(args.images[i])) for i in good]
+    categories = [args.category or Path(args.images[i]).parent.name.rsplit("-", 1)[0] for i in good]
+    categories = [vocabulary.CATEGORIES.get(c, c) for c in categories]
+    scores = {}
+    for group in groups:
+        ctr = model.predict_ctr(pixels[good], prompts, [group] * len(good), categories) if good else []
+        for i, value in zip(good, ctr):
+            scores.setdefault(i, {})[group] = float(value)
+    for i, image in enumerate(args.images):
+        if errors[i] is None:
+            position = good.index(i)
+            results.append({"image": image, "prompt": prompts[position], "category": categories[position],
+                            "ctr": scores[i]})
+        else:
+            results.append({"image": image, "error": errors[i]})
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for row in results:
+            if "error" in row:
+                print(f"{row['image']}: error: {row['error']}")
+            else:
+                ctr = "  ".join(f"group {g}: {v:.4f}" for g, v in row["ctr"].items())
+                print(f"{row['image']}: {ctr}")
+    return 0 if good else 2

@@ -1,0 +1,109 @@
+"""`studio train`, `studio train-mini` and `studio eval-mini`: fine-tune generators and rebuild the embedded one."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(subparsers) -> None:
+    train = subparsers.add_parser(
+        "train", help="fine-tune an inpainting model (full or LoRA) on a folder of images + captions, or on renders",
+        description="Fine-tune the UNet of a diffusers inpainting pipeline. DIR holds name.png + name.txt (caption) "
+                    "+ optional name.mask.png (white on the product); 'renderer' uses procedural scenes.")
+    train.add_argument("--data", required=True, help="a folder of images + .txt captions, or 'renderer'")
+    train.add_argument("--model", default=None, help="hub id or pipeline folder (default: the studio's default model)")
+    train.add_argument("--out", required=True, help="output folder (checkpoints in OUT/checkpoints, result in OUT/final)")
+    train.add_argument("--lora", action="store_true", help="train a LoRA adapter instead of the whole UNet")
+    train.add_argument("--rank", type=int, default=8, help="LoRA rank (default 8)")
+    train.add_argument("--steps", type=int, default=500, help="optimiser steps (default 500)")
+    train.add_argument("--batch-size", type=int, default=4)
+    train.add_argument("--lr", type=float, default=None, help="learning rate (default 1e-4 LoRA, 1e-5 full)")
+    train.add_argument("--accumulate", type=int, default=1, help="gradient accumulation steps")
+    train.add_argument("--resolution", type=int, default=None, help="training size in px (default: the model's)")
+    train.add_argument("--ema", type=float, default=None, help="EMA decay of the UNet weights (full mode), e.g. 0.999")
+    train.add_argument("--mixed-precision", choices=("no", "fp16", "bf16"), default="no", help="GPU only")
+    train.add_argument("--checkpoint-every", type=int, default=100)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in OUT")
+    train.add_argument("--json", action="store_true", help="print the result as JSON")
+    train.set_defaults(func=run_train)
+
+    mini = subparsers.add_parser(
+        "train-mini", help="train the embedded studio-mini generator from scratch (resumable)",
+        description="Runs or resumes the studio-mini recipe in RUN and exports the best pipeline to --export.")
+    mini.add_argument("--run", default="runs/studio-mini", help="run folder (default runs/studio-mini)")
+    mini.add_argument("--export", default=None, help="model folder to write (default: studio/models/studio-mini)")
+    mini.add_argument("--unet-steps", type=int, default=None, help="override the recipe's UNet step budget")
+    mini.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
+    mini.add_argument("--export-best", action="store_true",
+                      help="only copy the run's best pipeline so far (RUN/best) to the model folder, then stop")
+    mini.add_argument("--json", action="store_true")
+    mini.set_defaults(func=run_train_mini)
+
+    gate = subparsers.add_parser(
+        "eval-mini", help="the studio-mini quality gate: colour/material adherence, bit-exact product, latency",
+        description="Benchmarks a studio-mini pipeline folder against the gate (not a test; takes minutes).")
+    gate.add_argument("--model", default=None, help="pipeline folder (default: studio/models/studio-mini)")
+    gate.add_argument("--steps", type=int, default=30, help="inference steps (default 30, as studio generate)")
+    gate.add_argument("--guidance", type=float, default=7.5, help="guidance scale (default 7.5, as studio generate)")
+    gate.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2: the latency goal's cores)")
+    gate.add_argument("--json", action="store_true")
+    gate.set_defaults(func=run_eval_mini)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from studio.core.errors import InputError
+    from studio.training.trainer import FolderData, InpaintingTrainer, RendererData, TrainConfig, load_pipeline
+
+    config = TrainConfig(
+        steps=args.steps, batch_size=args.batch_size, learning_rate=args.lr or (1e-4 if args.lora else 1e-5),
+        gradient_accumulation_steps=args.accumulate, lora=args.lora, lora_rank=args.rank,
+        resolution=args.resolution, ema_decay=args.ema, mixed_precision=args.mixed_precision, seed=args.seed,
+        checkpoint_every=args.checkpoint_every)
+    if args.model is None:
+        from studio.imaging.engine import default_model
+
+        args.model = default_model()
+    data = None if args.data == "renderer" else FolderData(args.data)
+    out = Path(args.out)
+    if out.exists() and not args.resume and any(out.glob("checkpoints/step-*")):
+        raise InputError(f"{out} already holds checkpoints; pass --resume to continue or choose another --out")
+    pipeline = load_pipeline(args.model)
+    if data is None:  # render at the size the model trains at, rather than resampling small renders
+        data = RendererData(seed=args.seed, size=args.resolution or pipeline.vae.config.sample_size)
+    trainer = InpaintingTrainer(pipeline, config)
+    trainer.fit(data, out, resume=args.resume, progress=not args.json)
+    final = trainer.save(out / "final")
+    result = {"model": str(args.model), "mode": "lora" if args.lora else "full", "steps": trainer.step_,
+              "first_loss": trainer.losses_[0] if trainer.losses_ else None,
+              "last_loss": trainer.losses_[-1] if trainer.losses_ else None, "saved": str(final)}
+    print(json.dumps(result) if args.json else "\n".join(f"{k}: {v}" for k, v in result.items()))
+    return 0
+
+
+def run_train_mini(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from studio.training.mini import MODEL_FOLDER, MiniRecipe, export_model, train_mini
+
+    if args.export_best:
+        folder = export_model(Path(args.run) / "best", args.export or MODEL_FOLDER)
+        print(json.dumps({"exported": str(folder)}) if args.json else f"exported: {folder}")
+        return 0
+    recipe = MiniRecipe() if args.unet_steps is None else MiniRecipe(unet_steps=args.unet_steps)
+    result = train_mini(args.run, export=args.export or MODEL_FOLDER, recipe=recipe, threads=args.threads,
+                        progress=not args.json)
+    print(json.dumps(result) if args.json else "\n".join(f"{k}: {v}" for k, v in result.items()))
+    return 0
+
+
+def run_eval_mini(args: argparse.Namespace) -> int:
+    from studio.training.mini import MODEL_FOLDER, evaluate_mini
+
+    report = evaluate_mini(args.model or MODEL_FOLDER, steps=args.steps, guidance=args.guidance,
+                           threads=args.threads, progress=not args.json)
+    print(json.dumps(report) if args.json else "\n".join(f"{k}: {v}" for k, v in report.items()))
+    return 0

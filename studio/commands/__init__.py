@@ -1,1 +1,0 @@
-"""Subcommands of the `studio` CLI, one module per area (see `studio.cli`)."""

@@ -1,0 +1,411 @@
+"""The diffusion engine: load any diffusers inpainting pipeline, then paint one image per seed.
+
+`load_engine(model)` goes through `AutoPipelineForInpainting.from_pretrained`, so Stable Diffusion 1.5/2 inpainting,
+SDXL inpainting and FLUX Fill all work, and caches the loaded pipeline per (model, device, dtype). `Engine.generate`
+is the one generation path; it reads top to bottom as numbered steps, like the diffusers pipelines it wraps.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import shutil
+import tempfile
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+import studio
+from studio.core import hub
+from studio.core.errors import InputError, ModelNotFoundError, StudioError
+from studio.imaging.provenance import weights_hash
+from studio.imaging.tiny import RANDOM_INIT_MARKER, build_tiny_pipeline
+
+# Scheduler names users pass -> diffusers scheduler class names (all built from the model's own scheduler config).
+SCHEDULERS: dict[str, str] = {
+    "ddim": "DDIMScheduler",
+    "dpm++": "DPMSolverMultistepScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler-a": "EulerAncestralDiscreteScheduler",
+}
+DTYPES = ("auto", "fp32", "fp16", "bf16")
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+RANDOM_INIT_NOTE = (
+    "this generator is randomly initialised (its outputs are noise); use the embedded studio-mini "
+    "(studio/models/studio-mini, rebuilt by `studio train-mini`) or pass --model with a real inpainting model"
+)
+
+# A cancel hook: an Event-like object with is_set(), or a callable that returns True to stop.
+CancelHook = Any
+
+
+class GenerationCancelled(StudioError):
+    """The user cancelled a generation; nothing was written."""
+
+
+@dataclass
+class LoraSpec:
+    """A LoRA to apply while generating: a weights file or folder (diffusers/PEFT format) and its strength."""
+
+    path: str
+    scale: float = 1.0
+
+
+@dataclass
+class GenerationSettings:
+    """Sampler settings for one generation. `scheduler=None` keeps the model's own scheduler."""
+
+    steps: int = 30
+    guidance: float = 7.5
+    strength: float = 1.0
+    scheduler: str | None = None
+    negative_prompt: str = ""
+
+    def check(self) -> None:
+        """Raise InputError for settings no sampler can run."""
+        if not isinstance(self.steps, int) or not 1 <= self.steps <= 1000:
+            raise InputError(f"steps must be a whole number from 1 to 1000, got {self.steps!r}")
+        if not 0.0 <= float(self.guidance) <= 50.0:
+            raise InputError(f"guidance must be between 0 and 50, got {self.guidance!r}")
+        if not 0.0 < float(self.strength) <= 1.0:
+            raise InputError(f"strength must be in (0, 1], got {self.strength!r}")
+        if self.scheduler is not None and self.scheduler not in SCHEDULERS:
+            raise InputError(f"unknown scheduler {self.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Device, dtype and the default model
+
+
+def resolve_device(device: str = "auto") -> str:
+    """'auto' picks cuda, then mps, then cpu; an explicit device must exist on this machine."""
+    import torch
+
+    if device not in DEVICES:
+        raise InputError(f"unknown device {device!r}; choose one of {', '.join(DEVICES)}")
+    has_mps = bool(getattr(torch.backends, "mps", None)) and torch.backends.mps.is_available()
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "mps" if has_mps else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise InputError("device 'cuda' was asked for but no CUDA GPU is visible; use --device cpu or auto")
+    if device == "mps" and not has_mps:
+        raise InputError("device 'mps' was asked for but Apple MPS is not available; use --device cpu or auto")
+    return device
+
+
+def resolve_dtype(device: str, dtype: str = "auto"):
+    """'auto' means fp16 on a GPU and fp32 on the CPU. fp16 on the CPU is refused (its kernels are missing or slow)."""
+    import torch
+
+    if dtype not in DTYPES:
+        raise InputError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if dtype == "auto":
+        dtype = "fp32" if device == "cpu" else "fp16"
+    if dtype == "fp16" and device == "cpu":
+        raise InputError("fp16 needs a GPU; on the CPU use --dtype fp32 (or bf16)")
+    return {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}[dtype]
+
+
+def embedded_model_folder() -> Path:
+    """Where the trained embedded model, studio-mini, ships inside the package."""
+    return Path(studio.__file__).parent / "models" / "studio-mini"
+
+
+def tiny_model_folder() -> Path:
+    """The cache folder of the tiny random pipeline ($XDG_CACHE_HOME/creative-studio/tiny-random)."""
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "creative-studio" / "tiny-random"
+
+
+def default_model() -> str:
+    """The model used when none is given: studio-mini if it ships, else the tiny random pipeline (built once)."""
+    embedded = embedded_model_folder()
+    if (embedded / "model_index.json").is_file():
+        return str(embedded)
+    folder = tiny_model_folder()
+    if not (folder / "model_index.json").is_file():
+        # Build beside the target and rename, so a crash or a concurrent builder never leaves a half pipeline.
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        building = Path(tempfile.mkdtemp(prefix=".tiny-random-", dir=folder.parent))
+        try:
+            build_tiny_pipeline(building)
+            os.replace(building, folder)
+        except OSError:
+            if not (folder / "model_index.json").is_file():
+                raise
+        finally:
+            shutil.rmtree(building, ignore_errors=True)
+    return str(folder)
+
+
+def is_random_init(model: str) -> bool:
+    """True when `model` is a folder holding randomly initialised weights (the tiny pipeline)."""
+    return (Path(model) / RANDOM_INIT_MARKER).is_file()
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Loading
+
+
+def _how_to_get(model: str) -> str:
+    return (
+        f"model {model!r} is not available locally; on a machine with internet run `huggingface-cli download {model}` "
+        f"and copy the cache over, or pass --model with a local pipeline folder"
+    )
+
+
+def _resolve_model(model: str) -> tuple[str, bool]:
+    """Map a hub id or folder to what from_pretrained should read, and whether to stay offline."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise ModelNotFoundError(f"{path} is not a diffusers pipeline folder (no model_index.json in it)")
+        return str(path), True
+    # A hub id is "name" or "owner/name"; anything else that does not exist is a missing folder.
+    if model.startswith((".", "/", "~")) or "\\" in model or model.count("/") > 1:
+        raise ModelNotFoundError(f"model folder {model!r} does not exist; pass a diffusers pipeline folder or a hub id")
+    offline = hub.offline()
+    if offline:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+
+        try:
+            return snapshot_download(model, local_files_only=True), True
+        except (LocalEntryNotFoundError, OSError, ValueError):
+            raise ModelNotFoundError(_how_to_get(model)) from None
+    return model, False
+
+
+def _cached_snapshot(model: str) -> str | None:
+    """The local snapshot folder of a hub model that from_pretrained has just fetched (to hash its weights)."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(model, local_files_only=True)
+    except Exception:  # noqa: BLE001 - no snapshot only means no weights hash in the recipe
+        return None
+
+
+def _hub_errors() -> tuple[type[BaseException], ...]:
+    """Network and hub errors that mean "could not fetch this model" (httpx is what huggingface_hub speaks)."""
+    from huggingface_hub.errors import HfHubHTTPError
+
+    errors: tuple[type[BaseException], ...] = (HfHubHTTPError,)
+    try:
+        import httpx
+
+        errors += (httpx.HTTPError,)
+    except ImportError:
+        pass
+    return errors
+
+
+class Engine:
+    """A loaded inpainting pipeline plus what provenance needs to know about it.
+
+    Attributes:
+        pipeline: the diffusers pipeline (its own progress bar is off; callers show progress per image).
+        model: the id or folder it was loaded from; `weights_hash`: SHA-256 of its weight files (None if unknown).
+        random_init: True for randomly initialised weights (outputs are noise).
+        native_size: the side length in pixels the model was trained at (e.g. 512 for SD 1.5).
+        size_multiple: width and height passed to the pipeline must be multiples of this many pixels.
+    """
+
+    def __init__(self, pipeline, model: str, *, folder: str | None, device: str, dtype):
+        self.pipeline = pipeline
+        self.model = model
+        self.device = device
+        self.dtype = dtype
+        self.random_init = folder is not None and is_random_init(folder)
+        self.weights_hash = weights_hash(folder) if folder is not None else None
+        self.default_scheduler = pipeline.scheduler
+        scale = int(getattr(pipeline, "vae_scale_factor", 8))
+        unet = getattr(pipeline, "unet", None)
+        latent_side = unet.config.sample_size if unet is not None else getattr(pipeline, "default_sample_size", 128)
+        if isinstance(latent_side, (tuple, list)):
+            latent_side = max(latent_side)
+        self.native_size = int(latent_side) * scale
+        self.size_multiple = scale * 2  # FLUX packs 2x2 latents; SD is happy with it too
+        self._lora_names: dict[str, str] = {}
+        self._call_parameters = set(inspect.signature(pipeline.__call__).parameters)
+        self._lock = threading.Lock()  # one generation at a time: the scheduler and LoRA state are shared
+
+    # ---------------------------------------------------------------------------------------------------------------
+    def check_prompt(self, prompt: str, *, name: str = "prompt", allow_empty: bool = False) -> None:
+        """Raise InputError for an empty prompt or one longer than the text encoder reads (77 tokens for CLIP)."""
+        if not isinstance(prompt, str):
+            raise InputError(f"{name} must be text, got {type(prompt).__name__}")
+        if not prompt.strip():
+            if allow_empty:
+                return
+            raise InputError(f"{name} is empty; describe the scene to paint, e.g. 'a red marble table, soft light'")
+        # The text encoder that reads the most decides (CLIP 77 for SD and SDXL; T5 for FLUX and SD3).
+        tokenizers = [getattr(self.pipeline, attr, None) for attr in ("tokenizer", "tokenizer_2", "tokenizer_3")]
+        tokenizers = [t for t in tokenizers if t is not None and t.model_max_length < 100_000]  # 1e30 = no limit
+        if not tokenizers:
+            return
+        tokenizer = max(tokenizers, key=lambda t: t.model_max_length)
+        count = len(tokenizer(prompt, truncation=False).input_ids)
+        limit = tokenizer.model_max_length
+        if count > limit:
+            raise InputError(
+                f"{name} is {count} tokens long (with start and end tokens); the model reads at most {limit}, "
+                f"so shorten it by {count - limit} tokens"
+            )
+
+    def _scheduler(self, name: str | None):
+        if name is None:
+            return self.default_scheduler
+        import diffusers
+
+        return getattr(diffusers, SCHEDULERS[name]).from_config(self.default_scheduler.config)
+
+    def _apply_lora(self, lora: LoraSpec | None) -> None:
+        pipeline = self.pipeline
+        if lora is None:
+            if self._lora_names:
+                pipeline.disable_lora()
+            return
+        source = Path(lora.path).expanduser()
+        if not source.exists():
+            raise InputError(f"LoRA {lora.path!r} does not exist; pass a LoRA weights file or folder")
+        key = str(source.resolve())
+        if key not in self._lora_names:
+            name = f"lora{len(self._lora_names)}"
+            try:
+                if source.is_file():
+                    pipeline.load_lora_weights(str(source.parent), weight_name=source.name, adapter_name=name)
+                else:
+                    pipeline.load_lora_weights(str(source), adapter_name=name)
+            except (OSError, ValueError, KeyError, RuntimeError) as error:
+                reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+                raise InputError(f"could not load LoRA {lora.path!r} into {self.model!r}: {reason}") from None
+            self._lora_names[key] = name
+        pipeline.enable_lora()
+        pipeline.set_adapters([self._lora_names[key]], adapter_weights=[float(lora.scale)])
+
+    def generate(
+        self,
+        image: Image.Image,
+        mask_image: Image.Image,
+        *,
+        prompt: str,
+        seed: int,
+        settings: GenerationSettings | None = None,
+        lora: LoraSpec | None = None,
+        cancel: CancelHook | None = None,
+    ) -> Image.Image:
+        """Paint the white part of `mask_image` into `image` and return the painted picture.
+
+        Args:
+            image: PIL RGB at the model size (width and height multiples of `size_multiple`).
+            mask_image: PIL "L" of the same size; 255 = paint, 0 = keep.
+            prompt: the scene description.
+            seed: seeds a CPU torch.Generator: equal seeds give equal pixels on one machine, and the same starting
+                noise on any device.
+            settings: steps, guidance, strength, scheduler, negative prompt.
+            lora: a LoRA to apply at a scale, or None for the bare model.
+            cancel: an Event-like (`is_set()`) or a callable returning True; checked after every denoising step.
+
+        Returns:
+            PIL RGB of the same size as `image`.
+
+        Raises:
+            InputError for bad prompts or settings, GenerationCancelled when `cancel` fires.
+        """
+        import torch
+
+        settings = settings or GenerationSettings()
+        # 1. Check inputs
+        settings.check()
+        self.check_prompt(prompt)
+        self.check_prompt(settings.negative_prompt, name="negative prompt", allow_empty=True)
+        if image.size != mask_image.size:
+            raise InputError(f"image {image.size} and mask {mask_image.size} must be the same size")
+        width, height = image.size
+        if width % self.size_multiple or height % self.size_multiple:
+            raise InputError(f"model size {image.size} must be multiples of {self.size_multiple} pixels")
+
+        # 2. Define call parameters: a CPU generator makes a seed mean the same noise everywhere
+        generator = torch.Generator("cpu").manual_seed(int(seed))
+        kwargs: dict[str, Any] = dict(
+            prompt=prompt,
+            image=image.convert("RGB"),
+            mask_image=mask_image.convert("L"),
+            height=height,
+            width=width,
+            num_inference_steps=settings.steps,
+            guidance_scale=float(settings.guidance),
+            strength=float(settings.strength),
+            negative_prompt=settings.negative_prompt or None,
+            num_images_per_prompt=1,
+            generator=generator,
+        )
+
+        # 3. Cancel hook: raising from the step callback stops the denoising loop at once
+        def on_step_end(pipeline, step, timestep, callback_kwargs):
+            stop = cancel.is_set() if hasattr(cancel, "is_set") else bool(cancel())
+            if stop:
+                raise GenerationCancelled("generation cancelled; nothing was written")
+            return callback_kwargs
+
+        if cancel is not None:
+            kwargs["callback_on_step_end"] = on_step_end
+        # Pipelines differ (FLUX Fill has no negative prompt): pass only what this one takes.
+        kwargs = {key: value for key, value in kwargs.items() if key in self._call_parameters and value is not None}
+
+        with self._lock:
+            # 4. Scheduler and LoRA for this call
+            self.pipeline.scheduler = self._scheduler(settings.scheduler)
+            self._apply_lora(lora)
+
+            # 5. Denoise and decode
+            with torch.inference_mode():
+                result = self.pipeline(**kwargs)
+        return result.images[0]
+
+
+_engines: dict[tuple[str, str, str], Engine] = {}
+_engines_lock = threading.Lock()
+
+
+def load_engine(model: str | None = None, *, device: str = "auto", dtype: str = "auto") -> Engine:
+    """Load (once) an inpainting pipeline by hub id or folder; later calls with the same arguments reuse it.
+
+    `model=None` uses `default_model()`. HF_HUB_OFFLINE is respected; folders never touch the network.
+    A model that is not available locally raises ModelNotFoundError saying how to get it.
+    """
+    model = model or default_model()
+    device = resolve_device(device)
+    torch_dtype = resolve_dtype(device, dtype)
+    key = (model, device, str(torch_dtype))
+    with _engines_lock:
+        if key in _engines:
+            return _engines[key]
+        source, local_only = _resolve_model(model)
+        from diffusers import AutoPipelineForInpainting
+
+        try:
+            with warnings.catch_warnings():
+                # diffusers >= 0.36 renames torch_dtype to dtype; older releases only know torch_dtype.
+                warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+                pipeline = AutoPipelineForInpainting.from_pretrained(
+                    source, torch_dtype=torch_dtype, local_files_only=local_only
+                )
+        except (OSError, ValueError, *_hub_errors()) as error:
+            if local_only and Path(source).is_dir():
+                raise ModelNotFoundError(
+                    f"could not load the pipeline in {source}: {str(error).splitlines()[0]}"
+                ) from None
+            raise ModelNotFoundError(_how_to_get(model)) from None
+        pipeline.to(device)
+        pipeline.set_progress_bar_config(disable=True)
+        folder = source if Path(source).is_dir() else _cached_snapshot(model)
+        engine = Engine(pipeline, model, folder=folder, device=device, dtype=torch_dtype)
+        _engines[key] = engine
+        return engine

@@ -1,0 +1,173 @@
+"""The main job: one product in, the best creative per audience group out.
+
+For each audience group the prompt model writes scene prompts, the generator paints a creative per prompt around the
+product (its pixels kept bit-exact), and the reward model predicts each creative's CTR for that group. The creatives
+are ranked per group and the report names the best one: what the creative cache pre-caches per (product, group).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from studio.core.atomic import write_file
+from studio.imaging.canvas import product_mask
+from studio.core.errors import InputError
+from studio.imaging.images import ImageSource, load_image
+from studio.core.vocabulary import CATEGORIES
+
+REPORT_NAME = "campaign.json"
+
+
+@dataclass
+class RankedCreative:
+    """One creative of a campaign: its file, the prompt that made it and its predicted CTR for the group."""
+
+    path: str
+    prompt: str
+    negative_prompt: str
+    seed: int
+    predicted_ctr: float
+    rank: int = 0
+
+
+@dataclass
+class GroupResult:
+    """The creatives of one audience group, best first."""
+
+    group_id: str
+    summary: str
+    top_tags: list[str]
+    creatives: list[RankedCreative] = field(default_factory=list)
+
+    @property
+    def best(self) -> RankedCreative:
+        return self.creatives[0]
+
+
+@dataclass
+class CampaignReport:
+    """What `run_campaign` made; `to_dict()` is what it writes to `campaign.json`."""
+
+    product: str
+    title: str
+    category: str
+    generator: str
+    random_init: bool
+    prompt_model: str
+    reward_model: str
+    groups: list[GroupResult]
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        for group, result in zip(data["groups"], self.groups):
+            group["best"] = result.best.path
+        return data
+
+
+def run_campaign(
+    product: ImageSource,
+    *,
+    out_dir: str | os.PathLike,
+    mask: ImageSource | None = None,
+    title: str = "",
+    category: str = "",
+    groups: list[dict] | None = None,
+    prompts_per_group: int = 2,
+    seed: int = 0,
+    generator: str | None = None,
+    prompt_model: str | None = None,
+    reward_model: str = "reward-mini",
+    size: int = 512,
+    steps: int | None = None,
+    progress: bool = True,
+) -> CampaignReport:
+    """Write prompts, creatives and a ranked report for each audience group.
+
+    Args:
+        product: the product photo (path, bytes or PIL image; transparency or a plain background).
+        out_dir: where `product.png`, one folder of PNG creatives per group and `campaign.json` go.
+        mask: the product mask (white = product) for a photo with neither transparency nor a plain background.
+        title, category: the product as the prompt model and reward model read it (category: a catalogue category
+            such as "beverage" or a product kind such as "bottle").
+        groups: audience group profiles ({"group_id", "summary", "top_tags", ...}); None for the reward model's own
+            groups (its `audience/` folder), which it can score by id.
+        prompts_per_group: creatives per group, one per distinct prompt.
+        generator, prompt_model, reward_model: hub ids or folders; None for the embedded defaults.
+        size: long side of each creative, in pixels. steps: denoising steps (None: the generator's default).
+    """
+    import torch
+
+    from prompts.backends import load_prompt_model
+    from prompts.brief import Brief
+    from reward.data import load_pixels
+    from reward.model import RewardModel, resolve_model_folder
+    from studio.learning.audience import AudienceClustering
+    from studio.imaging.creatives import generate_creatives
+    from studio.imaging.engine import default_model, is_random_init
+
+    # 1. Check inputs
+    if not 1 <= prompts_per_group <= 16:
+        raise InputError(f"prompts_per_group must be 1 to 16, got {prompts_per_group}")
+    image = load_image(product)
+    found = product_mask(image, mask)  # found once, before any model loads; every creative reuses it
+    category = CATEGORIES.get(category, category).strip().lower()
+    title = title.strip() or category or "product"
+
+    # 2. Load the three models (each raises a one-line error when missing)
+    generator = generator or default_model()
+    writer = load_prompt_model(prompt_model)
+    scorer = RewardModel.from_pretrained(reward_model)
+    if groups is None:
+        audience_dir = resolve_model_folder(reward_model) / "audience"
+        if not audience_dir.is_dir():
+            raise InputError(f"reward model {reward_model!r} ships no audience/ folder; pass the groups explicitly")
+        groups = [profile.to_dict() for profile in AudienceClustering.from_pretrained(audience_dir).profiles_]
+    if not groups:
+        raise InputError("no audience groups given")
+    scorer.group_vectors([str(profile["group_id"]) for profile in groups])  # an unknown group fails before any work
+
+
+    # 3. Per group: prompts -> creatives -> predicted CTR -> ranking
+    results = []
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    image.save(out / "product.png")
+    bar = tqdm(groups, desc="campaign", unit="group", disable=not progress)
+    for profile in bar:
+        group_id = str(profile["group_id"])
+        brief = Brief.from_dict({"audience": profile, "product": {"title": title, "category": category}})
+        prompts = writer.suggest(brief, n=prompts_per_group, seed=seed)
+        if not prompts:
+            raise InputError(f"the prompt model wrote no valid prompt for group {group_id}; try another seed")
+        group_dir = out / f"group-{group_id}"
+        creatives = [
+            generate_creatives(
+                image, prompt=prompt.positive, negative_prompt=prompt.negative, n=1, seed=seed + i, model=generator,
+                mask=found, out_dir=group_dir, size=size, progress=False, **({"steps": steps} if steps else {}),
+            )[0]
+            for i, prompt in enumerate(prompts)
+        ]
+        pixels, _ = load_pixels([creative.image for creative in creatives], scorer.config.image_size)
+        with torch.no_grad():
+            ctr = scorer.predict_ctr(pixels, [p.positive for p in prompts], [group_id] * len(prompts),
+                                     [category] * len(prompts))
+        ranked = sorted(
+            (RankedCreative(str(c.path), p.positive, p.negative, c.recipe.seed, float(score))
+             for c, p, score in zip(creatives, prompts, ctr)),
+            key=lambda creative: -creative.predicted_ctr,
+        )
+        for rank, creative in enumerate(ranked, start=1):
+            creative.rank = rank
+        results.append(GroupResult(group_id, str(profile.get("summary", "")), list(profile.get("top_tags", [])), ranked))
+
+    # 4. Write the report atomically
+    report = CampaignReport(str(out / "product.png"), title, category, generator, is_random_init(generator),
+                            str(prompt_model or "prompts-mini"), str(reward_model), results)
+    write_file(out / REPORT_NAME, lambda staging: staging.write_text(json.dumps(report.to_dict(), indent=2) + "\n"))
+    return report

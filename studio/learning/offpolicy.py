@@ -1,0 +1,315 @@
+"""Off-policy evaluation: how many clicks would a new policy have got, estimated from a log another policy wrote.
+
+The log is a :class:`BanditLog` of events ``(context x, served arm a, reward r, logging propensity mu(a|x))``.
+The target policy is given as one clean thing: its action probabilities ``pi`` of shape ``(n_events, n_arms)``,
+with columns named by ``arm_keys``. A :class:`studio.learning.bandit.LinUCB` provides both::
+
+    log = BanditLog(contexts=X, arms=served, rewards=clicks, propensities=logged_propensities)
+    estimate = snips(log, bandit.predict_proba(log.contexts), bandit.arms_)
+    print(estimate.estimate, estimate.ci_low, estimate.ci_high)
+
+Estimators (all return a :class:`PolicyEstimate` with a seeded percentile-bootstrap confidence interval):
+
+- :func:`replay` (Li et al., 2010): keep the events where the target policy picks the logged arm, average their
+  rewards. Unbiased only when the log was served uniformly at random.
+- :func:`ips`: inverse propensity scoring, ``mean(w * r)`` with ``w = pi(a|x) / mu(a|x)``. Unbiased; high variance.
+- :func:`snips`: self-normalised IPS, ``sum(w * r) / sum(w)``. Slightly biased, much lower variance.
+- :func:`doubly_robust`: a direct-method reward model ``q(x, k)`` plus an IPS correction of its error on the
+  logged arm. Unbiased if either the propensities or the model are right.
+
+``max_weight`` clips importance weights (``min(w, max_weight)``), trading a little bias for less variance.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from studio.core.errors import InputError
+
+# Bootstrap resamples are drawn in blocks of about this many indices, to bound memory.
+_BOOTSTRAP_BLOCK = 4_000_000
+
+
+@dataclass(frozen=True)
+class PolicyEstimate:
+    """The estimated mean reward per event (e.g. CTR) of a target policy, with its bootstrap interval.
+
+    Attributes:
+        method: estimator name ("replay", "ips", "snips", "dr").
+        estimate: point estimate of the target policy's mean reward per event.
+        ci_low, ci_high: percentile-bootstrap interval at ``confidence`` (default 95 %).
+        n: number of logged events used.
+        effective_sample_size: for weighted estimators ``(sum w)^2 / sum w^2``; for replay the events kept.
+    """
+
+    method: str
+    estimate: float
+    ci_low: float
+    ci_high: float
+    n: int
+    effective_sample_size: float
+
+
+@dataclass(frozen=True)
+class BanditLog:
+    """Logged bandit events, checked once on construction.
+
+    Attributes:
+        contexts: ``(n, d)`` context features seen at serving time.
+        arms: ``(n,)`` keys of the arms served (creative ids).
+        rewards: ``(n,)`` rewards observed (1.0 click, 0.0 no click).
+        propensities: ``(n,)`` probability with which the logging policy served that arm, in (0, 1].
+    """
+
+    contexts: np.ndarray
+    arms: np.ndarray
+    rewards: np.ndarray
+    propensities: np.ndarray
+
+    def __post_init__(self) -> None:
+        contexts = _as_float(self.contexts, "contexts")
+        if contexts.ndim == 1:
+            contexts = contexts[:, None]
+        if contexts.ndim != 2 or len(contexts) == 0:
+            raise InputError(f"contexts must be a 2-D (n_events, n_features) array with events, got {contexts.shape}")
+        n = len(contexts)
+        arms = np.empty(len(self.arms), dtype=object)
+        arms[:] = list(self.arms)
+        rewards = _as_float(self.rewards, "rewards")
+        propensities = _as_float(self.propensities, "propensities")
+        for name, values in (("arms", arms), ("rewards", rewards), ("propensities", propensities)):
+            if values.shape != (n,):
+                raise InputError(f"{name} must have one entry per event ({n}), got shape {values.shape}")
+        if not np.isfinite(contexts).all():
+            raise InputError("contexts contain NaN or infinite values; drop or impute those events")
+        if not np.isfinite(rewards).all():
+            raise InputError("rewards contain NaN or infinite values; rewards must be finite (1.0 click, 0.0 none)")
+        if not (np.isfinite(propensities).all() and (propensities > 0).all() and (propensities <= 1).all()):
+            raise InputError(
+                "propensities must be in (0, 1]: the logging policy must give every served arm a positive probability; "
+                "events logged with propensity 0 cannot be used for off-policy evaluation"
+            )
+        object.__setattr__(self, "contexts", contexts)
+        object.__setattr__(self, "arms", arms)
+        object.__setattr__(self, "rewards", rewards)
+        object.__setattr__(self, "propensities", propensities)
+
+    def __len__(self) -> int:
+        return len(self.rewards)
+
+
+def replay(
+    log: BanditLog,
+    target_probabilities: Any,
+    arm_keys: Sequence[Hashable],
+    *,
+    n_bootstrap: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> PolicyEstimate:
+    """Replay estimate (Li et al., 2010): mean reward of the events where the target's choice equals the logged arm.
+
+    The target's choice per event is drawn from ``target_probabilities`` (``(n, K)``, columns ``arm_keys``) with
+    ``seed``; for a deterministic policy that is simply its arm. Valid for logs served uniformly at random.
+    """
+    probabilities, logged = _check_target(log, target_probabilities, arm_keys)
+    rng = np.random.default_rng(seed)
+    cumulative = np.cumsum(probabilities, axis=1)
+    draws = rng.random((len(log), 1)) * cumulative[:, -1:]
+    chosen = np.minimum((draws >= cumulative).sum(axis=1), probabilities.shape[1] - 1)
+    kept = (chosen == logged).astype(float)
+    if kept.sum() == 0:
+        raise InputError("replay kept no events: the target policy never chose a logged arm; log more events or use ips")
+    return _estimate("replay", kept * log.rewards, kept, float(kept.sum()), n_bootstrap, confidence, rng)
+
+
+def ips(
+    log: BanditLog,
+    target_probabilities: Any,
+    arm_keys: Sequence[Hashable],
+    *,
+    max_weight: float | None = None,
+    n_bootstrap: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> PolicyEstimate:
+    """Inverse propensity scoring: ``mean(w * r)``, ``w = pi(a|x) / mu(a|x)`` clipped at ``max_weight``."""
+    weights = _weights(log, target_probabilities, arm_keys, max_weight)
+    rng = np.random.default_rng(seed)
+    return _estimate("ips", weights * log.rewards, np.ones(len(log)), _ess(weights), n_bootstrap, confidence, rng)
+
+
+def snips(
+    log: BanditLog,
+    target_probabilities: Any,
+    arm_keys: Sequence[Hashable],
+    *,
+    max_weight: float | None = None,
+    n_bootstrap: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> PolicyEstimate:
+    """Self-normalised IPS: ``sum(w * r) / sum(w)``, with weights clipped at ``max_weight``."""
+    weights = _weights(log, target_probabilities, arm_keys, max_weight)
+    if weights.sum() == 0:
+        raise InputError("snips: every importance weight is 0 (the target never picks a logged arm); use more events")
+    rng = np.random.default_rng(seed)
+    return _estimate("snips", weights * log.rewards, weights, _ess(weights), n_bootstrap, confidence, rng)
+
+
+def doubly_robust(
+    log: BanditLog,
+    target_probabilities: Any,
+    arm_keys: Sequence[Hashable],
+    *,
+    expected_rewards: Any = None,
+    l2: float = 1.0,
+    max_weight: float | None = None,
+    n_bootstrap: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> PolicyEstimate:
+    """Doubly robust estimate: ``mean(sum_k pi(k|x) q(x, k) + w * (r - q(x, a)))``.
+
+    Args:
+        expected_rewards: ``(n, K)`` direct-method predictions ``q(x, k)`` of each arm's reward for each logged
+            event, columns ``arm_keys`` (from any fitted reward model). If None, a per-arm ridge regression on the
+            contexts plus an intercept is fitted on the log with 2-fold cross-fitting (each half is predicted by a
+            model fitted on the other half, so the model never scores the events it learned from).
+        l2: ridge penalty of that default model.
+    """
+    probabilities, logged = _check_target(log, target_probabilities, arm_keys)
+    weights = _weights(log, probabilities, arm_keys, max_weight)
+    rng = np.random.default_rng(seed)
+    if expected_rewards is None:
+        q = _cross_fitted_ridge(log, list(arm_keys), logged, l2, rng)
+    else:
+        q = _as_float(expected_rewards, "expected_rewards")
+        if q.shape != probabilities.shape or not np.isfinite(q).all():
+            raise InputError(f"expected_rewards must be a finite {probabilities.shape} array (events x arm_keys)")
+    rows = np.arange(len(log))
+    terms = (probabilities * q).sum(axis=1) + weights * (log.rewards - q[rows, logged])
+    return _estimate("dr", terms, np.ones(len(log)), _ess(weights), n_bootstrap, confidence, rng)
+
+
+def evaluate_policy(
+    log: BanditLog,
+    target_probabilities: Any,
+    arm_keys: Sequence[Hashable],
+    *,
+    max_weight: float | None = None,
+    n_bootstrap: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, PolicyEstimate]:
+    """All four estimates of one target policy, keyed by method name ("replay", "ips", "snips", "dr")."""
+    options = dict(n_bootstrap=n_bootstrap, confidence=confidence, seed=seed)
+    return {
+        "replay": replay(log, target_probabilities, arm_keys, **options),
+        "ips": ips(log, target_probabilities, arm_keys, max_weight=max_weight, **options),
+        "snips": snips(log, target_probabilities, arm_keys, max_weight=max_weight, **options),
+        "dr": doubly_robust(log, target_probabilities, arm_keys, max_weight=max_weight, **options),
+    }
+
+
+# ----------------------------------------------------------------- internals
+def _as_float(values: Any, name: str) -> np.ndarray:
+    try:
+        return np.asarray(values, dtype=float)
+    except (TypeError, ValueError) as error:
+        raise InputError(f"{name} must be numeric ({error})") from None
+
+
+def _check_target(log: BanditLog, target_probabilities: Any, arm_keys: Sequence[Hashable]) -> tuple[np.ndarray, np.ndarray]:
+    """Validate ``pi`` ``(n, K)`` and return it with the column index ``(n,)`` of each logged arm."""
+    if not isinstance(log, BanditLog):
+        raise InputError(f"log must be a BanditLog, got {type(log).__name__}")
+    probabilities = _as_float(target_probabilities, "target_probabilities")
+    keys = list(arm_keys)
+    if probabilities.shape != (len(log), len(keys)):
+        raise InputError(
+            f"target_probabilities must have shape (n_events, n_arms) = ({len(log)}, {len(keys)}), "
+            f"got {probabilities.shape}"
+        )
+    if len(set(keys)) != len(keys):
+        raise InputError("arm_keys must be unique")
+    if not np.isfinite(probabilities).all() or (probabilities < 0).any():
+        raise InputError("target_probabilities must be finite and >= 0")
+    if not np.allclose(probabilities.sum(axis=1), 1.0, atol=1e-6):
+        raise InputError("each row of target_probabilities must sum to 1 (a distribution over arm_keys)")
+    column = {key: i for i, key in enumerate(keys)}
+    missing = {arm for arm in log.arms if arm not in column}
+    if missing:
+        raise InputError(
+            f"logged arms {sorted(map(str, missing))[:5]} are not in arm_keys; add them as columns with probability 0"
+        )
+    return probabilities, np.array([column[arm] for arm in log.arms], dtype=np.intp)
+
+
+def _weights(log: BanditLog, target_probabilities: Any, arm_keys: Sequence[Hashable], max_weight: float | None) -> np.ndarray:
+    probabilities, logged = _check_target(log, target_probabilities, arm_keys)
+    weights = probabilities[np.arange(len(log)), logged] / log.propensities
+    if max_weight is not None:
+        if not (math.isfinite(max_weight) and max_weight > 0):
+            raise InputError(f"max_weight must be a finite number > 0 (or None for no clipping), got {max_weight!r}")
+        weights = np.minimum(weights, max_weight)
+    return weights
+
+
+def _ess(weights: np.ndarray) -> float:
+    squares = float((weights**2).sum())
+    return float(weights.sum()) ** 2 / squares if squares > 0 else 0.0
+
+
+def _cross_fitted_ridge(log: BanditLog, arm_keys: list, logged: np.ndarray, l2: float, rng) -> np.ndarray:
+    """``(n, K)`` per-arm ridge predictions of each event's reward, each half scored by a model of the other half."""
+    from studio.learning.bandit import LinUCB
+
+    features = np.hstack([log.contexts, np.ones((len(log), 1))])
+    folds = rng.permutation(len(log)) % 2
+    predictions = np.zeros((len(log), len(arm_keys)))
+    for fold in (0, 1):
+        train, test = folds != fold, folds == fold
+        if not test.any():
+            continue
+        # LinUCB with alpha=0 is exactly per-arm ridge regression.
+        model = LinUCB(alpha=0.0, l2=l2)
+        for index in range(len(arm_keys)):
+            model.add_arm(index)
+        if train.any():
+            model.partial_fit(features[train], logged[train].tolist(), log.rewards[train])
+        predictions[test] = model.decision_function(features[test])
+    return predictions
+
+
+def _estimate(
+    method: str,
+    numerator: np.ndarray,
+    denominator: np.ndarray,
+    effective_sample_size: float,
+    n_bootstrap: int,
+    confidence: float,
+    rng: np.random.Generator,
+) -> PolicyEstimate:
+    """``sum(numerator) / sum(denominator)`` with a percentile bootstrap over events."""
+    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, int) or n_bootstrap < 100:
+        raise InputError(f"n_bootstrap must be an int >= 100 for a usable interval, got {n_bootstrap!r}")
+    if not 0 < confidence < 1:
+        raise InputError(f"confidence must be in (0, 1), e.g. 0.95, got {confidence!r}")
+    n = len(numerator)
+    estimate = float(numerator.sum() / denominator.sum())
+    replicates = []
+    block = max(1, _BOOTSTRAP_BLOCK // n)
+    for start in range(0, n_bootstrap, block):
+        indices = rng.integers(0, n, size=(min(block, n_bootstrap - start), n))
+        with np.errstate(invalid="ignore", divide="ignore"):
+            replicates.append(numerator[indices].sum(axis=1) / denominator[indices].sum(axis=1))
+    replicates = np.concatenate(replicates)
+    tail = (1 - confidence) / 2
+    low, high = np.nanquantile(replicates, [tail, 1 - tail])
+    return PolicyEstimate(method, estimate, float(low), float(high), n, float(effective_sample_size))
