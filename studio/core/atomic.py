@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import tempfile
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -43,3 +45,51 @@ def replace_folder(staging: str | os.PathLike, folder: str | os.PathLike) -> Pat
     os.replace(staging, folder)
     shutil.rmtree(old, ignore_errors=True)
     return folder
+
+
+STAGING_PREFIX = ".studio-staging-"
+
+
+@contextmanager
+def staged_folder(folder: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty hidden sibling of `folder` to write into; on success it replaces `folder` atomically.
+
+    If the body raises (or the process is interrupted), the staging folder is removed and `folder` keeps what it
+    held. A process killed outright leaves ``.studio-staging-*`` behind; :func:`remove_stale_staging` clears it.
+    """
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{folder.name}.{os.getpid()}.", dir=folder.parent))
+    try:
+        yield staging
+        for path in staging.rglob("*"):  # mkdtemp makes private files; an artefact is for everyone to read
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        staging.chmod(0o755)
+        replace_folder(staging, folder)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def remove_stale_staging(parent: str | os.PathLike) -> list[Path]:
+    """Remove staging folders in `parent` left by processes that no longer run; returns what was removed."""
+    removed = []
+    for path in Path(parent).glob(f"{STAGING_PREFIX}*"):
+        parts = path.name.rsplit(".", 2)  # .studio-staging-{name}.{pid}.{random}
+        pid = parts[-2] if len(parts) == 3 else ""
+        if pid.isdigit() and _alive(int(pid)):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
