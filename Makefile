@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test bench clean
+.PHONY: install run test test-fast clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,13 @@ install: $(STAMP)
 run: $(STAMP)
 	$(BIN)/studio demo --out out/demo
 
+# Everything, the import-layer contracts included (tests/test_layers.py runs lint-imports).
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The inner loop: skips the tests marked `slow` (those that load models or start servers and browsers).
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 clean:
 	rm -rf out

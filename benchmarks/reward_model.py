@@ -25,8 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def quality(run: Path, model_dir: str | None, seed: int = 0) -> tuple[object, dict]:
-    from reward.data import aggregate, fit_beta_prior, label, load_log_dataset
-    from reward.evaluation import SimulatorOracle, candidate_pairs, evaluate
+    from reward.data import aggregate, fit_beta_prior, label
+    from studio.learning.log_dataset import load_log_dataset
+    from reward.evaluation import candidate_pairs, evaluate
+    from studio.sim.oracle import SimulatorOracle
     from reward.model import RewardModel
     from reward.training import RewardTrainer, TrainingConfig, split_impressions
     from reward import metrics

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from reward.data import load_log_dataset, read_impressions
-from reward.evaluation import SimulatorOracle, evaluate
+from studio.learning.log_dataset import load_log_dataset, read_impressions
+from reward.evaluation import evaluate
+from studio.sim.oracle import SimulatorOracle
 from reward.model import RewardConfig, RewardModel
 from reward.training import RewardTrainer, TrainingConfig, split_impressions
 from studio.cli import main

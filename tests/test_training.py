@@ -188,7 +188,7 @@ def test_studio_train_cli_fine_tunes_a_lora_on_a_folder(tiny_folder, tmp_path, c
     out = tmp_path / "out"
     code = main(["train", "--data", str(tmp_path), "--model", str(tiny_folder), "--lora", "--steps", "2",
                  "--batch-size", "2", "--resolution", "64", "--out", str(out), "--json"])
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    result = json.loads(capsys.readouterr().out)
     assert code == 0 and result["mode"] == "lora" and result["steps"] == 2
     assert (out / "final" / "pytorch_lora_weights.safetensors").is_file()
     assert main(["train", "--data", str(tmp_path / "nope"), "--model", str(tiny_folder), "--out", str(out)]) == 2
@@ -200,7 +200,7 @@ def test_studio_train_cli_fine_tunes_the_whole_unet_on_renders(tiny_folder, tmp_
     out = tmp_path / "full"
     code = main(["train", "--data", "renderer", "--model", str(tiny_folder), "--steps", "2", "--batch-size", "2",
                  "--resolution", "64", "--out", str(out), "--json"])
-    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    result = json.loads(capsys.readouterr().out)
     assert code == 0 and result["mode"] == "full" and result["steps"] == 2
     assert (out / "final" / "model_index.json").is_file()
     assert main(["train", "--data", "renderer", "--model", str(tiny_folder), "--steps", "2", "--out", str(out)]) == 2

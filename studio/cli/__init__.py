@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
 from studio import __version__
 from studio.core.errors import StudioError
@@ -25,8 +26,16 @@ COMMAND_MODULES: list[str] = [
 ]
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line and a hint (not the whole usage block) like every other studio error."""
+
+    def error(self, message: str) -> NoReturn:
+        print(f"studio: error: {message}; see '{self.prog} --help'", file=sys.stderr)
+        sys.exit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="studio", description="Creative Studio: personalised ad creatives.")
+    parser = OneLineParser(prog="studio", description="Creative Studio: personalised ad creatives.")
     parser.add_argument("--version", action="version", version=f"studio {__version__}")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from studio.cli.output import emit
 from studio.core.errors import InputError
 
 DEFAULT_TRAIN_OUT = "runs/prompts-mini"
@@ -50,7 +51,7 @@ def _brief_from_args(args: argparse.Namespace):
     })
 
 
-def suggest_command(args: argparse.Namespace) -> int:
+def run_prompts_suggest(args: argparse.Namespace) -> int:
     import warnings
 
     from prompts.backends import MAX_CANDIDATES, load_prompt_model
@@ -63,18 +64,17 @@ def suggest_command(args: argparse.Namespace) -> int:
         warnings.simplefilter("always")
         prompts = model.suggest(brief, n=args.n, seed=args.seed, temperature=args.temperature, top_p=args.top_p)
     notes = [str(w.message) for w in caught if "prompt model" in str(w.message)]
-    if args.json:
-        print(json.dumps({"model": args.model or "prompts-mini", "seed": args.seed, "brief": brief.to_dict(),
-                          "prompts": [p.to_dict() for p in prompts], "warnings": notes}, indent=2, ensure_ascii=False))
-    else:
-        for index, prompt in enumerate(prompts, start=1):
-            print(f"{index}. {prompt.positive}\n   negative: {prompt.negative}")
+    result = {"model": args.model or "prompts-mini", "seed": args.seed, "brief": brief.to_dict(),
+              "prompts": [p.to_dict() for p in prompts], "warnings": notes}
+    emit(result, args.json, (f"{index}. {prompt.positive}\n   negative: {prompt.negative}"
+                             for index, prompt in enumerate(prompts, start=1)))
+    if not args.json:
         for note in notes:
             print(f"warning: {note}", file=sys.stderr)
     return 0
 
 
-def train_command(args: argparse.Namespace) -> int:
+def run_prompts_train(args: argparse.Namespace) -> int:
     from prompts.training import MiniTrainingConfig, train_prompts_mini
 
     if args.steps is not None and args.steps < 1:
@@ -82,12 +82,10 @@ def train_command(args: argparse.Namespace) -> int:
     config = MiniTrainingConfig(seed=args.seed, progress=not args.json,
                                 **({"steps": args.steps} if args.steps is not None else {}))
     summary = train_prompts_mini(args.out, config)
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    else:
-        print(f"trained prompts-mini ({summary['parameters']:,} parameters, {summary['steps']} steps on "
-              f"{summary['pairs']:,} pairs, loss {summary['first_loss']} -> {summary['final_loss']}) "
-              f"in {summary['seconds']} s; saved to {summary['out_dir']}")
+    emit(summary, args.json, [
+        f"trained prompts-mini ({summary['parameters']:,} parameters, {summary['steps']} steps on "
+        f"{summary['pairs']:,} pairs, loss {summary['first_loss']} -> {summary['final_loss']}) "
+        f"in {summary['seconds']} s; saved to {summary['out_dir']}"])
     return 0
 
 
@@ -112,11 +110,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     suggest.add_argument("--temperature", type=float, help="sampling temperature (default 0.9)")
     suggest.add_argument("--top-p", dest="top_p", type=float, help="nucleus sampling mass (default 0.95)")
     suggest.add_argument("--json", action="store_true", help="print JSON")
-    suggest.set_defaults(func=suggest_command)
+    suggest.set_defaults(func=run_prompts_suggest)
 
     train = commands.add_parser("train", help="train prompts-mini from scratch (seeded, a few minutes on CPU)")
     train.add_argument("--out", default=DEFAULT_TRAIN_OUT, help=f"output folder (default {DEFAULT_TRAIN_OUT})")
     train.add_argument("--steps", type=int, help="optimiser steps (default: the shipped recipe)")
     train.add_argument("--seed", type=int, default=0, help="seed for data, initialisation and batches")
     train.add_argument("--json", action="store_true", help="print the training summary as JSON")
-    train.set_defaults(func=train_command)
+    train.set_defaults(func=run_prompts_train)

@@ -1,7 +1,7 @@
 """`studio reward train | eval | score`: the CTR reward model from the command line.
 
 A log is the ``events.db`` of a run folder; the folder also holds the creatives (``catalogue.json`` or
-``creatives/<creative_id>.png``) and the audience clustering (``audience/``), see ``reward.data.read_catalogue``.
+``creatives/<creative_id>.png``) and the audience clustering (``audience/``), see ``studio.learning.log_dataset.read_catalogue``.
 """
 
 from __future__ import annotations
@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+from studio.cli.output import emit
 
 TRAINING_NAME = "training.json"
 
@@ -25,13 +27,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--max-epochs", type=int, default=600)
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--json", action="store_true", help="print the report as JSON")
-    train.set_defaults(func=_train)
+    train.set_defaults(func=run_reward_train)
 
     evaluate = commands.add_parser("eval", help="evaluate a reward model on the held-out impressions of a log")
     evaluate.add_argument("--log", required=True, help="events.db of a run folder")
     evaluate.add_argument("--model", required=True, help="reward model folder, or 'reward-mini'")
     evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
-    evaluate.set_defaults(func=_evaluate)
+    evaluate.set_defaults(func=run_reward_eval)
 
     score = commands.add_parser("score", help="predict the CTR of creative images for an audience group")
     score.add_argument("images", nargs="+", help="creative images (PNG); a corrupt one is reported, not fatal")
@@ -41,21 +43,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     score.add_argument("--category", default=None,
                        help="product category or kind (default: from the parent folder name, e.g. bottle-0)")
     score.add_argument("--json", action="store_true", help="print the scores as JSON")
-    score.set_defaults(func=_score)
+    score.set_defaults(func=run_reward_score)
 
 
-def _print(report: dict, as_json: bool) -> None:
-    if as_json:
-        print(json.dumps(report, indent=2))
-        return
-    for key, value in report.items():
-        print(f"{key:>24}: {value:.4f}" if isinstance(value, float) else f"{key:>24}: {value}")
-
-
-def _train(args: argparse.Namespace) -> int:
+def run_reward_train(args: argparse.Namespace) -> int:
     import torch
 
-    from reward.data import load_log_dataset
+    from studio.learning.log_dataset import load_log_dataset
     from reward.evaluation import evaluate
     from reward.model import RewardConfig
     from reward.training import RewardTrainer, TrainingConfig, split_impressions
@@ -75,13 +69,14 @@ def _train(args: argparse.Namespace) -> int:
     training = {"log": str(Path(args.log).resolve()), "validation_fraction": config.validation_fraction,
                 "seed": config.seed, "history": trainer.history_, "report": report}
     write_file(out / TRAINING_NAME, lambda path: path.write_text(json.dumps(training, indent=2) + "\n"))
-    _print(report, args.json)
+    emit(report, args.json)
     return 0
 
 
-def _evaluate(args: argparse.Namespace) -> int:
-    from reward.data import load_log_dataset
-    from reward.evaluation import SimulatorOracle, evaluate
+def run_reward_eval(args: argparse.Namespace) -> int:
+    from studio.learning.log_dataset import load_log_dataset
+    from reward.evaluation import evaluate
+    from studio.sim.oracle import SimulatorOracle
     from reward.model import RewardModel, resolve_model_folder
     from reward.training import split_impressions
 
@@ -97,14 +92,15 @@ def _evaluate(args: argparse.Namespace) -> int:
             impressions, split = impressions.iloc[rows], "held-out"
     oracle = SimulatorOracle.from_run(Path(args.log).parent)
     report = {"split": split, **evaluate(model, dataset, impressions, oracle)}
-    _print(report, args.json)
+    emit(report, args.json)
     return 0
 
 
-def _score(args: argparse.Namespace) -> int:
+def run_reward_score(args: argparse.Namespace) -> int:
     import torch
 
-    from reward.data import recipe_prompt, load_pixels
+    from reward.data import load_pixels
+    from studio.learning.log_dataset import recipe_prompt
     from reward.model import RewardModel
     from studio.core import vocabulary
 
@@ -130,13 +126,8 @@ def _score(args: argparse.Namespace) -> int:
                             "ctr": scores[i]})
         else:
             results.append({"image": image, "error": errors[i]})
-    if args.json:
-        print(json.dumps(results, indent=2))
-    else:
-        for row in results:
-            if "error" in row:
-                print(f"{row['image']}: error: {row['error']}")
-            else:
-                ctr = "  ".join(f"group {g}: {v:.4f}" for g, v in row["ctr"].items())
-                print(f"{row['image']}: {ctr}")
+    emit(results, args.json, (
+        f"{row['image']}: error: {row['error']}" if "error" in row
+        else f"{row['image']}: " + "  ".join(f"group {g}: {v:.4f}" for g, v in row["ctr"].items())
+        for row in results))
     return 0 if good else 2

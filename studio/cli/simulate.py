@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
+
+from studio.cli.output import emit
 
 
 def register(subparsers) -> None:
@@ -30,9 +31,8 @@ def run_simulate(args: argparse.Namespace) -> int:
     config = ExperimentConfig(impressions=args.impressions, products=args.products, arms=args.arms,
                               users=args.users, alpha=args.alpha, seed=args.seed)
     report = run_experiment(config, args.out, progress=True)
-    if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
-        return 0
+    emit(report.to_dict(), args.json, _summary(report))
+    return 0
     control, treatment = report.buckets["control"], report.buckets["treatment"]
     ope = report.off_policy
     print(f"groups: {report.groups['n_groups']} (adjusted Rand vs hidden segments "
@@ -52,3 +52,26 @@ def run_simulate(args: argparse.Namespace) -> int:
     print(f"    files: {report.files['report']}, {report.files['plot']}, {report.files['event_log']} "
           f"({report.seconds:.1f} s)")
     return 0
+
+
+def _summary(report) -> list[str]:
+    control, treatment = report.buckets["control"], report.buckets["treatment"]
+    ope = report.off_policy
+    lines = [f"groups: {report.groups['n_groups']} (adjusted Rand vs hidden segments "
+             f"{report.groups['adjusted_rand_vs_hidden_segments']:.2f})"]
+    for stats in (control, treatment):
+        lines.append(f"{stats['bucket']:>9}: CTR {stats['ctr']:.4f} [{stats['ci_low']:.4f}, {stats['ci_high']:.4f}] "
+                     f"({stats['clicks']} clicks / {stats['impressions']} impressions)")
+    return lines + [
+        f"     lift: {report.lift['lift']:+.1%} [{report.lift['ci_low']:+.1%}, {report.lift['ci_high']:+.1%}], "
+        f"p = {report.lift['p_value']:.2g}",
+        f"   regret: treatment {report.regret['treatment_cumulative']:.0f}, control "
+        f"{report.regret['control_cumulative']:.0f} expected clicks lost to the oracle",
+        f"   oracle: LinUCB reaches {report.oracle['ratio_last_quarter']:.1%} of the oracle CTR "
+        f"over the last quarter (best fixed arm per group: {report.oracle['group_oracle_ratio_last_quarter']:.1%})",
+        f"      OPE: DR {ope['dr']['estimate']:.4f} [{ope['dr']['ci'][0]:.4f}, {ope['dr']['ci'][1]:.4f}] from "
+        f"the control log; realised {ope['realised_treatment_ctr']:.4f}",
+        f"    goals: {', '.join(f'{k}={v}' for k, v in report.goals.items())}",
+        f"    files: {report.files['report']}, {report.files['plot']}, {report.files['event_log']} "
+        f"({report.seconds:.1f} s)",
+    ]

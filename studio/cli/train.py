@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
+
+from studio.cli.output import emit
 
 
 def register(subparsers) -> None:
@@ -80,7 +81,7 @@ def run_train(args: argparse.Namespace) -> int:
     result = {"model": str(args.model), "mode": "lora" if args.lora else "full", "steps": trainer.step_,
               "first_loss": trainer.losses_[0] if trainer.losses_ else None,
               "last_loss": trainer.losses_[-1] if trainer.losses_ else None, "saved": str(final)}
-    print(json.dumps(result) if args.json else "\n".join(f"{k}: {v}" for k, v in result.items()))
+    emit(result, args.json)
     return 0
 
 
@@ -91,12 +92,12 @@ def run_train_mini(args: argparse.Namespace) -> int:
 
     if args.export_best:
         folder = export_model(Path(args.run) / "best", args.export or MODEL_FOLDER)
-        print(json.dumps({"exported": str(folder)}) if args.json else f"exported: {folder}")
+        emit({"exported": str(folder)}, args.json)
         return 0
     recipe = MiniRecipe() if args.unet_steps is None else MiniRecipe(unet_steps=args.unet_steps)
     result = train_mini(args.run, export=args.export or MODEL_FOLDER, recipe=recipe, threads=args.threads,
                         progress=not args.json)
-    print(json.dumps(result) if args.json else "\n".join(f"{k}: {v}" for k, v in result.items()))
+    emit(result, args.json)
     return 0
 
 
@@ -105,5 +106,5 @@ def run_eval_mini(args: argparse.Namespace) -> int:
 
     report = evaluate_mini(args.model or MODEL_FOLDER, steps=args.steps, guidance=args.guidance,
                            threads=args.threads, progress=not args.json)
-    print(json.dumps(report) if args.json else "\n".join(f"{k}: {v}" for k, v in report.items()))
+    emit(report, args.json)
     return 0

@@ -16,22 +16,22 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
+from reward.evaluation import evaluate
 from reward.model import SHIPPED_MODELS
+from reward.training import RewardTrainer, TrainingConfig, split_impressions
 from studio.core.atomic import write_file
+from studio.learning.audience import AudienceClustering
+from studio.learning.log_dataset import load_log_dataset
+from studio.sim.experiment import ExperimentConfig, run_experiment
+from studio.sim.oracle import SimulatorOracle
 
 MINI = SHIPPED_MODELS / "reward-mini"
 
 
 def train_mini(out: str | Path = MINI, run_dir: str | Path | None = None, progress: bool = True) -> dict:
     """Simulate a log (unless ``run_dir`` already holds one), train on it, save to ``out``; returns the report."""
-    import torch
-
-    from reward.data import load_log_dataset
-    from reward.evaluation import SimulatorOracle, evaluate
-    from reward.training import RewardTrainer, TrainingConfig, split_impressions
-    from studio.learning.audience import AudienceClustering
-    from studio.sim.experiment import ExperimentConfig, run_experiment
-
     torch.set_num_threads(1)  # small full-batch steps: a second thread only contends (see benchmarks/reward_model.py)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as scratch:
