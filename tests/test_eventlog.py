@@ -1,5 +1,6 @@
 """The SQLite event log: impressions and clicks, written transactionally, read back for learning."""
 
+import os
 import signal
 import sqlite3
 import subprocess
@@ -11,7 +12,7 @@ import pandas as pd
 import pytest
 
 from studio.core.errors import InputError
-from studio.learning.eventlog import IMPRESSION_COLUMNS, EventLog
+from studio.learning.eventlog import IMPRESSION_COLUMNS, EventLog, EventLogError
 
 
 def impressions(start, n, bucket="control"):
@@ -80,7 +81,7 @@ def test_bad_impression_batches_are_rejected_whole(tmp_path):
 
 def test_a_file_that_is_not_a_database_gets_a_clear_error(tmp_path):
     (tmp_path / "junk.db").write_bytes(b"this is not sqlite" * 100)
-    with pytest.raises(InputError, match="not a usable event log"):
+    with pytest.raises(EventLogError, match="not a usable event log"):
         EventLog(tmp_path / "junk.db")
 
 
@@ -125,3 +126,91 @@ def test_a_writer_killed_mid_write_loses_no_acknowledged_batch(tmp_path):
     with EventLog(path) as log:
         log.log_impressions(impressions(0, 2))
         assert log.counts()["impressions"] == 500 * len(per_batch) + 2
+
+
+def test_an_impression_and_its_clicks_commit_together(tmp_path):
+    with EventLog(tmp_path / "events.db") as log:
+        assert log.log_impressions(impressions(0, 4), clicked=["imp-1", "imp-3"], click_ts=[9.0, 9.5]) == 4
+        frame = log.read()
+        assert frame["clicked"].tolist() == [0, 1, 0, 1] and frame["click_ts"].dropna().tolist() == [9.0, 9.5]
+        with pytest.raises(InputError, match="not on impressions of this batch"):
+            log.log_impressions(impressions(10, 2), clicked=["imp-0"])
+        assert log.counts() == {"impressions": 4, "clicks": 2}  # the rejected batch wrote nothing
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_timestamps_are_refused_and_nothing_is_written(tmp_path, bad):
+    with EventLog(tmp_path / "events.db") as log:
+        log.log_impressions(impressions(0, 2))
+        if not np.isnan(bad):  # a missing (NaN) impression time means "now", as documented
+            with pytest.raises(InputError, match="finite"):
+                log.log_impressions(impressions(5, 2).assign(ts=[1.0, bad]))
+        with pytest.raises(InputError, match="finite"):
+            log.log_clicks(["imp-0"], ts=bad)
+        with pytest.raises(InputError, match="finite"):
+            log.log_impressions(impressions(5, 2), clicked=["imp-5"], click_ts=bad)
+        assert log.counts() == {"impressions": 2, "clicks": 0}
+
+
+def _open_and_log(path, barrier, name):
+    barrier.wait()  # every process reaches the new file at the same moment
+    with EventLog(path) as log:
+        log.log_impressions(impressions(0, 1).assign(impression_id=name))
+
+
+@pytest.mark.slow
+def test_eight_processes_opening_one_new_log_at_once_all_succeed(tmp_path):
+    """100 trials of 8 processes creating the same new log at once: 0 failures, every impression kept."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    failures = 0
+    for trial in range(100):
+        path = tmp_path / f"events-{trial}.db"
+        barrier = context.Barrier(8)
+        workers = [context.Process(target=_open_and_log, args=(path, barrier, f"w{i}")) for i in range(8)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(60)
+        failures += sum(worker.exitcode != 0 for worker in workers)
+        with EventLog(path) as log:
+            assert log.counts()["impressions"] == sum(worker.exitcode == 0 for worker in workers)
+    assert failures == 0
+
+
+def test_a_foreign_database_is_refused_before_anything_is_written(tmp_path):
+    path = tmp_path / "other.db"
+    connection = sqlite3.connect(path)
+    connection.execute("CREATE TABLE impressions (id INTEGER, colour TEXT)")
+    connection.commit()
+    connection.close()
+    with pytest.raises(EventLogError, match="not a studio event log"):
+        EventLog(path)
+    (tmp_path / "folder.db").mkdir()
+    with pytest.raises(InputError, match="is a folder"):
+        EventLog(tmp_path / "folder.db")
+
+
+def test_a_full_disk_is_one_clear_error_and_the_log_stays_intact(tmp_path):
+    if os.geteuid() != 0:
+        if os.environ.get("CI"):
+            pytest.fail("CI runs as root and must mount a small tmpfs for this test")
+        pytest.skip("mounting a small tmpfs to fill needs root")
+    disk = tmp_path / "small"
+    disk.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(disk)], check=True)
+    try:
+        acknowledged = 0
+        with EventLog(disk / "events.db") as log:
+            with pytest.raises(EventLogError, match="disk is full") as caught:
+                for batch in range(1000):
+                    frame = impressions(batch * 50, 50).assign(model_version="x" * 200)
+                    acknowledged += log.log_impressions(frame)
+            assert "\n" not in str(caught.value)
+        connection = sqlite3.connect(disk / "events.db")
+        assert connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert connection.execute("SELECT COUNT(*) FROM impressions").fetchone()[0] == acknowledged > 0
+        connection.close()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], check=False)

@@ -224,7 +224,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | os.PathLike, progres
 
 def _log_rows(log: EventLog, rows: np.ndarray, user, group, product, chosen, propensity, in_treatment, clicked,
               creatives: list[dict], arms: int) -> None:
-    """Write impressions `rows` (one transaction), then their clicks (another)."""
+    """Write impressions `rows` and their clicks in one transaction: a crash never keeps one without the other."""
     import pandas as pd
 
     creative = product[rows] * arms + chosen[rows]
@@ -236,8 +236,7 @@ def _log_rows(log: EventLog, rows: np.ndarray, user, group, product, chosen, pro
         "arm": chosen[rows].astype(str), "propensity": propensity[rows],
         "policy": np.where(in_treatment[rows], "linucb", "uniform"),
         "bucket": np.where(in_treatment[rows], TREATMENT, CONTROL), "model_version": "simulate",
-    }))
-    log.log_clicks(ids[clicked[rows]].tolist(), ts=rows[clicked[rows]].astype(float) + 0.5)
+    }), clicked=ids[clicked[rows]].tolist(), click_ts=rows[clicked[rows]].astype(float) + 0.5)
 
 
 def _measure(config: ExperimentConfig, log: EventLog, clustering: AudienceClustering, simulator: AudienceSimulator,
