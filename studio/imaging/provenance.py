@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import threading
 from dataclasses import dataclass, field
@@ -62,16 +63,47 @@ class Recipe:
 
     @classmethod
     def from_json(cls, text: str) -> "Recipe":
-        data = json.loads(text)
-        known = {f.name for f in dataclasses.fields(cls)}
-        for key in ("size", "model_size"):
-            if data.get(key) is not None:
-                data[key] = tuple(data[key])
-        return cls(**{key: value for key, value in data.items() if key in known})
+        """Parse and check a recipe; ValueError (one line) for anything that is not a recipe object."""
+        try:
+            data = json.loads(text)
+        except RecursionError:  # a hostile chunk nested thousands deep
+            raise ValueError("JSON nested too deep") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"a JSON {type(data).__name__}, expected an object")
+        values = {}
+        for item in dataclasses.fields(cls):
+            if item.name not in data:
+                if item.default is dataclasses.MISSING and item.default_factory is dataclasses.MISSING:
+                    raise ValueError(f"no {item.name!r}")
+                continue
+            values[item.name] = _checked(item.name, data[item.name])
+        return cls(**values)
 
     def digest(self) -> str:
         """A short stable hash of the recipe, used in file names so different recipes never overwrite each other."""
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:10]
+
+
+# What each recipe field may hold: a damaged or hostile chunk must not reach the code that reads a recipe.
+_FIELD_TYPES: dict[str, tuple[type, ...]] = {
+    "model": (str,), "weights_hash": (str, type(None)), "prompt": (str,), "negative_prompt": (str,), "seed": (int,),
+    "steps": (int,), "scheduler": (str,), "guidance": (int, float), "strength": (int, float), "mode": (str,),
+    "placement": (str,), "random_init": (bool,), "lora": (dict, type(None)), "size": (list, type(None)),
+    "model_size": (list, type(None)), "studio_version": (str,),
+}
+
+
+def _checked(name: str, value: Any) -> Any:
+    kinds = _FIELD_TYPES[name]
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        raise ValueError(f"{name!r} is a {type(value).__name__}")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError(f"{name!r} is not a finite number")
+    if isinstance(value, list):
+        if len(value) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in value):
+            raise ValueError(f"{name!r} is not a (width, height) pair")
+        return tuple(value)
+    return value
 
 
 def save_png(image: Image.Image, recipe: Recipe, path: str | os.PathLike, *, compress_level: int = 1) -> Path:
@@ -93,18 +125,19 @@ def read_recipe(path: str | os.PathLike) -> Recipe:
     if not path.is_file():
         raise InputError(f"{path}: no such file; pass a creative PNG written by `studio generate`")
     try:
+        # The recipe chunk comes before the pixels: read the header chunks only, never decode (a bomb stays harmless).
         with Image.open(path) as image:
-            image.load()
             text = image.info.get(RECIPE_KEY)
             kind = image.format
-    except (OSError, SyntaxError, ValueError) as error:
-        raise InputError(f"{path}: not a readable image ({error}); pass a creative PNG written by `studio generate`")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise InputError(f"{path}: not a readable image ({error}); pass a creative PNG written by `studio generate`") \
+            from None
     if kind != "PNG" or text is None:
         raise InputError(f"{path}: has no Creative Studio recipe; only PNGs written by `studio generate` carry one")
     try:
         return Recipe.from_json(text)
-    except (ValueError, TypeError) as error:
-        raise InputError(f"{path}: its recipe chunk is damaged ({error})")
+    except ValueError as error:
+        raise InputError(f"{path}: its recipe chunk is damaged ({error}); regenerate the creative") from None
 
 
 def _weight_files(path: Path) -> list[Path]:
