@@ -9,7 +9,11 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import NoReturn
 
 from studio import __version__
@@ -46,11 +50,37 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with _terminate_as_interrupt():
+            return int(args.func(args) or 0)
     except StudioError as error:
-        print(f"studio: error: {error}", file=sys.stderr)
-        return 2
+        return _fail(str(error), 2)
+    except OSError as error:  # the machine said no (disk full, permission): one line, not a traceback
+        where = f" ({error.filename})" if error.filename else ""
+        return _fail(f"{error.strerror or error}{where}; free space or fix permissions and retry", 2)
+    except MemoryError:
+        return _fail("out of memory; use a smaller --size, --n or --impressions", 2)
     except KeyboardInterrupt:
-        print("studio: interrupted", file=sys.stderr)
-        return 130
+        return _fail("interrupted; partial outputs were removed", 130, prefix="studio: ")
+
+
+def _fail(message: str, code: int, prefix: str = "studio: error: ") -> int:
+    print(prefix + " ".join(message.split()), file=sys.stderr)  # one line, whatever the message held
+    return code
+
+
+@contextmanager
+def _terminate_as_interrupt() -> Iterator[None]:
+    """SIGTERM unwinds like Ctrl-C, so every staged folder and half-written file is cleaned up on the way out."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
