@@ -46,5 +46,5 @@ def test_simulate_refuses_bad_settings_and_keeps_a_previous_run(tmp_path, capsys
     out.mkdir()
     (out / "events.db").write_bytes(b"an earlier experiment")
     assert main(["simulate", "--impressions", "2000", "--out", str(out)]) == 2
-    assert "already holds an experiment" in capsys.readouterr().err
+    assert "is a folder that is not empty" in capsys.readouterr().err
     assert (out / "events.db").read_bytes() == b"an earlier experiment"

@@ -1,6 +1,6 @@
 """The event log: impressions and clicks in SQLite, the record every learning loop reads.
 
-Schema (DESIGN.md, "Event log")::
+Schema::
 
     impressions(impression_id PK, ts, user_id, group_id, product_id, creative_id, arm, propensity, policy, bucket,
                 model_version)

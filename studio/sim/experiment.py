@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from studio.learning.abtest import assign_bucket, bucket_stats, compare
-from studio.core.atomic import write_file
+from studio.core.atomic import remove_stale_staging, staged_folder, write_file
 from studio.learning.audience import AudienceClustering
 from studio.learning.bandit import LinUCB
 from studio.core.errors import InputError
@@ -136,14 +136,24 @@ def run_experiment(config: ExperimentConfig, out_dir: str | os.PathLike, progres
     clustering), ``bandits/<product>/`` (final LinUCB states), ``report.json`` and ``simulate.png`` (regret and CTR
     over time).
     """
+    # 1. Check inputs. The run is written into a staging folder and moved into place whole: a failed or killed run
+    # leaves `out_dir` as it was (a killed run's staging folder is removed by the next run).
+    config.check()
+    final = Path(out_dir)
+    if final.exists() and (not final.is_dir() or any(final.iterdir())):
+        kind = "a folder that is not empty" if final.is_dir() else "a file"
+        raise InputError(f"--out {final} is {kind}; choose a new folder (simulate writes a whole run folder)")
+    if final.parent.is_dir():
+        remove_stale_staging(final.parent)
+    with staged_folder(final) as staging:
+        report = _simulate(config, staging, final, progress)
+    return report
+
+
+def _simulate(config: ExperimentConfig, out: Path, final: Path, progress: bool) -> ExperimentReport:
+    """The run itself, written into `out`; `final` is where it will live (the paths the report names)."""
     from tqdm.auto import tqdm
 
-    # 1. Check inputs.
-    config.check()
-    out = Path(out_dir)
-    if (out / "events.db").exists():
-        raise InputError(f"{out} already holds an experiment (events.db); choose a new --out folder or delete it")
-    out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     rng = np.random.default_rng(config.seed)
 
@@ -214,9 +224,9 @@ def run_experiment(config: ExperimentConfig, out_dir: str | os.PathLike, progres
         per_arm_ctr = oracle_ctr.reshape(config.users, config.products, arms)[user, product]  # (n, arms)
         report = _measure(config, log, clustering, simulator, users, in_treatment, group, product, served_ctr,
                           best_ctr, per_arm_ctr, target, started, serving_seconds)
-    report.files = {"event_log": str(out / "events.db"), "plot": str(out / "simulate.png"),
-                    "creatives": str(out / "creatives"), "audience": str(out / "audience"),
-                    "report": str(out / "report.json")}
+    report.files = {"event_log": str(final / "events.db"), "plot": str(final / "simulate.png"),
+                    "creatives": str(final / "creatives"), "audience": str(final / "audience"),
+                    "report": str(final / "report.json")}
     _plot(out / "simulate.png", in_treatment, served_ctr, best_ctr)
     write_file(out / "report.json", lambda path: path.write_text(json.dumps(report.to_dict(), indent=2)))
     return report
