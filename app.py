@@ -4,8 +4,8 @@ Run `python app.py` (127.0.0.1:7860; see `--help` for host, port and the output 
 event handler is a short call into a library function that is tested on its own:
 
 - upload  -> `studio.imaging.editor.open_for_editing` (load safely, auto-detect the product mask, show it for editing);
-- Generate -> `studio.imaging.editor.mask_from_editor` and `studio.imaging.creatives.generate_creatives` (lossless PNGs with their
-  provenance recipe), with progress, and a Cancel button that stops the pipeline at its next step
+- Generate -> `studio.imaging.editor.mask_from_editor` and `studio.imaging.creatives.generate_creatives` (lossless PNGs
+  with their provenance recipe), with progress, and a Cancel button that stops the pipeline at its next step
   (`studio.core.cancellation.CancelFlags`);
 - selecting a creative -> its recipe.
 """
@@ -23,8 +23,10 @@ from typing import Any
 import gradio as gr
 
 from studio.core.cancellation import CancelFlags
-from studio.imaging.editor import ADD_COLOUR, REMOVE_COLOUR, TINT_OPACITY, mask_from_editor, open_for_editing
 from studio.core.errors import InputError, StudioError
+from studio.imaging.creatives import CreativeSettings, generate_creatives
+from studio.imaging.editor import ADD_COLOUR, REMOVE_COLOUR, TINT_OPACITY, mask_from_editor, open_for_editing
+from studio.imaging.images import load_image
 
 PLACEMENTS = ["1:1", "4:5", "16:9", "9:16"]
 MODES = [("Background replacement", "background"), ("Outpaint (extend the frame)", "outpaint")]
@@ -43,17 +45,21 @@ MINI_NOTICE = (
 )
 
 
-def _shown_to_user(handler: Callable[..., Any]) -> Callable[..., Any]:
-    """Report the library's user errors as a Gradio error message (one line), never as a traceback."""
+def _reports_errors(*blank: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Show the library's user errors in the status line, replacing the last message (never a traceback, never a
+    pile of error pop-ups). On an error the handler's outputs become `blank`; on success the status line clears."""
 
-    @functools.wraps(handler)  # keeps the signature, so Gradio still sees gr.Progress and gr.Request parameters
-    def wrapped(*args, **kwargs):
-        try:
-            return handler(*args, **kwargs)
-        except StudioError as error:
-            raise gr.Error(str(error), print_exception=False) from None
+    def decorate(handler: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(handler)  # keeps the signature, so Gradio still sees gr.Progress and gr.Request parameters
+        def wrapped(*args, **kwargs):
+            try:
+                return (*handler(*args, **kwargs), "")
+            except StudioError as error:
+                return (*blank, f"**Error:** {' '.join(str(error).split())}")
 
-    return wrapped
+        return wrapped
+
+    return decorate
 
 
 def _generator_notice() -> str:
@@ -69,7 +75,7 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT) -> gr.Blocks:
 
     # --- event handlers: thin calls into the library ---------------------------------------------------------------
 
-    @_shown_to_user
+    @_reports_errors(None, "", None)
     def open_photo(path: str | None):
         if path is None:
             return None, "", None
@@ -79,24 +85,24 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT) -> gr.Blocks:
             raise InputError(str(error).replace(path, Path(path).name)) from None
         return value, message, detected
 
-    @_shown_to_user
+    @_reports_errors([], [], None)
     def generate(path, editor, detected, prompt, negative_prompt, mode, placement, directions, amount, count, seed,
                  steps, guidance, model, request: gr.Request, progress=gr.Progress(track_tqdm=True)):
-        from studio.imaging.creatives import generate_creatives
-        from studio.imaging.images import load_image
-
+        # An untouched Textbox (e.g. inside the closed Advanced panel) sends None, not "".
+        prompt, negative_prompt, model = prompt or "", negative_prompt or "", (model or "").strip()
         if not path:
             raise InputError("No product photo yet: upload one first.")
-        product = load_image(path)
+        product = load_image(path)  # decoded once: the mask and the creatives both use this image
         # Background replacement keeps the painted product; outpainting keeps the whole photo, so needs no mask.
         mask = mask_from_editor(editor, product.size, detected) if mode == "background" else None
+        extend = outpaint_extension(directions, amount) if mode == "outpaint" else None
+        settings = CreativeSettings(mode=mode, placement=placement, extend=extend, steps=int(steps),
+                                    guidance=float(guidance), negative_prompt=negative_prompt)
         cancel = cancel_flags.start(request.session_hash)
         try:
             creatives = generate_creatives(
-                path, prompt=prompt, negative_prompt=negative_prompt, mode=mode, placement=placement,
-                extend=outpaint_extension(directions, amount) if mode == "outpaint" else None, n=int(count),
-                seed=int(seed), steps=int(steps), guidance=float(guidance), model=model.strip() or None, mask=mask,
-                out_dir=out_dir, progress=True, cancel=cancel,
+                product, prompt, settings=settings, n=int(count), seed=int(seed), engine=model or None,
+                mask=mask, out_dir=out_dir, name=Path(path).stem, progress=True, cancel=cancel,
             )
         finally:
             cancel_flags.finish(request.session_hash, cancel)
@@ -105,8 +111,7 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT) -> gr.Blocks:
         return gallery, recipes, recipes[0]
 
     def cancel(request: gr.Request):
-        if cancel_flags.cancel(request.session_hash):
-            gr.Info("Cancelled: the generator stops at its next step.")
+        cancel_flags.cancel(request.session_hash)  # the running Generate stops at its next step and clears the gallery
 
     def show_recipe(recipes: list[dict], event: gr.SelectData):
         return recipes[event.index] if recipes and 0 <= event.index < len(recipes) else None
@@ -150,18 +155,22 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT) -> gr.Blocks:
                     cancel_button = gr.Button("Cancel", variant="stop", elem_id="cancel")
         gallery = gr.Gallery(label="Creatives (lossless PNG)", type="filepath", format="png", columns=4,
                              object_fit="contain", elem_id="creatives")
+        status = gr.Markdown(elem_id="status")  # the latest error or notice; each event replaces it
         recipe = gr.JSON(label="Recipe of the selected creative (also stored inside its PNG)")
         recipes = gr.State([])
 
         # --- events ----------------------------------------------------------------------------------------------
-        photo.change(open_photo, photo, [editor, mask_message, detected], api_name="open_photo")
+        photo.change(open_photo, photo, [editor, mask_message, detected, status], api_name="open_photo")
         mode.change(lambda chosen: (gr.update(visible=chosen == "background"), gr.update(visible=chosen == "outpaint")),
                     mode, [placement, outpaint_options], api_name=False)
-        generating = generate_button.click(
+        results = [gallery, recipes, recipe, status]
+        generating = generate_button.click(  # clear the last run's creatives first, so none linger under a new prompt
+            lambda: ([], [], None, "Generating…"), None, results, queue=False, api_name=False,
+        ).then(
             generate,
             [photo, editor, detected, prompt, negative_prompt, mode, placement, directions, amount, count, seed, steps,
              guidance, model],
-            [gallery, recipes, recipe],
+            results,
             api_name="generate",
         )
         cancel_button.click(cancel, None, None, cancels=[generating], api_name="cancel")

@@ -49,7 +49,8 @@ def product(tmp_path_factory):
 def test_uploading_a_photo_shows_the_detected_mask_for_editing(client, product):
     path, pixels, mask = product
 
-    value, message = client.predict(handle_file(str(path)), api_name="/open_photo")
+    value, message, status = client.predict(handle_file(str(path)), api_name="/open_photo")
+    assert status == ""
 
     assert "Product found" in message
     background = np.asarray(Image.open(value["background"]).convert("RGB"))
@@ -61,7 +62,7 @@ def test_a_busy_photo_asks_the_user_to_paint_the_mask(client, tmp_path):
     busy = tmp_path / "busy.png"
     Image.fromarray(np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)).save(busy)
 
-    value, message = client.predict(handle_file(str(busy)), api_name="/open_photo")
+    value, message, _ = client.predict(handle_file(str(busy)), api_name="/open_photo")
 
     assert "Paint over the product" in message
     assert value["layers"] == []
@@ -71,9 +72,9 @@ def test_a_corrupt_upload_is_a_clear_error_not_a_traceback(client, tmp_path):
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 64)
 
-    with pytest.raises(Exception, match=r"^broken.png: not an image") as error:
-        client.predict(handle_file(str(broken)), api_name="/open_photo")
-    assert "Traceback" not in str(error.value)
+    value, message, status = client.predict(handle_file(str(broken)), api_name="/open_photo")
+    assert status.startswith("**Error:** broken.png: not an image") and "\n" not in status
+    assert value is None and message == ""
 
 
 def editor_with_mask(tmp_path, photo_path, mask):
@@ -84,12 +85,26 @@ def editor_with_mask(tmp_path, photo_path, mask):
     return {"background": photo, "layers": [handle_file(str(layer))], "composite": photo}
 
 
-def generate(client, photo, editor, prompt="a red marble table, soft light", **overrides):
-    """Call Generate with small, fast settings; returns (gallery, recipe shown)."""
+def call_generate(client, photo, editor, prompt="a red marble table, soft light", **overrides):
+    """Call Generate with small, fast settings; returns (gallery, recipe shown, status line)."""
     settings = dict(negative_prompt="", mode="background", placement="1:1", directions=["left", "right"],
                     amount=64, count=2, seed=0, steps=2, guidance=7.5, model="")
     settings.update(overrides)
     return client.predict(photo, editor, prompt, *settings.values(), api_name="/generate")
+
+
+def generate(client, photo, editor, prompt="a red marble table, soft light", **overrides):
+    """Generate that must succeed: (gallery, recipe shown)."""
+    gallery, recipe, status = call_generate(client, photo, editor, prompt, **overrides)
+    assert status == "", status
+    return gallery, recipe
+
+
+def generate_error(client, photo, editor, **overrides) -> str:
+    """Generate that must fail: the one-line status message; the gallery is left empty."""
+    gallery, recipe, status = call_generate(client, photo, editor, **overrides)
+    assert gallery == [] and recipe is None and status.startswith("**Error:** ") and "\n" not in status
+    return status
 
 
 def test_generate_returns_lossless_pngs_with_the_product_pixels_exact(client, product, tmp_path):
@@ -126,23 +141,34 @@ def test_outpainting_keeps_the_whole_photo(client, product, tmp_path):
     [
         ({"prompt": "   "}, "prompt is empty"),
         ({"mode": "outpaint", "directions": []}, "tick at least one side"),
-        ({"steps": 0}, "less than minimum value 1"),  # the slider bounds, checked by Gradio
         ({"model": "/no/such/model"}, "no/such/model"),
     ],
 )
 def test_bad_settings_are_clear_errors(client, product, tmp_path, change, message):
     path, _, mask = product
-    with pytest.raises(Exception, match=message) as error:
-        generate(client, handle_file(str(path)), editor_with_mask(tmp_path, path, mask), **change)
+    assert message in generate_error(client, handle_file(str(path)), editor_with_mask(tmp_path, path, mask), **change)
+
+
+def test_out_of_range_sliders_are_refused_by_gradio(client, product, tmp_path):
+    path, _, mask = product
+    with pytest.raises(Exception, match="less than minimum value 1") as error:  # the slider bounds, checked by Gradio
+        call_generate(client, handle_file(str(path)), editor_with_mask(tmp_path, path, mask), steps=0)
     assert "Traceback" not in str(error.value)
+
+
+def test_an_untouched_model_box_means_the_default_model(client, product, tmp_path):
+    """The browser sends None for a Textbox nobody typed in (Advanced left closed): the default path must work."""
+    path, _, mask = product
+    gallery, _ = generate(client, handle_file(str(path)), editor_with_mask(tmp_path, path, mask), count=1,
+                          model=None, negative_prompt=None)
+    assert len(gallery) == 1
 
 
 def test_generate_without_a_photo_or_a_mask_says_what_to_do(client, product, tmp_path):
     path, _, mask = product
-    with pytest.raises(Exception, match="upload one first"):
-        generate(client, None, editor_with_mask(tmp_path, path, mask))
-    with pytest.raises(Exception, match="paint over the product with the magenta brush"):
-        generate(client, handle_file(str(path)), editor_with_mask(tmp_path, path, np.zeros_like(mask)))
+    assert "upload one first" in generate_error(client, None, editor_with_mask(tmp_path, path, mask))
+    assert "paint over the product with the magenta brush" in generate_error(
+        client, handle_file(str(path)), editor_with_mask(tmp_path, path, np.zeros_like(mask)))
 
 
 def test_cancel_stops_the_pipeline_and_writes_nothing(client, out_dir, product, tmp_path):
@@ -158,8 +184,8 @@ def test_cancel_stops_the_pipeline_and_writes_nothing(client, out_dir, product, 
 
     client.predict(api_name="/cancel")
 
-    with pytest.raises(Exception, match="generation cancelled; nothing was written"):
-        job.result(timeout=30)
+    gallery, recipe, status = job.result(timeout=30)
+    assert gallery == [] and "generation cancelled; nothing was written" in status  # the gallery is cleared
     # The engine runs one pipeline at a time, so a quick job finishing now means the long one really stopped.
     started = time.monotonic()
     gallery, _ = generate(client, photo, editor, count=1, seed=200)
@@ -171,7 +197,7 @@ def test_cancel_stops_the_pipeline_and_writes_nothing(client, out_dir, product, 
 def test_the_detected_mask_is_used_when_the_marketer_paints_nothing(client, product):
     path, pixels, mask = product
     photo = handle_file(str(path))
-    value, _ = client.predict(photo, api_name="/open_photo")  # the session now holds the detected mask
+    value, _, _ = client.predict(photo, api_name="/open_photo")  # the session now holds the detected mask
 
     gallery, _ = generate(client, photo, {"background": photo, "layers": [], "composite": None}, count=1)
 
@@ -179,3 +205,21 @@ def test_the_detected_mask_is_used_when_the_marketer_paints_nothing(client, prod
     left, top, right, bottom = placed.box
     creative = np.asarray(Image.open(gallery[0]["image"]).convert("RGB"))
     assert np.array_equal(creative[top:bottom, left:right][mask[24:72, 32:64]], pixels[mask])
+
+
+def test_generate_decodes_the_photo_once(client, product, tmp_path, monkeypatch):
+    from studio.imaging import images
+
+    path, _, mask = product
+    decodes = []
+    real_open = images._open
+
+    def counting_open(source, *args, **kwargs):
+        decodes.append(source)
+        return real_open(source, *args, **kwargs)
+
+    monkeypatch.setattr(images, "_open", counting_open)  # the server runs in this process, on a thread
+    gallery, _ = generate(client, handle_file(str(path)), editor_with_mask(tmp_path, path, mask), count=2, seed=300)
+
+    assert len(gallery) == 2 and len(decodes) == 1  # one decode serves the mask and both creatives
+    assert all(item["image"].endswith(".png") and "product-background-s3" in item["image"] for item in gallery)
