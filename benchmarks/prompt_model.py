@@ -38,7 +38,8 @@ def main() -> None:
 
     import torch
 
-    from prompts.backends import FewerPromptsWarning, load_prompt_model
+    from prompts.backends import FewerPromptsWarning
+    from prompts.loading import load_prompt_model
     from prompts.brief import Prompt
     from prompts.data import sample_brief, sample_prompt
     from prompts.validation import check_prompt, distinct_n

@@ -1,37 +1,45 @@
-"""One interface for every prompt model: `suggest(brief, n, seed) -> list[Prompt]`, plus loading by name or folder.
+"""One interface for every prompt model: `suggest(brief, n, seed) -> list[Prompt]`, and the shared causal-LM body.
 
 `PromptBackend.suggest` owns the loop every backend shares: sample candidates, validate them, sample again for the
 prompts still missing, and warn (never crash) when a model's output leaves fewer than `n` valid prompts.
 `CausalLMBackend` is the shared body of the two shipped backends -- the embedded prompts-mini (`prompts.mini`) and any
 transformers causal LM (`prompts.hf`) -- which differ only in how a brief is written for the model and how its answer
-is read back.
+is read back. Loading by name or folder, whichever backend a folder needs, is `prompts.loading.load_prompt_model`.
+
+A saved prompt model is a transformers folder (the library's layout) plus ``studio.json`` naming the backend class
+and the format version (`studio.core.artefact.write_manifest`); a plain transformers folder has none and still loads.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import shutil
-import tempfile
 import warnings
 from abc import ABC, abstractmethod
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from transformers.utils import logging as transformers_logging
 
 from prompts.brief import Brief, Prompt
+from prompts.training import TrainingConfig, sequence_log_likelihood, weighted_sft
 from prompts.validation import ValidationConfig, validate
-from studio.core.atomic import replace_folder
+from studio.core import hub
+from studio.core.artefact import check_manifest, write_manifest
+from studio.core.atomic import staged_folder
 from studio.core.errors import InputError, ModelNotFoundError
 
 SHIPPED_MODELS = Path(__file__).parent / "models"
 DEFAULT_MODEL = "prompts-mini"
-MARKER_FILE = "prompt_model.json"  # says which backend reads a saved folder
+FORMAT_VERSION = 1  # of studio.json and what it promises about the folder; newer folders are refused
 MAX_CANDIDATES = 64
+HOW_TO_FIX = ("a prompt model folder needs a transformers causal LM (config.json, weights) and its tokenizer: save it "
+              "again, or retrain prompts-mini with `studio prompts train --out DIR`")
 
 
 class FewerPromptsWarning(UserWarning):
@@ -108,8 +116,6 @@ class CausalLMBackend(PromptBackend):
     """A prompt model that is a transformers causal LM and its tokenizer. Subclasses say how a brief becomes the
     model's context (`context`), how a prompt is written as its answer (`answer`), and how answers are read (`parse`)."""
 
-    backend_name = "causal-lm"
-
     def __init__(self, model: Any, tokenizer: Any, sampling: SamplingConfig | None = None,
                  validation: ValidationConfig | None = None):
         self.model = model.eval()
@@ -137,9 +143,6 @@ class CausalLMBackend(PromptBackend):
         return self.tokenizer(text, add_special_tokens=False)["input_ids"]
 
     def _sample(self, brief: Brief, k: int, seed: int, sampling: SamplingConfig) -> list[Prompt]:
-        import torch
-        from transformers.utils import logging as transformers_logging
-
         context_ids = torch.tensor([self._encode(self.context(brief))])
         window = getattr(self.model.config, "n_positions", None) or getattr(self.model.config,
                                                                             "max_position_embeddings", None)
@@ -181,19 +184,15 @@ class CausalLMBackend(PromptBackend):
 
     def log_likelihood(self, briefs: list[Brief], prompts: list[Prompt]) -> np.ndarray:
         """Mean log-probability per answer token (nats) of each prompt given its brief, shape (len(prompts),)."""
-        from prompts.training import sequence_log_likelihood
-
         return sequence_log_likelihood(self.model, self._examples(briefs, prompts), self.tokenizer.pad_token_id or 0)
 
     def fit(self, briefs: list[Brief], prompts: list[Prompt], weights: list[float] | np.ndarray | None = None,
-            config: Any = None) -> CausalLMBackend:
+            config: TrainingConfig | None = None) -> CausalLMBackend:
         """Fine-tune on (brief, prompt) pairs, each example's loss scaled by its weight (reward-weighted SFT).
 
         `weights` (len(prompts),, >= 0; default all 1) are e.g. the reward model's scores or click rates of the
         creatives each prompt made. `config` is a `prompts.training.TrainingConfig`. Sets `loss_history_`.
         """
-        from prompts.training import TrainingConfig, weighted_sft
-
         examples = self._examples(briefs, prompts)
         weights = np.ones(len(examples)) if weights is None else np.asarray(weights, dtype=float)
         if weights.shape != (len(examples),) or not np.all(np.isfinite(weights)) or np.any(weights < 0):
@@ -207,52 +206,35 @@ class CausalLMBackend(PromptBackend):
         return self
 
     def save_pretrained(self, out_dir: str | Path) -> Path:
-        """Save model, tokenizer and backend marker to `out_dir`, atomically (a half-written folder never appears)."""
-        out_dir = Path(out_dir)
-        out_dir.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-        try:
+        """Save model, tokenizer and ``studio.json`` (this backend's class) to `out_dir`, atomically."""
+        with staged_folder(out_dir) as staging:
             self.model.save_pretrained(staging)
             self.tokenizer.save_pretrained(staging)
-            (staging / MARKER_FILE).write_text(json.dumps({"backend": self.backend_name}, indent=2) + "\n")
-            for path in staging.iterdir():  # mkdtemp makes private files; a model folder is for everyone to read
-                path.chmod(0o644)
-            staging.chmod(0o755)
-            replace_folder(staging, out_dir)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return out_dir
+            write_manifest(staging, type(self), FORMAT_VERSION)
+        return Path(out_dir)
+
+    @classmethod
+    def _load(cls, name_or_path: str | os.PathLike | None, read: Callable[[str, bool], tuple[Any, Any]],
+              **kwargs: Any) -> Any:
+        """`cls(model, tokenizer, **kwargs)` with (model, tokenizer) = `read(path_or_id, local_files_only)`.
+
+        The folder's ``studio.json`` (if any) must name this class; whatever the libraries raise on a damaged folder
+        or a failed download becomes one StudioError line.
+        """
+        source = resolve_prompt_model(name_or_path)
+        if source.is_local:
+            check_manifest(source.path_or_id, cls, FORMAT_VERSION, hint=HOW_TO_FIX)
+        try:
+            model, tokenizer = read(source.path_or_id, source.is_local)
+        except Exception as error:  # noqa: BLE001 - transformers, safetensors and tokenizers each raise their own
+            raise hub.load_failed("prompt model", source, error, HOW_TO_FIX if source.is_local else None) from error
+        return cls(model, tokenizer, **kwargs)
 
 
-def resolve_model(name_or_path: str | os.PathLike | None) -> tuple[str, bool]:
-    """(what to load, whether it is a local folder). None or "prompts-mini" mean the shipped model."""
-    name = str(name_or_path or DEFAULT_MODEL).strip()
-    if not name:
-        raise InputError("the model name is empty; give a hub id, a folder, or 'prompts-mini'")
-    if (SHIPPED_MODELS / name).is_dir() and "/" not in name:
-        return str(SHIPPED_MODELS / name), True
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return str(path), True
-    if path.exists() or path.is_absolute() or name.startswith((".", "~")) or name.count("/") > 1:
-        raise ModelNotFoundError(f"prompt model folder {name!r} does not exist; check the path")
-    if name == DEFAULT_MODEL:
+def resolve_prompt_model(name_or_path: str | os.PathLike | None) -> hub.ResolvedModel:
+    """Where a prompt model is: None or "prompts-mini" mean the shipped model; else a folder or a hub id."""
+    if str(name_or_path or DEFAULT_MODEL).strip() == DEFAULT_MODEL and not (SHIPPED_MODELS / DEFAULT_MODEL).is_dir():
         raise ModelNotFoundError(f"the shipped model {DEFAULT_MODEL!r} is missing; rebuild it with `studio prompts "
                                  f"train --out {SHIPPED_MODELS / DEFAULT_MODEL}`")
-    return name, False
-
-
-def load_prompt_model(name_or_path: str | os.PathLike | None = None, **kwargs: Any) -> CausalLMBackend:
-    """Load a prompt model: None or "prompts-mini" (shipped), a saved folder, or a transformers hub id.
-
-    A folder saved by this package is read by the backend named in its marker; anything else is read as a generic
-    causal LM (`prompts.hf.HFPromptModel`). Raises ModelNotFoundError when it is not available locally.
-    """
-    from prompts.hf import HFPromptModel
-    from prompts.mini import MiniPromptModel
-
-    location, is_folder = resolve_model(name_or_path)
-    marker = Path(location) / MARKER_FILE
-    if is_folder and marker.is_file() and json.loads(marker.read_text()).get("backend") == MiniPromptModel.backend_name:
-        return MiniPromptModel.from_pretrained(location, **kwargs)
-    return HFPromptModel.from_pretrained(location, **kwargs)
+    return hub.resolve_model(name_or_path, default=DEFAULT_MODEL, kind="prompt model", shipped=SHIPPED_MODELS,
+                             needs="config.json")

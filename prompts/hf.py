@@ -9,14 +9,14 @@ lines -- and whatever is junk is left to validation to drop.
 from __future__ import annotations
 
 import json
+import os
 import re
-from pathlib import Path
 from typing import Any
 
-from prompts.backends import CausalLMBackend, resolve_model
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from prompts.backends import CausalLMBackend
 from prompts.brief import Brief, Prompt
-from studio.core import hub
-from studio.core.errors import ModelNotFoundError
 
 SYSTEM_MESSAGE = (
     "You write scene prompts for an image generator that paints the background around a product photo. "
@@ -40,36 +40,21 @@ def brief_block(brief: Brief) -> str:
 class HFPromptModel(CausalLMBackend):
     """A prompt model backed by any `AutoModelForCausalLM` + `AutoTokenizer`."""
 
-    backend_name = "transformers"
-
     @classmethod
-    def from_pretrained(cls, name_or_path: str | Path, *, dtype: Any = None, **kwargs: Any) -> HFPromptModel:
-        """Load a hub id or a folder. Hub ids are read from the local cache only when HF_HUB_OFFLINE is set;
-        anything not available raises ModelNotFoundError saying how to get it."""
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+    def from_pretrained(cls, name_or_path: str | os.PathLike, *, dtype: Any = None, **kwargs: Any) -> HFPromptModel:
+        """Load a hub id or a folder. A hub id comes from the local cache when it is there, and is downloaded only
+        when it is not and HF_HUB_OFFLINE is unset; anything not available raises ModelNotFoundError saying how to
+        get it, a damaged folder one ArtefactError line."""
 
-        location, is_folder = resolve_model(name_or_path)
-        # The local cache first; the hub only for an id that is not cached, and never when offline.
-        attempts = [True] if is_folder or hub.offline() else [True, False]
-        for attempt, local_only in enumerate(attempts, start=1):
-            try:
-                tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=local_only)
-                model = AutoModelForCausalLM.from_pretrained(location, local_files_only=local_only,
-                                                             **({"dtype": dtype} if dtype is not None else {}))
-                break
-            except (OSError, ValueError, KeyError) as error:
-                if attempt < len(attempts):
-                    continue
-                where = f"folder {location!r}" if is_folder else f"model {location!r}"
-                detail = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
-                raise ModelNotFoundError(
-                    f"prompt {where} could not be loaded as a causal LM ({detail}); "
-                    + ("check the folder has config.json, weights and a tokenizer" if is_folder else
-                       f"download it first (`hf download {location}`) or pass a local folder")
-                ) from None
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        return cls(model, tokenizer, **kwargs)
+        def read(location: str, local_only: bool) -> tuple[Any, Any]:
+            tokenizer = AutoTokenizer.from_pretrained(location, local_files_only=local_only)
+            model = AutoModelForCausalLM.from_pretrained(location, local_files_only=local_only,
+                                                         **({"dtype": dtype} if dtype is not None else {}))
+            if tokenizer.pad_token_id is None:
+                tokenizer.pad_token = tokenizer.eos_token
+            return model, tokenizer
+
+        return cls._load(name_or_path, read, **kwargs)
 
     def messages(self, brief: Brief) -> list[dict[str, str]]:
         """The chat: a system message with the task, a user message with the brief as a data block."""

@@ -4,8 +4,9 @@ After CG4CTR's reward model: one small projection per input turns it into a toke
 tokens, and a linear head reads the CTR logit off a summary token. Unlike CG4CTR's public code it also takes the
 audience group (its profile vector), so one model ranks creatives differently for different groups.
 
-The artefact is a folder: ``config.json`` (hyper-parameters, known groups, format version) + ``model.safetensors``.
-Transformers encoders are saved beside them in ``image_encoder/`` and ``text_encoder/``.
+The artefact is the studio's one format (``studio.core.artefact``): ``config.json`` (class, format version,
+hyper-parameters, known groups) + ``model.safetensors``. Transformers encoders are saved beside them in
+``image_encoder/`` and ``text_encoder/``.
 """
 
 from __future__ import annotations
@@ -21,16 +22,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from studio.core import vocabulary
-from studio.core.atomic import write_file
-from studio.core.errors import InputError, ModelNotFoundError
 from reward.encoders import EMBEDDED, build_image_encoder, build_text_encoder
+from studio.core import hub, vocabulary
+from studio.core.artefact import CONFIG_NAME, ArtefactError, load_artefact, save_artefact
+from studio.core.errors import InputError, StudioError
 
-# Bump when the meaning of config.json or the weight names change; folders of another version are refused.
+# Bump when the meaning of config.json or the weight names change; folders of a newer version are refused.
 FORMAT_VERSION = 1
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 SHIPPED_MODELS = Path(__file__).parent / "models"
+HOW_TO_GET = "train one with `studio reward train --log DB --out DIR`, or use 'reward-mini'"
 
 
 @dataclass
@@ -57,7 +57,6 @@ class RewardConfig:
     num_layers: int = 2
     dropout: float = 0.0
     base_ctr: float = 0.03
-    format_version: int = FORMAT_VERSION
 
 
 def _mlp(in_dim: int, out_dim: int) -> nn.Sequential:
@@ -213,69 +212,80 @@ class RewardModel(nn.Module):
             if getattr(self.config, name) != EMBEDDED
         }
 
-    def save_pretrained(self, folder: str | os.PathLike) -> None:
-        """Write ``config.json`` + ``model.safetensors`` (and transformers encoders in sub-folders) atomically."""
-        from safetensors.torch import save_file
+    def save_pretrained(self, folder: str | os.PathLike) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` (and transformers encoders in sub-folders) atomically.
 
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
+        The whole folder is replaced, so a folder that holds anything but a reward model (a run with its event log)
+        is refused.
+        """
+        _check_replaceable(Path(folder))
         external = self._external_encoders()
         config = dataclasses.asdict(self.config)
-        for name, module in external.items():
-            module.save_pretrained(folder / name)
+        for name in external:
             config[name] = name  # resolved against the folder on load
-        state = {
-            key: value.detach().contiguous().cpu()
+        tensors = {
+            key: value.detach().cpu().numpy()
             for key, value in self.state_dict().items()
             if not any(key.startswith(f"{name}.") for name in external)
         }
-        write_file(folder / WEIGHTS_NAME, lambda path: save_file(state, str(path), metadata={"format": "pt"}))
-        write_file(folder / CONFIG_NAME, lambda path: path.write_text(json.dumps(config, indent=2) + "\n"))
+
+        def write_encoders(staging: Path) -> None:
+            for name, module in external.items():
+                module.save_pretrained(staging / name)
+
+        return save_artefact(folder, type(self), FORMAT_VERSION, config, tensors, write_more=write_encoders)
 
     @classmethod
     def from_pretrained(cls, name_or_path: str | os.PathLike) -> "RewardModel":
         """Load a folder written by ``save_pretrained``; a bare name like ``"reward-mini"`` means a shipped model."""
-        from safetensors.torch import load_file
-
         folder = resolve_model_folder(name_or_path)
-        raw = json.loads((folder / CONFIG_NAME).read_text())
-        version = raw.get("format_version")
-        if version != FORMAT_VERSION:
-            raise InputError(
-                f"reward model {str(folder)!r} has format version {version}, but this studio reads version "
-                f"{FORMAT_VERSION}; retrain it with `studio reward train` or use the studio release that wrote it"
-            )
+        raw, tensors = load_artefact(folder, cls, FORMAT_VERSION, hint=HOW_TO_GET)
+        config = {key: value for key, value in raw.items() if key not in ("class_name", "format_version")}
         known = {f.name for f in dataclasses.fields(RewardConfig)}
-        unknown = sorted(set(raw) - known)
+        unknown = sorted(set(config) - known)
         if unknown:
-            raise InputError(f"reward model config {str(folder / CONFIG_NAME)!r} has unknown keys {unknown}")
+            raise ArtefactError(f"{folder / 'config.json'} has unknown keys {unknown}; {HOW_TO_GET}")
         for name in ("image_encoder", "text_encoder"):
-            if raw.get(name, EMBEDDED) != EMBEDDED and (folder / raw[name]).is_dir():
-                raw[name] = str(folder / raw[name])
-        model = cls(RewardConfig(**raw))
-        state = load_file(str(folder / WEIGHTS_NAME))
+            if config.get(name, EMBEDDED) != EMBEDDED and (folder / config[name]).is_dir():
+                config[name] = str(folder / config[name])
+        try:
+            model = cls(RewardConfig(**config))
+        except StudioError:  # an encoder sub-folder that is missing or damaged says so itself
+            raise
+        except (TypeError, ValueError, AssertionError, RuntimeError) as error:  # a config.json edited into nonsense
+            detail = (str(error).strip() or type(error).__name__).splitlines()[0][:200]
+            raise ArtefactError(f"{folder / 'config.json'} does not describe a reward model ({detail}); "
+                                f"{HOW_TO_GET}") from error
+        state = {key: torch.from_numpy(array) for key, array in tensors.items()}
         try:
             missing, unexpected = model.load_state_dict(state, strict=False)
         except RuntimeError as error:  # same names, other shapes
             missing, unexpected = [str(error).splitlines()[-1].strip()], []
         missing = [k for k in missing if not any(k.startswith(f"{n}.") for n in model._external_encoders())]
         if missing or unexpected:
-            raise InputError(
+            raise ArtefactError(
                 f"reward model weights in {str(folder)!r} do not match its config (missing or mismatched "
-                f"{missing[:3]}, unexpected {unexpected[:3]}); the folder is damaged or from another release"
+                f"{missing[:3]}, unexpected {unexpected[:3]}); the folder is damaged or from another release: "
+                f"{HOW_TO_GET}"
             )
         model.eval()
         return model
 
 
+def _check_replaceable(folder: Path) -> None:
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return
+    try:
+        owner = json.loads((folder / CONFIG_NAME).read_text()).get("class_name")
+    except (OSError, ValueError, AttributeError):
+        owner = None
+    if owner != RewardModel.__name__:
+        raise InputError(f"{folder} holds something other than a reward model and saving replaces the whole folder; "
+                         "save to a new folder")
+
+
 def resolve_model_folder(name_or_path: str | os.PathLike) -> Path:
-    """A folder with config.json + model.safetensors, or the name of a model shipped in ``reward/models``."""
-    folder = Path(name_or_path)
-    if not folder.is_dir() and (SHIPPED_MODELS / str(name_or_path)).is_dir():
-        folder = SHIPPED_MODELS / str(name_or_path)
-    if not (folder / CONFIG_NAME).is_file() or not (folder / WEIGHTS_NAME).is_file():
-        raise ModelNotFoundError(
-            f"no reward model at {str(name_or_path)!r}: expected a folder with {CONFIG_NAME} and {WEIGHTS_NAME} "
-            "(train one with `studio reward train --log DB --out DIR`, or use 'reward-mini')"
-        )
-    return folder
+    """A reward model folder, or the name of a model shipped in ``reward/models`` (its contents are checked on load)."""
+    resolved = hub.resolve_model(name_or_path, kind="reward model", how_to_get=HOW_TO_GET, shipped=SHIPPED_MODELS,
+                                 hub_ids=False)
+    return Path(resolved.path_or_id)

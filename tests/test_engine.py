@@ -157,6 +157,24 @@ def test_missing_hub_model_says_how_to_get_it(monkeypatch):
     assert "\n" not in message and "huggingface-cli download nobody-here/no-such-inpainting-model" in message
 
 
+def test_missing_hub_model_online_is_one_quick_question_not_a_minute_of_retries(monkeypatch):
+    from huggingface_hub import HfApi, constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+    def unreachable(self, repo_id, **kwargs):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(HfApi, "model_info", unreachable)
+    with pytest.raises(ModelNotFoundError) as caught:
+        load_engine("nobody-here/no-such-inpainting-model", device="cpu")
+    message = str(caught.value)
+    assert "\n" not in message and "Name or service not known" in message
+    assert "`hf download nobody-here/no-such-inpainting-model`" in message and "--model" in message
+
+
 def test_missing_or_wrong_folder_is_model_not_found(tmp_path):
     with pytest.raises(ModelNotFoundError, match="does not exist"):
         load_engine(str(tmp_path / "no" / "such" / "folder"), device="cpu")

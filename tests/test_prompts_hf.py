@@ -5,11 +5,13 @@ import warnings
 
 import pytest
 
-from prompts.backends import FewerPromptsWarning, load_prompt_model
+from prompts.backends import FewerPromptsWarning
 from prompts.brief import Brief, Prompt
 from prompts.hf import SYSTEM_MESSAGE, HFPromptModel, parse_answer
+from prompts.loading import load_prompt_model
 from prompts.training import TrainingConfig
 from prompts.validation import check_prompt
+from studio.core.artefact import ArtefactError
 from studio.core.errors import ModelNotFoundError
 
 CHAT_TEMPLATE = (
@@ -121,3 +123,48 @@ def test_unknown_models_and_missing_folders_raise_model_not_found(tmp_path, monk
     (tmp_path / "empty").mkdir()
     with pytest.raises(ModelNotFoundError, match="config.json"):
         load_prompt_model(tmp_path / "empty")
+
+
+def test_a_saved_prompt_model_names_its_class_in_studio_json_and_round_trips(tiny_llm, tmp_path):
+    model = load_prompt_model(tiny_llm)  # a plain transformers folder: no studio.json, read as an HF model
+    model.sampling.max_new_tokens, model.sampling.threads = 16, 1
+    saved = model.save_pretrained(tmp_path / "saved")
+
+    assert not (tiny_llm / "studio.json").exists()
+    assert json.loads((saved / "studio.json").read_text()) == {"class_name": "HFPromptModel", "format_version": 1}
+    reloaded = load_prompt_model(saved)
+    reloaded.sampling = model.sampling
+    assert isinstance(reloaded, HFPromptModel)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FewerPromptsWarning)
+        assert reloaded.suggest(brief(), n=2, seed=3) == model.suggest(brief(), n=2, seed=3)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["saved"]  # no staging folder left behind
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[:100])
+
+
+def _manifest(folder, **changes):
+    manifest = json.loads((folder / "studio.json").read_text())
+    (folder / "studio.json").write_text(json.dumps({**manifest, **changes}))
+
+
+@pytest.mark.parametrize("damage, what", [
+    (lambda f: _truncate(f / "model.safetensors"), "could not be loaded as a prompt model"),
+    (lambda f: (f / "config.json").write_text('{"model_type": "gpt2", "n_'), "could not be loaded as a prompt model"),
+    (lambda f: (f / "tokenizer.json").write_text('{"version": "1.0", "trunc'), "could not be loaded as a prompt model"),
+    (lambda f: (f / "studio.json").write_text("{not json"), "studio.json is damaged"),
+    (lambda f: _manifest(f, class_name="RewardModel"), "is a RewardModel folder, not a HFPromptModel folder"),
+    (lambda f: _manifest(f, format_version=2), "was written by a newer studio"),
+])
+def test_a_damaged_foreign_or_newer_prompt_model_folder_is_one_line_naming_it_and_what_to_do(tiny_llm, tmp_path,
+                                                                                             damage, what):
+    folder = load_prompt_model(tiny_llm).save_pretrained(tmp_path / "saved")
+    damage(folder)
+
+    with pytest.raises(ArtefactError) as caught:
+        load_prompt_model(folder)
+    message = str(caught.value)
+    assert what in message and str(folder) in message and "\n" not in message
+    assert "save it again" in message or "upgrade creative-studio" in message

@@ -1,13 +1,19 @@
 """prompts-mini, the shipped prompt model: suggesting scene prompts for a brief, and tuning it on rewarded prompts."""
 
+import json
+import shutil
+
 import numpy as np
 import pytest
 
-from prompts.backends import SHIPPED_MODELS, load_prompt_model
+from prompts.backends import SHIPPED_MODELS
 from prompts.brief import Brief, Prompt
+from prompts.loading import load_prompt_model
+from prompts.hf import HFPromptModel
 from prompts.mini import MiniPromptModel
 from prompts.training import TrainingConfig
 from prompts.validation import CLIP_MAX_TOKENS, check_prompt, clip_token_count, words
+from studio.core.artefact import ArtefactError
 from studio.core.errors import InputError
 
 
@@ -28,6 +34,20 @@ def test_the_shipped_model_is_small_package_data_and_loads_by_default(model):
     assert isinstance(model, MiniPromptModel)
     assert size <= 20 * 2**20
     assert (folder / "model.safetensors").is_file() and not list(folder.glob("*.bin"))
+
+
+def test_the_shipped_folder_names_its_backend_and_a_folder_with_the_older_marker_still_loads(model, tmp_path):
+    folder = SHIPPED_MODELS / "prompts-mini"
+    old = tmp_path / "old"
+    shutil.copytree(folder, old)
+    (old / "studio.json").unlink()
+    (old / "prompt_model.json").write_text('{"backend": "prompts-mini"}')
+
+    assert json.loads((folder / "studio.json").read_text()) == {"class_name": "MiniPromptModel", "format_version": 1}
+    assert not (folder / "prompt_model.json").exists()
+    assert load_prompt_model(old).suggest(brief(), n=2, seed=0) == model.suggest(brief(), n=2, seed=0)
+    with pytest.raises(ArtefactError, match="is a MiniPromptModel folder, not a HFPromptModel folder"):
+        HFPromptModel.from_pretrained(folder)
 
 
 def test_suggest_gives_n_valid_distinct_background_prompts(model):

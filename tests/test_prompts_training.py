@@ -2,10 +2,9 @@
 
 import numpy as np
 
-from prompts.backends import load_prompt_model
+from prompts.loading import load_prompt_model
 from prompts.data import INTEREST_SCENES, make_pairs
-from prompts.mini import MiniPromptModel, build_tokenizer
-from prompts.training import MiniTrainingConfig, train_prompts_mini
+from prompts.mini import MiniPromptModel, MiniTrainingConfig, build_tokenizer, train_prompts_mini
 from prompts.validation import check_prompt
 from studio.core.vocabulary import COLOURS, INTEREST_TAGS, LAYOUTS, LIGHTING, MATERIALS
 
@@ -44,6 +43,6 @@ def test_the_recipe_is_seeded_and_saves_a_loadable_transformers_folder(tmp_path)
 
     assert first["final_loss"] == second["final_loss"] and first["first_loss"] > 0
     assert (tmp_path / "a" / "model.safetensors").read_bytes() == (tmp_path / "b" / "model.safetensors").read_bytes()
-    assert {"config.json", "tokenizer.json", "prompt_model.json"} <= {p.name for p in (tmp_path / "a").iterdir()}
+    assert {"config.json", "tokenizer.json", "studio.json"} <= {p.name for p in (tmp_path / "a").iterdir()}
     assert isinstance(load_prompt_model(tmp_path / "a"), MiniPromptModel)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging folders left behind

@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from reward.model import FORMAT_VERSION, RewardConfig, RewardModel
+from reward.model import FORMAT_VERSION, SHIPPED_MODELS, RewardConfig, RewardModel
+from studio.core.artefact import ArtefactError
 from studio.core.errors import InputError, ModelNotFoundError
 
 
@@ -47,31 +48,67 @@ def test_save_and_load_round_trip(tmp_path):
     model = small_model()
     model.save_pretrained(tmp_path / "rm")
     assert sorted(p.name for p in (tmp_path / "rm").iterdir()) == ["config.json", "model.safetensors"]
-    assert json.loads((tmp_path / "rm" / "config.json").read_text())["format_version"] == FORMAT_VERSION
+    config = json.loads((tmp_path / "rm" / "config.json").read_text())
+    assert config["class_name"] == "RewardModel" and config["format_version"] == FORMAT_VERSION
     loaded = RewardModel.from_pretrained(tmp_path / "rm")
     pixels = torch.rand(2, 3, 64, 64)
     args = (["blue wood"] * 2, ["0", "1"], ["beverage"] * 2)
     np.testing.assert_allclose(loaded.predict_ctr(pixels, *args), model.predict_ctr(pixels, *args), rtol=1e-6)
+    model.save_pretrained(tmp_path / "rm")  # over an existing folder: swapped whole, no staging left behind
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["rm"]
 
 
-def test_a_folder_from_another_format_version_is_refused(tmp_path):
+def test_saving_never_replaces_a_folder_that_holds_something_else(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "events.db").write_bytes(b"the log")
+
+    with pytest.raises(InputError, match="holds something other than a reward model"):
+        small_model().save_pretrained(tmp_path / "run")
+    assert (tmp_path / "run" / "events.db").read_bytes() == b"the log"
+
+
+def _edit_config(folder, **changes):
+    config = json.loads((folder / "config.json").read_text())
+    (folder / "config.json").write_text(json.dumps({**config, **changes}))
+
+
+def _truncate(path):
+    path.write_bytes(path.read_bytes()[:100])
+
+
+@pytest.mark.parametrize("damage, error, what", [
+    (lambda f: _truncate(f / "model.safetensors"), ArtefactError, "model.safetensors is damaged"),
+    (lambda f: (f / "config.json").write_text('{"class_name": "RewardModel", "format_'), ArtefactError,
+     "config.json is damaged"),
+    (lambda f: _edit_config(f, class_name="LinUCB"), ArtefactError, "is a LinUCB folder, not a RewardModel"),
+    (lambda f: _edit_config(f, format_version=FORMAT_VERSION + 1), ArtefactError, "written by a newer studio"),
+    (lambda f: _edit_config(f, hidden_dim=16), ArtefactError, "do not match its config"),
+    (lambda f: _edit_config(f, num_heads=5), ArtefactError, "does not describe a reward model"),
+    (lambda f: _edit_config(f, colour="red"), ArtefactError, "unknown keys"),
+    (lambda f: (f / "config.json").unlink(), ModelNotFoundError, "it has no config.json"),
+])
+def test_a_damaged_foreign_or_newer_folder_is_one_line_naming_it_and_what_to_do(tmp_path, damage, error, what):
     small_model().save_pretrained(tmp_path / "rm")
-    config = json.loads((tmp_path / "rm" / "config.json").read_text())
-    config["format_version"] = FORMAT_VERSION + 1
-    (tmp_path / "rm" / "config.json").write_text(json.dumps(config))
-    with pytest.raises(InputError, match="format version"):
+    damage(tmp_path / "rm")
+
+    with pytest.raises(error) as caught:
         RewardModel.from_pretrained(tmp_path / "rm")
+    message = str(caught.value)
+    assert what in message and str(tmp_path / "rm") in message and "\n" not in message
+    assert "studio reward train" in message or "upgrade creative-studio" in message
 
 
-def test_missing_or_damaged_folders_are_clear_errors(tmp_path):
-    with pytest.raises(ModelNotFoundError, match="studio reward train"):
-        RewardModel.from_pretrained(tmp_path / "nothing-here")
-    small_model().save_pretrained(tmp_path / "rm")
-    other = small_model(hidden_dim=16)
-    other.save_pretrained(tmp_path / "other")
-    (tmp_path / "rm" / "model.safetensors").write_bytes((tmp_path / "other" / "model.safetensors").read_bytes())
-    with pytest.raises(InputError, match="do not match its config"):
-        RewardModel.from_pretrained(tmp_path / "rm")
+def test_a_missing_folder_says_how_to_get_one(tmp_path):
+    for missing in (tmp_path / "nothing-here", "no-such-shipped-model", "owner/not-a-hub-id-here"):
+        with pytest.raises(ModelNotFoundError, match="does not exist; train one with `studio reward train"):
+            RewardModel.from_pretrained(missing)
+
+
+def test_the_shipped_reward_mini_is_in_the_one_artefact_format():
+    config = json.loads((SHIPPED_MODELS / "reward-mini" / "config.json").read_text())
+
+    assert (config["class_name"], config["format_version"]) == ("RewardModel", FORMAT_VERSION)
+    assert RewardModel.from_pretrained("reward-mini").config.group_ids == config["group_ids"]
 
 
 def test_bad_inputs_say_what_was_expected():
@@ -114,6 +151,13 @@ def test_transformers_encoders_from_local_folders(tmp_path):
     loaded = RewardModel.from_pretrained(tmp_path / "rm")
     args = (pixels.detach(), ["red marble", "blue wood"], ["0", "1"], ["beverage"] * 2)
     np.testing.assert_allclose(loaded.predict_ctr(*args), model.predict_ctr(*args), rtol=1e-5)
+
+    weights = tmp_path / "rm" / "image_encoder" / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])
+    with pytest.raises(ArtefactError) as caught:  # one line naming the damaged encoder folder, not a library traceback
+        RewardModel.from_pretrained(tmp_path / "rm")
+    assert str(caught.value).startswith(f"{tmp_path / 'rm' / 'image_encoder'} could not be loaded as an image encoder")
+    assert "\n" not in str(caught.value)
 
 
 def test_an_unavailable_hub_encoder_is_a_clear_error(monkeypatch):

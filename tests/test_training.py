@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from studio.core.errors import InputError
+from studio.core.errors import InputError, ModelNotFoundError
 from studio.sim.renderer import render_scene
 from studio.training.trainer import (
     Components,
@@ -18,6 +18,7 @@ from studio.training.trainer import (
     encode_dataset,
     encode_prompts,
     latest_checkpoint,
+    load_pipeline,
     make_mask,
 )
 
@@ -116,6 +117,15 @@ def test_lora_trains_saves_and_loads_back_into_a_fresh_pipeline(tiny_folder, tmp
     np.testing.assert_allclose(paint(fresh), trained, atol=1e-4)
 
 
+def test_load_pipeline_reads_folders_and_says_how_to_get_a_missing_model(tiny_folder, tmp_path, monkeypatch):
+    assert type(load_pipeline(tiny_folder)).__name__ == "StableDiffusionInpaintPipeline"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for missing, what in ((tmp_path / "nowhere", "does not exist"), ("nobody-here/no-such-pipeline", "not available")):
+        with pytest.raises(ModelNotFoundError, match=what) as caught:
+            load_pipeline(missing)
+        assert "\n" not in str(caught.value) and "pass a local diffusers folder" in str(caught.value)
+
+
 def test_resume_continues_from_the_newest_checkpoint_exactly(tiny_folder, tmp_path):
     data = RendererData(n=8, size=64)
     straight = InpaintingTrainer(load(tiny_folder), config(steps=6)).fit(data, tmp_path / "a", progress=False)
@@ -128,6 +138,8 @@ def test_resume_continues_from_the_newest_checkpoint_exactly(tiny_folder, tmp_pa
                                                                        progress=False)
     assert resumed.step_ == 6 and len(resumed.losses_) == 3
     np.testing.assert_allclose(resumed.losses_, straight.losses_[3:], rtol=1e-4)
+    # checkpoints are written through a staging folder: nothing half-written or left over beside them
+    assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir()) == ["step-0000003", "step-0000006"]
 
 
 def test_masks_of_each_mode():

@@ -54,7 +54,8 @@ def _brief_from_args(args: argparse.Namespace):
 def run_prompts_suggest(args: argparse.Namespace) -> int:
     import warnings
 
-    from prompts.backends import MAX_CANDIDATES, load_prompt_model
+    from prompts.backends import MAX_CANDIDATES
+    from prompts.loading import load_prompt_model
 
     if not 1 <= args.n <= MAX_CANDIDATES:  # before loading a model, which can take a while
         raise InputError(f"--n must be from 1 to {MAX_CANDIDATES}, got {args.n}")
@@ -75,7 +76,7 @@ def run_prompts_suggest(args: argparse.Namespace) -> int:
 
 
 def run_prompts_train(args: argparse.Namespace) -> int:
-    from prompts.training import MiniTrainingConfig, train_prompts_mini
+    from prompts.mini import MiniTrainingConfig, train_prompts_mini
 
     if args.steps is not None and args.steps < 1:
         raise InputError(f"--steps must be at least 1, got {args.steps}")

@@ -28,8 +28,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
-from studio.core.atomic import replace_folder, write_file
-from studio.core.errors import InputError
+from studio.core import hub
+from studio.core.atomic import staged_folder, write_file
+from studio.core.errors import InputError, ModelNotFoundError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -506,15 +507,13 @@ class InpaintingTrainer:
         if not accelerator.is_main_process:
             return
         folder = out / "checkpoints" / f"step-{self.step_:07d}"
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        accelerator.save_state(str(tmp))
-        if self.ema is not None:
-            self.ema.save_pretrained(str(tmp / "ema"))
         state = {"step": self.step_, "config": asdict(self.config), "seconds_this_session": seconds,
                  "recent_losses": self.losses_[-100:]}
-        (tmp / "trainer_state.json").write_text(json.dumps(state, indent=1) + "\n")
-        replace_folder(tmp, folder)
+        with staged_folder(folder) as staging:  # a crash mid-save never leaves a checkpoint that resume would trust
+            accelerator.save_state(str(staging))
+            if self.ema is not None:
+                self.ema.save_pretrained(str(staging / "ema"))
+            (staging / "trainer_state.json").write_text(json.dumps(state, indent=1) + "\n")
         for old in sorted((out / "checkpoints").glob("step-???????"))[:-self.config.keep_checkpoints]:
             shutil.rmtree(old, ignore_errors=True)
 
@@ -534,19 +533,17 @@ class InpaintingTrainer:
 
     def save(self, folder: str | os.PathLike) -> Path:
         """Save the result atomically: the full pipeline (EMA weights when kept), or the LoRA weights alone."""
-        folder = Path(folder)
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        if self.config.lora:
-            from diffusers.utils import convert_state_dict_to_diffusers
-            from peft.utils import get_peft_model_state_dict
+        with staged_folder(folder) as staging:
+            if self.config.lora:
+                from diffusers.utils import convert_state_dict_to_diffusers
+                from peft.utils import get_peft_model_state_dict
 
-            layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(self.unet))
-            type(self.pipeline).save_lora_weights(str(tmp), unet_lora_layers=layers, safe_serialization=True)
-        else:
-            with self.averaged_weights():
-                self.pipeline.save_pretrained(str(tmp), safe_serialization=True)
-        return replace_folder(tmp, folder)
+                layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(self.unet))
+                type(self.pipeline).save_lora_weights(str(staging), unet_lora_layers=layers, safe_serialization=True)
+            else:
+                with self.averaged_weights():
+                    self.pipeline.save_pretrained(str(staging), safe_serialization=True)
+        return Path(folder)
 
     @contextlib.contextmanager
     def averaged_weights(self):
@@ -569,13 +566,13 @@ def latest_checkpoint(out: str | os.PathLike) -> Path | None:
 
 
 def load_pipeline(model: str | os.PathLike):
-    """Load an inpainting pipeline from a local folder (or a cached hub id) on CPU, fp32, for training."""
+    """Load an inpainting pipeline from a local folder (or a hub id, from the local cache first) on CPU, fp32."""
     from diffusers import AutoPipelineForInpainting
 
+    how = "pass a local diffusers folder or a hub id already in the local cache"
+    resolved = hub.resolve_model(model, kind="diffusers pipeline", needs="model_index.json", how_to_get=how)
     try:
-        return AutoPipelineForInpainting.from_pretrained(str(model))
-    except (OSError, ValueError) as error:
-        from studio.core.errors import ModelNotFoundError
-
-        raise ModelNotFoundError(f"cannot load an inpainting pipeline from {model!r} ({error.__class__.__name__}); "
-                                 "pass a local diffusers folder or a hub id already in the local cache") from error
+        return AutoPipelineForInpainting.from_pretrained(resolved.path_or_id, local_files_only=resolved.is_local)
+    except Exception as error:  # noqa: BLE001 - diffusers, transformers and safetensors each raise their own
+        detail = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
+        raise ModelNotFoundError(f"cannot load an inpainting pipeline from {str(model)!r} ({detail}); {how}") from error
