@@ -48,9 +48,10 @@ def main() -> int:
 
     import torch
 
-    from studio.imaging.canvas import model_size, place_product, product_mask
-    from studio.imaging.creatives import generate_creatives
+    from studio.imaging.canvas import model_size
+    from studio.imaging.creatives import CreativeSettings, build_canvas, generate_creatives
     from studio.imaging.engine import default_model, load_engine
+    from studio.imaging.images import load_image
 
     torch.set_num_threads(args.threads)
     model = args.model or default_model()
@@ -62,7 +63,8 @@ def main() -> int:
         photo = product_photo(scratch)
 
         # The plain call's inputs: the very canvas the studio builds, shrunk to the model size.
-        canvas = place_product(photo, product_mask(photo), aspect="1:1", size=args.size)
+        settings = CreativeSettings(steps=args.steps, size=args.size)
+        canvas = build_canvas(load_image(photo), settings)
         width, height = model_size(canvas.size, multiple=engine.size_multiple, max_side=engine.native_size)
         image = canvas.image.resize((width, height), Image.Resampling.LANCZOS)
         mask = canvas.paint_mask.resize((width, height), Image.Resampling.BILINEAR)
@@ -79,8 +81,9 @@ def main() -> int:
         parts: dict[str, list[float]] = {"generate": [], "paste": [], "write": []}
 
         def studio_batch(seed: int) -> None:
+            # The photo's path, not the canvas: the studio side pays for decoding and placing it, as a user does.
             creatives = generate_creatives(
-                photo, prompt=args.prompt, n=args.n, seed=seed, model=model, steps=args.steps, size=args.size,
+                photo, args.prompt, settings=settings, n=args.n, seed=seed, engine=engine,
                 out_dir=scratch / f"out-{seed}", progress=False,
             )
             for creative in creatives:

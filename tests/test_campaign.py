@@ -9,10 +9,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from studio.jobs.campaign import run_campaign
-from studio.imaging.canvas import place_product, product_mask
 from studio.core.errors import InputError
+from studio.imaging import creatives as creatives_module
+from studio.imaging import images as images_module
+from studio.imaging.canvas import place_product, product_mask
 from studio.imaging.images import load_image
+from studio.jobs import campaign as campaign_module
+from studio.jobs.campaign import run_campaign
 
 GROUPS = [
     {"group_id": "0", "summary": "young travellers", "top_tags": ["travel", "beach"], "demographics": {"age": 24}},
@@ -43,6 +46,31 @@ def test_campaign_ranks_creatives_per_group_and_keeps_the_product(tiny_pipeline_
             pixels = np.asarray(Image.open(creative.path).convert("RGB"))
             assert np.array_equal(pixels[canvas.keep], np.asarray(canvas.image)[canvas.keep])  # product bit-exact
     assert written["groups"][1]["best"] == report.groups[1].best.path
+
+
+@pytest.mark.parametrize("prompts_per_group", [1, 3])
+def test_one_decode_one_canvas_and_one_engine_per_product(tiny_pipeline_dir, product_photo, tmp_path, monkeypatch,
+                                                           prompts_per_group):
+    calls = {"decode": 0, "canvas": 0, "engine": 0}
+
+    def counted(module, name, key):
+        real = getattr(module, name)
+
+        def wrapper(*args, **kwargs):
+            calls[key] += 1
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, wrapper)
+
+    counted(images_module, "_open", "decode")
+    counted(creatives_module, "place_product", "canvas")
+    counted(creatives_module, "load_engine", "engine")
+    counted(campaign_module, "load_engine", "engine")
+    report = run_campaign(product_photo, out_dir=tmp_path, category="bottle", groups=GROUPS,
+                          prompts_per_group=prompts_per_group, generator=str(tiny_pipeline_dir), size=64, steps=1,
+                          progress=False)
+    assert sum(len(group.creatives) for group in report.groups) == 2 * prompts_per_group
+    assert calls == {"decode": 1, "canvas": 1, "engine": 1}
 
 
 def test_campaign_refuses_bad_input_before_writing(tiny_pipeline_dir, product_photo, tmp_path):

@@ -239,3 +239,17 @@ def test_odd_input_sizes_give_exactly_the_requested_output_size():
         canvas = place_product(photo, drawn_bottle(), aspect=aspect, size=777)
         assert canvas.size == expected
         assert paste_back(Image.new("RGB", (13, 29)), canvas).size == expected
+
+
+# --- decoded once -----------------------------------------------------------------------------------------------------
+
+
+def test_canvas_functions_take_the_decoded_photo_never_a_path(tmp_path):
+    path = tmp_path / "bottle.png"
+    product_photo().save(path)
+    for build in (product_mask, lambda photo: place_product(photo, drawn_bottle()),
+                  lambda photo: outpaint_canvas(photo, left=8), lambda photo: extend_to_aspect(photo, "16:9")):
+        with pytest.raises(InputError, match="load_image"):
+            build(str(path))
+    with pytest.raises(InputError, match="expected mode RGB or RGBA"):
+        product_mask(product_photo().convert("L"))

@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from studio.imaging import engine as engine_module
-from studio.imaging.canvas import outpaint_canvas, place_product, product_mask
-from studio.imaging.creatives import generate_creatives, parse_extend
-from studio.imaging.engine import GenerationCancelled
 from studio.core.errors import InputError
+from studio.imaging import engine as engine_module
+from studio.imaging import images as images_module
+from studio.imaging.canvas import outpaint_canvas, place_product, product_mask
+from studio.imaging.creatives import CreativeSettings, build_canvas, generate_creatives, parse_extend
+from studio.imaging.engine import GenerationCancelled, LoraSpec
+from studio.imaging.images import load_image
 from studio.imaging.provenance import read_recipe
 
-# Small and quick: 128 px creatives painted in 2 steps by the tiny random pipeline.
-FAST = dict(steps=2, size=128, progress=False, device="cpu")
+
+def fast(**options) -> CreativeSettings:
+    """Small and quick: 128 px creatives painted in 2 steps by the tiny random pipeline."""
+    return CreativeSettings(**{"steps": 2, "size": 128, **options})
 
 
 @pytest.fixture(autouse=True)
@@ -25,19 +30,26 @@ def isolated_cache(tmp_path, monkeypatch):
 
 
 @pytest.fixture()
-def model(tiny_pipeline_dir) -> str:
-    return str(tiny_pipeline_dir)
+def engine(tiny_pipeline_dir):
+    return engine_module.load_engine(str(tiny_pipeline_dir), device="cpu")
 
 
-def test_background_creatives_keep_the_product_bit_exact_on_disk(product_photo, model, tmp_path):
+@pytest.fixture()
+def photo(product_photo):
+    return load_image(product_photo)
+
+
+def test_background_creatives_keep_the_product_bit_exact_on_disk(product_photo, photo, engine, tmp_path):
     out = tmp_path / "out"
     creatives = generate_creatives(
-        product_photo, prompt="a teal marble table, soft light", n=2, seed=5, model=model, out_dir=out, **FAST
+        product_photo, "a teal marble table, soft light", settings=fast(), n=2, seed=5, engine=engine, out_dir=out,
+        progress=False,
     )
     assert [c.recipe.seed for c in creatives] == [5, 6]
     assert sorted(p.name for p in out.iterdir()) == sorted(c.path.name for c in creatives)
+    assert all(c.path.name.startswith("bottle-background-") for c in creatives)  # named after the photo
 
-    canvas = place_product(product_photo, product_mask(product_photo), aspect="1:1", size=128, scale=0.6)
+    canvas = place_product(photo, product_mask(photo), aspect="1:1", size=128, scale=0.6)
     for creative in creatives:
         on_disk = np.asarray(Image.open(creative.path).convert("RGB"))
         assert on_disk.shape == (128, 128, 3)
@@ -48,10 +60,11 @@ def test_background_creatives_keep_the_product_bit_exact_on_disk(product_photo, 
     assert not np.array_equal(first[~canvas.keep], second[~canvas.keep])  # seeds 5 and 6 paint differently
 
 
-def test_the_recipe_travels_inside_the_png(product_photo, model, tmp_path):
+def test_the_recipe_travels_inside_the_png(product_photo, engine, tmp_path):
+    settings = fast(negative_prompt="blue", scheduler="euler", guidance=5.0, placement="4:5")
     [creative] = generate_creatives(
-        product_photo, prompt="a red wood table", negative_prompt="blue", n=1, seed=3, model=model,
-        scheduler="euler", guidance=5.0, placement="4:5", out_dir=tmp_path, **FAST
+        product_photo, "a red wood table", settings=settings, n=1, seed=3, engine=engine, out_dir=tmp_path,
+        progress=False,
     )
     recipe = read_recipe(creative.path)
     assert recipe == creative.recipe
@@ -61,27 +74,66 @@ def test_the_recipe_travels_inside_the_png(product_photo, model, tmp_path):
     assert recipe.size == creative.image.size == (102, 128)
 
 
-def test_a_lora_is_recorded_with_its_scale_and_hash(product_photo, model, tiny_lora_path):
-    bare = generate_creatives(product_photo, prompt="a red wood table", n=1, model=model, **FAST)[0]
+def test_a_lora_is_recorded_with_its_scale_and_hash(product_photo, engine, tiny_lora_path):
+    bare = generate_creatives(product_photo, "a red wood table", settings=fast(), n=1, engine=engine,
+                              progress=False)[0]
     styled = generate_creatives(
-        product_photo, prompt="a red wood table", n=1, model=model, lora=tiny_lora_path, lora_scale=0.8, **FAST
+        product_photo, "a red wood table", settings=fast(lora=LoraSpec(str(tiny_lora_path), 0.8)), n=1,
+        engine=engine, progress=False,
     )[0]
     assert styled.recipe.lora == {"path": str(tiny_lora_path), "scale": 0.8, "hash": styled.recipe.lora["hash"]}
     assert styled.recipe.lora["hash"].startswith("sha256:") and bare.recipe.lora is None
     assert not np.array_equal(np.asarray(bare.image), np.asarray(styled.image))
 
 
-def test_same_seed_makes_the_same_creative_again(product_photo, model):
-    first = generate_creatives(product_photo, prompt="a red wood table", n=1, seed=11, model=model, **FAST)[0]
-    again = generate_creatives(product_photo, prompt="a red wood table", n=1, seed=11, model=model, **FAST)[0]
+def test_same_seed_makes_the_same_creative_again(product_photo, engine):
+    first = generate_creatives(product_photo, "a red wood table", settings=fast(), n=1, seed=11, engine=engine,
+                               progress=False)[0]
+    again = generate_creatives(product_photo, "a red wood table", settings=fast(), n=1, seed=11, engine=engine,
+                               progress=False)[0]
     assert first.path is None  # no out_dir: kept in memory only
     assert np.array_equal(np.asarray(first.image), np.asarray(again.image))
 
 
-def test_outpaint_extends_the_frame_and_keeps_the_photo(product_photo, model, tmp_path):
+@pytest.mark.parametrize("options", [{}, {"mode": "outpaint", "extend": "left=40,right=24"}], ids=["background",
+                                                                                                   "outpaint"])
+def test_a_canvas_built_once_paints_the_same_pixels_and_recipes_as_the_photo(photo, engine, options):
+    settings = fast(**options)
+    from_photo = generate_creatives(photo, "a red wood table", settings=settings, n=2, seed=7, engine=engine,
+                                    progress=False)
+    canvas = build_canvas(photo, settings)
+    from_canvas = generate_creatives(canvas, "a red wood table", settings=settings, n=2, seed=7, engine=engine,
+                                     progress=False)
+    for a, b in zip(from_photo, from_canvas):
+        assert a.recipe == b.recipe
+        assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+
+
+def test_the_photo_is_decoded_once_per_request(product_photo, engine, tmp_path, monkeypatch):
+    decodes = []
+    real_open = images_module._open
+
+    def counting_open(*args, **kwargs):
+        decodes.append(args[0])
+        return real_open(*args, **kwargs)
+
+    monkeypatch.setattr(images_module, "_open", counting_open)
+    generate_creatives(product_photo, "a red table", settings=fast(), n=3, engine=engine, out_dir=tmp_path / "a",
+                       progress=False)
+    assert decodes == [product_photo]
+
+    # The CLI and the UI decode the photo themselves (they need its size for the mask) and pass the image on.
+    decodes.clear()
+    image = load_image(product_photo)
+    assert load_image(image) is image  # an image load_image made comes back as is: no decode, no copy
+    generate_creatives(image, "a red table", settings=fast(), n=2, engine=engine, progress=False)
+    assert decodes == [product_photo]
+
+
+def test_outpaint_extends_the_frame_and_keeps_the_photo(product_photo, engine, tmp_path):
     [creative] = generate_creatives(
-        product_photo, prompt="a beach horizon", mode="outpaint", extend="left=40,right=24", n=1, model=model,
-        out_dir=tmp_path, **FAST
+        product_photo, "a beach horizon", settings=fast(mode="outpaint", extend="left=40,right=24"), n=1,
+        engine=engine, out_dir=tmp_path, progress=False,
     )
     photo = np.asarray(Image.open(product_photo).convert("RGB"))
     on_disk = np.asarray(Image.open(creative.path).convert("RGB"))
@@ -90,26 +142,27 @@ def test_outpaint_extends_the_frame_and_keeps_the_photo(product_photo, model, tm
     assert read_recipe(creative.path).placement == "left=40,right=24"
 
 
-def test_outpaint_to_an_aspect_without_explicit_amounts(product_photo, model):
+def test_outpaint_to_an_aspect_without_explicit_amounts(product_photo, engine):
     [creative] = generate_creatives(
-        product_photo, prompt="a beach horizon", mode="outpaint", placement="16:9", n=1, model=model, **FAST
+        product_photo, "a beach horizon", settings=fast(mode="outpaint", placement="16:9"), n=1, engine=engine,
+        progress=False,
     )
     width, height = creative.image.size
     assert height == 160 and abs(width / height - 16 / 9) < 0.01
     assert creative.recipe.placement.startswith("left=")
 
 
-def test_cancel_writes_nothing(product_photo, model, tmp_path):
+def test_cancel_writes_nothing(product_photo, engine, tmp_path):
     stop = threading.Event()
     stop.set()
     out = tmp_path / "out"
     with pytest.raises(GenerationCancelled):
-        generate_creatives(product_photo, prompt="a red table", n=3, model=model, out_dir=out, cancel=stop, **FAST)
+        generate_creatives(product_photo, "a red table", settings=fast(), n=3, engine=engine, out_dir=out,
+                           cancel=stop, progress=False)
     assert list(out.iterdir()) == []
 
 
-def test_a_crash_in_the_middle_of_a_batch_writes_nothing(product_photo, model, tmp_path, monkeypatch):
-    engine = engine_module.load_engine(model, device="cpu")
+def test_a_crash_in_the_middle_of_a_batch_writes_nothing(product_photo, engine, tmp_path, monkeypatch):
     real_generate = engine.generate
     calls = []
 
@@ -122,7 +175,8 @@ def test_a_crash_in_the_middle_of_a_batch_writes_nothing(product_photo, model, t
     monkeypatch.setattr(engine, "generate", fail_on_third)
     out = tmp_path / "out"
     with pytest.raises(RuntimeError, match="out of memory"):
-        generate_creatives(product_photo, prompt="a red table", n=4, model=model, out_dir=out, **FAST)
+        generate_creatives(product_photo, "a red table", settings=fast(), n=4, engine=engine, out_dir=out,
+                           progress=False)
     assert len(calls) == 3 and list(out.iterdir()) == []
 
 
@@ -136,66 +190,90 @@ def test_a_crash_in_the_middle_of_a_batch_writes_nothing(product_photo, model, t
     ],
     ids=["missing", "empty", "text", "truncated-png"],
 )
-def test_bad_product_files_leave_the_out_dir_empty(model, tmp_path, content, message):
+def test_bad_product_files_leave_the_out_dir_empty(engine, tmp_path, content, message):
     product = tmp_path / "product.png"
     if content is not None:
         product.write_bytes(content)
     out = tmp_path / "out"
     out.mkdir()
     with pytest.raises(InputError, match=message):
-        generate_creatives(product, prompt="a red table", n=2, model=model, out_dir=out, **FAST)
+        generate_creatives(product, "a red table", settings=fast(), n=2, engine=engine, out_dir=out, progress=False)
     assert list(out.iterdir()) == []
 
 
-def test_a_photo_without_a_findable_product_asks_for_a_mask(model, tmp_path):
+def test_a_photo_without_a_findable_product_asks_for_a_mask(engine, tmp_path):
     noise = np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8)
     product = tmp_path / "busy.png"
     Image.fromarray(noise).save(product)
     with pytest.raises(InputError, match="mask"):
-        generate_creatives(product, prompt="a red table", model=model, out_dir=tmp_path / "out", **FAST)
+        generate_creatives(product, "a red table", settings=fast(), engine=engine, out_dir=tmp_path / "out",
+                           progress=False)
     assert not (tmp_path / "out").exists()
 
 
-def test_a_user_mask_is_used(model, tmp_path):
+def test_a_user_mask_is_used(engine, tmp_path):
     noise = np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8)
     product, mask = tmp_path / "busy.png", tmp_path / "mask.png"
     Image.fromarray(noise).save(product)
     mask_pixels = np.zeros((96, 96), np.uint8)
     mask_pixels[30:70, 30:60] = 255
     Image.fromarray(mask_pixels).save(mask)
-    [creative] = generate_creatives(product, prompt="a red table", mask=mask, n=1, model=model, **FAST)
-    canvas = place_product(product, product_mask(product, mask), aspect="1:1", size=128, scale=0.6)
+    [creative] = generate_creatives(product, "a red table", settings=fast(), mask=mask, n=1, engine=engine,
+                                    progress=False)
+    photo = load_image(product)
+    canvas = place_product(photo, product_mask(photo, mask), aspect="1:1", size=128, scale=0.6)
     assert np.array_equal(np.asarray(creative.image)[canvas.keep], np.asarray(canvas.image)[canvas.keep])
 
 
 @pytest.mark.parametrize(
-    "arguments, message",
+    "prompt, options, message",
     [
-        (dict(prompt=""), "prompt is empty"),
-        (dict(prompt=" ".join(["red"] * 90)), "92 tokens long"),
-        (dict(prompt="red", mode="inpaint-everything"), "mode must be"),
-        (dict(prompt="red", n=0), "n must be"),
-        (dict(prompt="red", seed=-1), "seed must be"),
-        (dict(prompt="red", steps=0), "steps"),
-        (dict(prompt="red", scheduler="nope"), "unknown scheduler"),
-        (dict(prompt="red", placement="0:1"), "aspect|placement"),
-        (dict(prompt="red", mode="outpaint", extend="up=10"), "cannot read extension"),
-        (dict(prompt="red", lora="/no/such/lora.safetensors"), "LoRA"),
+        ("", {}, "prompt is empty"),
+        (" ".join(["red"] * 90), {}, "92 tokens long"),
+        ("red", {"mode": "inpaint-everything"}, "mode must be"),
+        ("red", {"n": 0}, "n must be"),
+        ("red", {"seed": -1}, "seed must be"),
+        ("red", {"steps": 0}, "steps"),
+        ("red", {"scheduler": "nope"}, "unknown scheduler"),
+        ("red", {"placement": "0:1"}, "aspect|placement"),
+        ("red", {"mode": "outpaint", "extend": "up=10"}, "cannot read extension"),
+        ("red", {"lora": LoraSpec("/no/such/lora.safetensors")}, "LoRA"),
     ],
 )
-def test_bad_arguments_are_input_errors_and_write_nothing(product_photo, model, tmp_path, arguments, message):
+def test_bad_arguments_are_input_errors_and_write_nothing(product_photo, engine, tmp_path, prompt, options, message):
+    call = {key: options[key] for key in ("n", "seed") if key in options}
+    options = {key: value for key, value in options.items() if key not in call}
     out = tmp_path / "out"
     with pytest.raises(InputError, match=message):
-        generate_creatives(product_photo, model=model, out_dir=out, **{**FAST, **arguments})
+        generate_creatives(product_photo, prompt, settings=fast(**options), engine=engine, out_dir=out,
+                           progress=False, **call)
     assert not out.exists() or list(out.iterdir()) == []
 
 
-def test_an_out_dir_that_is_a_file_is_an_input_error(product_photo, model, tmp_path):
+def test_a_canvas_must_match_the_settings_and_carries_its_own_mask(photo, engine):
+    canvas = build_canvas(photo, fast())
+    with pytest.raises(InputError, match="canvas is for mode 'background'"):
+        generate_creatives(canvas, "a red table", settings=fast(mode="outpaint"), engine=engine, progress=False)
+    with pytest.raises(InputError, match="canvas already holds"):
+        generate_creatives(canvas, "a red table", settings=fast(), mask=np.ones((160, 120), bool), engine=engine,
+                           progress=False)
+    with pytest.raises(InputError, match="must be a CreativeSettings"):
+        generate_creatives(canvas, "a red table", settings=engine_module.GenerationSettings(), engine=engine)
+
+
+def test_an_out_dir_that_is_a_file_is_an_input_error(product_photo, engine, tmp_path):
     taken = tmp_path / "taken"
     taken.write_text("a file, not a folder")
     with pytest.raises(InputError, match="cannot write creatives"):
-        generate_creatives(product_photo, prompt="a red table", n=1, model=model, out_dir=taken, **FAST)
+        generate_creatives(product_photo, "a red table", settings=fast(), n=1, engine=engine, out_dir=taken,
+                           progress=False)
     assert taken.read_text() == "a file, not a folder"
+
+
+def test_settings_are_one_object_the_engine_takes_as_is():
+    settings = fast(negative_prompt="blue", mode="outpaint")
+    assert isinstance(settings, engine_module.GenerationSettings)
+    assert dataclasses.replace(settings, negative_prompt="red").mode == "outpaint"
 
 
 def test_parse_extend():
@@ -207,7 +285,8 @@ def test_parse_extend():
         parse_extend(" , ")
 
 
-def test_outpaint_canvas_matches_what_generate_uses(product_photo):
+def test_outpaint_canvas_matches_what_generate_uses(photo):
     # The outpaint creative above is compared to the photo itself; this pins down that the canvas agrees.
-    canvas = outpaint_canvas(product_photo, left=40, right=24)
-    assert canvas.size == (184, 160) and canvas.box == (40, 0, 160, 160)
+    canvas = outpaint_canvas(photo, left=40, right=24)
+    assert canvas.size == (184, 160) and canvas.box == (40, 0, 160, 160) and canvas.placement == "left=40,right=24"
+    assert build_canvas(photo, fast(mode="outpaint", extend={"right": 24, "left": 40})).placement == canvas.placement

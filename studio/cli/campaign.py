@@ -54,7 +54,8 @@ def run_campaign_command(args: argparse.Namespace, product=None) -> int:
         groups = [p.to_dict() for p in AudienceClustering.from_pretrained(args.groups).profiles_]
     report = run_campaign(
         product if product is not None else args.product,
-        out_dir=args.out, mask=getattr(args, "mask", None), title=getattr(args, "title", ""), category=getattr(args, "category", ""), groups=groups,
+        out_dir=args.out, mask=getattr(args, "mask", None), title=getattr(args, "title", ""),
+        category=getattr(args, "category", ""), groups=groups,
         prompts_per_group=args.prompts_per_group, seed=args.seed, generator=args.model,
         prompt_model=args.prompt_model, reward_model=args.reward_model, size=args.size, steps=args.steps,
     )

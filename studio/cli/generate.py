@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import json
 import sys
+from pathlib import Path
 
 PLACEMENTS = ("1:1", "4:5", "16:9", "9:16")
 
@@ -46,30 +47,37 @@ def register(subparsers) -> None:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from studio.imaging.creatives import generate_creatives
-    from studio.imaging.engine import RANDOM_INIT_NOTE
+    from studio.imaging.creatives import CreativeSettings, generate_creatives
+    from studio.imaging.engine import RANDOM_INIT_NOTE, LoraSpec, load_engine
+    from studio.imaging.images import load_image
 
-    creatives = generate_creatives(
-        args.product,
-        prompt=args.prompt,
+    # The photo and the settings are checked before the model loads, so a bad input fails fast.
+    product = load_image(args.product)
+    mask = load_image(args.mask) if args.mask else None
+    settings = CreativeSettings(
         mode=args.mode,
         placement=args.placement,
-        n=args.n,
-        seed=args.seed,
-        model=args.model,
-        mask=args.mask,
-        out_dir=args.out,
+        size=args.size,
+        extend=args.extend,
         steps=args.steps,
         guidance=args.guidance,
         strength=args.strength,
         scheduler=args.scheduler,
         negative_prompt=args.negative_prompt,
-        lora=args.lora,
-        lora_scale=args.lora_scale,
-        extend=args.extend,
-        size=args.size,
-        device=args.device,
-        dtype=args.dtype,
+        lora=LoraSpec(args.lora, args.lora_scale) if args.lora else None,
+    )
+    settings.check()
+    engine = load_engine(args.model, device=args.device, dtype=args.dtype)
+    creatives = generate_creatives(
+        product,
+        args.prompt,
+        settings=settings,
+        n=args.n,
+        seed=args.seed,
+        engine=engine,
+        mask=mask,
+        out_dir=args.out,
+        name=Path(args.product).stem,
         progress=True,
     )
     first = creatives[0].recipe

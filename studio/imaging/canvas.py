@@ -9,6 +9,9 @@ A `Canvas` is what a generator needs (an RGB image at the output size and a pain
 The guarantee: `np.asarray(paste_back(generated, canvas))[canvas.keep] == np.asarray(canvas.image)[canvas.keep]`,
 bit for bit. With `place_product(..., scale=None)`, or whenever the product already fits at its own resolution (it is
 never upscaled unless asked), those pixels are the photo's own pixels, unchanged.
+
+Every function here takes the photo as `studio.imaging.images.load_image` returned it (decoded once, at the entry
+point); a path or bytes is refused.
 """
 
 from __future__ import annotations
@@ -23,12 +26,13 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from studio.core.errors import InputError
-from studio.imaging.images import ImageSource, load_image, load_mask
+from studio.imaging.images import ImageSource, decoded, load_mask
 
 Box = tuple[int, int, int, int]  # (left, top, right, bottom) in pixels, right/bottom exclusive
 
 MIN_ASPECT, MAX_ASPECT = 1 / 4, 4.0
 MAX_MASK_COVERAGE = 0.98  # a mask over more than this leaves the model nothing worth painting
+SIDES = ("left", "right", "top", "bottom")
 
 
 @dataclass(eq=False)  # holds arrays: compare fields explicitly
@@ -41,6 +45,8 @@ class Canvas:
     size:       (width, height) of the output in pixels.
     box:        where the product (place_product) or the original photo (outpaint) lies on the canvas.
     kind:       "background" for background replacement, "outpaint" for frame extension.
+    placement:  what a recipe records: the aspect ("4:5") for background, the pixels added per side
+                ("left=256,right=256") for outpaint.
     """
 
     image: Image.Image
@@ -49,13 +55,14 @@ class Canvas:
     size: tuple[int, int]
     box: Box
     kind: Literal["background", "outpaint"]
+    placement: str
 
 
 # --- the product mask ------------------------------------------------------------------------------------------------
 
 
 def product_mask(
-    image: ImageSource, mask: ImageSource | np.ndarray | None = None, *, tolerance: float = 30.0
+    image: Image.Image, mask: ImageSource | np.ndarray | None = None, *, tolerance: float = 30.0
 ) -> np.ndarray:
     """Find the product in a photo: bool array (H, W), True on the product.
 
@@ -67,7 +74,7 @@ def product_mask(
     Raises InputError when the border is not near-uniform (supply a mask or a PNG with transparency), or when the
     resulting mask is empty or covers nearly the whole image.
     """
-    image = load_image(image)
+    image = decoded(image)
     if mask is not None:
         found = load_mask(mask, image.size)
     elif image.mode == "RGBA":
@@ -178,7 +185,7 @@ def canvas_size(aspect: str, size: int) -> tuple[int, int]:
 
 
 def place_product(
-    image: ImageSource,
+    image: Image.Image,
     mask: ImageSource | np.ndarray,
     *,
     aspect: str = "1:1",
@@ -191,7 +198,7 @@ def place_product(
 ) -> Canvas:
     """Cut the product out of a photo and place it on a new frame for background replacement.
 
-    image:  the photo (any size). mask: bool (H, W) or a mask image, True/white on the product.
+    image:  the photo (any size), as load_image returns it. mask: bool (H, W) or a mask image, True on the product.
     aspect: "W:H" of the output; size: its long side in pixels, so the output is exactly `canvas_size(aspect, size)`.
     scale:  the product's bounding box fits in `scale` x the frame (e.g. 0.6 = 60 % of the width or height, whichever
             binds first). A product already smaller than that keeps its own resolution unless `upscale=True`, so its
@@ -203,7 +210,7 @@ def place_product(
 
     The product pixels placed in `Canvas.image` (resampled at most once) are what `paste_back` returns on `keep`.
     """
-    image = load_image(image)
+    image = decoded(image)
     mask = validate_mask(load_mask(mask, image.size), image.size)
     width, height = canvas_size(aspect, size)
     if not (0 <= anchor[0] <= 1 and 0 <= anchor[1] <= 1):
@@ -244,6 +251,7 @@ def place_product(
         size=(width, height),
         box=box,
         kind="background",
+        placement=aspect,
     )
 
 
@@ -301,7 +309,7 @@ def _paint_mask(keep: np.ndarray, reach: int) -> Image.Image:
 
 
 def outpaint_canvas(
-    image: ImageSource,
+    image: Image.Image,
     *,
     left: int = 0,
     right: int = 0,
@@ -316,7 +324,7 @@ def outpaint_canvas(
     ("blur"). `keep` is the whole original photo (bit-exact); the paint mask is the new area plus `overlap` pixels into
     the photo so the model blends the seam. Transparent pixels of an RGBA photo are flattened onto white.
     """
-    image = load_image(image)
+    image = decoded(image)
     amounts = {"left": left, "right": right, "top": top, "bottom": bottom}
     for side, amount in amounts.items():
         if not isinstance(amount, (int, np.integer)) or amount < 0:
@@ -349,11 +357,12 @@ def outpaint_canvas(
         size=(new_width, new_height),
         box=(left, top, left + width, top + height),
         kind="outpaint",
+        placement=",".join(f"{side}={int(amounts[side])}" for side in SIDES if amounts[side]),
     )
 
 
 def extend_to_aspect(
-    image: ImageSource,
+    image: Image.Image,
     aspect: str,
     *,
     directions: Sequence[str] = ("left", "right"),
@@ -365,9 +374,9 @@ def extend_to_aspect(
     The photo must be narrower than the target to grow left/right, or wider to grow top/bottom; the extra pixels are
     split evenly between the chosen directions on that axis (e.g. ("left",) puts them all on the left).
     """
-    image = load_image(image)
+    image = decoded(image)
     ratio = parse_aspect(aspect)
-    unknown = set(directions) - {"left", "right", "top", "bottom"}
+    unknown = set(directions) - set(SIDES)
     if unknown or not directions:
         raise InputError(f"directions must be some of left, right, top, bottom; got {tuple(directions)!r}")
     width, height = image.size

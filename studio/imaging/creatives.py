@@ -2,6 +2,11 @@
 
     load_image -> product_mask -> place_product | outpaint_canvas -> model size -> engine -> paste_back -> PNG + recipe
 
+`generate_creatives(product_or_canvas, prompt, settings=CreativeSettings(...), n=4, seed=0)` is called like a diffusers
+pipeline: the inputs, one settings object, and a body of numbered steps. The photo is decoded once, where it enters;
+a caller painting many prompts around one product (the campaign) builds the canvas once with `build_canvas` and passes
+it instead of the photo.
+
 The product's pixels come out bit-exact. Files are written into a hidden folder inside `out_dir` and moved into place
 only when the whole batch has succeeded, so a bad input, a cancel or a crash leaves nothing half-written.
 """
@@ -17,18 +22,58 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from studio.imaging.canvas import Canvas, extend_to_aspect, model_size, outpaint_canvas, paste_back, place_product, product_mask
-from studio.imaging.engine import CancelHook, GenerationSettings, LoraSpec, load_engine
 from studio.core.errors import InputError
+from studio.imaging.canvas import (
+    SIDES,
+    Canvas,
+    extend_to_aspect,
+    model_size,
+    outpaint_canvas,
+    paste_back,
+    place_product,
+    product_mask,
+)
+from studio.imaging.engine import CancelHook, Engine, GenerationSettings, LoraSpec, load_engine
 from studio.imaging.images import ImageSource, load_image
 from studio.imaging.provenance import Recipe, save_png, weights_hash
 
 MODES = ("background", "outpaint")
-SIDES = ("left", "right", "top", "bottom")
 MAX_IMAGES = 64
+
+
+@dataclass
+class CreativeSettings(GenerationSettings):
+    """Everything but the prompt and the seed that decides a creative: one object, passed on to the engine as is.
+
+    The sampler settings are `GenerationSettings`' own (steps, guidance, strength, scheduler, negative_prompt); added:
+
+    mode:      "background" places the cut-out product on a new frame of aspect `placement` ("1:1", "4:5", "16:9",
+               "9:16"), `size` pixels on the long side, the product `scale` of the frame; "outpaint" extends the
+               photo's frame by `extend` ({"left": 256} or "left=256,right=256"), or to aspect `placement` when
+               `extend` is None.
+    lora:      a LoRA weights file or folder and its strength, or None for the bare model.
+    """
+
+    mode: str = "background"
+    placement: str = "1:1"
+    size: int = 1024
+    scale: float | None = 0.6
+    extend: dict[str, int] | str | None = None
+    lora: LoraSpec | None = None
+
+    def check(self) -> None:
+        """Raise InputError for settings that cannot make a creative (before any photo is decoded or model loads)."""
+        if self.mode not in MODES:
+            raise InputError(f"mode must be 'background' or 'outpaint', got {self.mode!r}")
+        super().check()
+        if self.lora is not None:
+            self.lora.check()
+            if not Path(self.lora.path).expanduser().exists():
+                raise InputError(f"LoRA {str(self.lora.path)!r} does not exist; pass a LoRA weights file or folder")
 
 
 @dataclass
@@ -59,79 +104,57 @@ def parse_extend(text: str) -> dict[str, int]:
     return amounts
 
 
-def _format_extend(amounts: dict[str, int]) -> str:
-    return ",".join(f"{side}={amounts[side]}" for side in SIDES if amounts.get(side))
+def build_canvas(
+    image: Image.Image, settings: CreativeSettings, *, mask: ImageSource | np.ndarray | None = None
+) -> Canvas:
+    """The canvas `settings` asks for, around a photo as `load_image` returned it.
 
-
-def _make_canvas(
-    product: ImageSource,
-    *,
-    mode: str,
-    placement: str,
-    mask: ImageSource | None,
-    extend: dict[str, int] | str | None,
-    size: int,
-    scale: float | None,
-) -> tuple[Canvas, str]:
-    """Build the canvas for `mode`; returns it with the placement text the recipe records."""
-    image = load_image(product)
-    if mode == "background":
-        canvas = place_product(image, product_mask(image, mask), aspect=placement, size=size, scale=scale)
-        return canvas, placement
-    if extend is None:
-        canvas = extend_to_aspect(image, placement)
-        left, top, right, bottom = canvas.box
-        amounts = {"left": left, "top": top, "right": canvas.size[0] - right, "bottom": canvas.size[1] - bottom}
-    else:
-        amounts = parse_extend(extend) if isinstance(extend, str) else dict(extend)
-        unknown = set(amounts) - set(SIDES)
-        if unknown:
-            raise InputError(f"unknown extension side(s) {sorted(unknown)}; use left, right, top, bottom")
-        canvas = outpaint_canvas(image, **amounts)
-    return canvas, _format_extend(amounts)
+    `mask` (white/True = product) is for background mode, when the photo has neither transparency nor a plain
+    background. Build it once to paint many prompts around one product: `generate_creatives` takes it in the
+    photo's place.
+    """
+    settings.check()
+    if settings.mode == "background":
+        found = product_mask(image, mask)
+        return place_product(image, found, aspect=settings.placement, size=settings.size, scale=settings.scale)
+    if settings.extend is None:
+        return extend_to_aspect(image, settings.placement)
+    amounts = parse_extend(settings.extend) if isinstance(settings.extend, str) else dict(settings.extend)
+    unknown = set(amounts) - set(SIDES)
+    if unknown:
+        raise InputError(f"unknown extension side(s) {sorted(unknown)}; use left, right, top, bottom")
+    return outpaint_canvas(image, **amounts)
 
 
 def generate_creatives(
-    product: ImageSource,
-    *,
+    product_or_canvas: ImageSource | Canvas,
     prompt: str,
-    mode: str = "background",
-    placement: str = "1:1",
+    *,
+    settings: CreativeSettings | None = None,
     n: int = 4,
     seed: int = 0,
-    model: str | None = None,
-    mask: ImageSource | None = None,
+    engine: Engine | str | None = None,
+    mask: ImageSource | np.ndarray | None = None,
     out_dir: str | os.PathLike | None = None,
-    steps: int = 30,
-    guidance: float = 7.5,
-    strength: float = 1.0,
-    scheduler: str | None = None,
-    negative_prompt: str = "",
-    lora: str | os.PathLike | None = None,
-    lora_scale: float = 1.0,
-    extend: dict[str, int] | str | None = None,
-    size: int = 1024,
-    scale: float | None = 0.6,
-    device: str = "auto",
-    dtype: str = "auto",
+    name: str | None = None,
     progress: bool = True,
     cancel: CancelHook | None = None,
 ) -> list[Creative]:
     """Make `n` creatives of one product and (with `out_dir`) write them as lossless PNGs carrying their recipe.
 
     Args:
-        product: the product photo (path, bytes or PIL image).
+        product_or_canvas: the product photo (path, bytes or PIL image; decoded here, once), or a canvas from
+            `build_canvas` to paint again without rebuilding it.
         prompt: the scene to paint around the product.
-        mode: "background" places the cut-out product on a new frame of aspect `placement` ("1:1", "4:5", "16:9",
-            "9:16"), `size` pixels on the long side, the product `scale` of the frame; "outpaint" extends the photo's
-            frame by `extend` ({"left": 256} or "left=256,right=256"), or to aspect `placement` when `extend` is None.
+        settings: mode, placement, size, sampler settings and LoRA (see `CreativeSettings`); None for the defaults.
         n: how many creatives; image i uses seed `seed + i`, so any one can be made again alone.
-        model: hub id or pipeline folder; None for `studio.imaging.engine.default_model()`.
-        mask: the product mask (white = product) when the photo has no transparency or plain background.
+        seed: the first image's seed.
+        engine: a loaded `Engine` (`load_engine(model, device=..., dtype=...)`), a hub id or pipeline folder loaded
+            on the default device, or None for `studio.imaging.engine.default_model()`.
+        mask: the product mask (white = product) when the photo has no transparency or plain background; only with a
+            photo (a canvas holds its own).
         out_dir: folder for the PNGs (created if needed); None keeps them in memory only.
-        steps, guidance, strength, scheduler, negative_prompt: sampler settings (see `GenerationSettings`).
-        lora, lora_scale: a LoRA weights file or folder and its strength.
-        device, dtype: "auto" or explicit, see `studio.imaging.engine.resolve_device` / `resolve_dtype`.
+        name: the PNG file names' stem; None for the photo file's own stem, or "creative".
         progress: show a tqdm bar over images (on stderr).
         cancel: Event-like or callable; when it fires, GenerationCancelled is raised and nothing is written.
 
@@ -141,44 +164,48 @@ def generate_creatives(
     Raises:
         InputError for bad inputs, ModelNotFoundError for a model that is not available, GenerationCancelled.
     """
-    # 1. Check inputs (cheap checks first, before any model loads or any file is touched)
-    if mode not in MODES:
-        raise InputError(f"mode must be 'background' or 'outpaint', got {mode!r}")
+    # 1. Check inputs: cheap checks first, before the photo is decoded, a model loads or any file is touched
+    settings = CreativeSettings() if settings is None else settings
+    if not isinstance(settings, CreativeSettings):
+        raise InputError(f"settings must be a CreativeSettings, got {type(settings).__name__}; pass CreativeSettings()")
     if not isinstance(n, int) or not 1 <= n <= MAX_IMAGES:
         raise InputError(f"n must be a whole number from 1 to {MAX_IMAGES}, got {n!r}")
     if not isinstance(seed, int) or seed < 0:
         raise InputError(f"seed must be a whole number >= 0, got {seed!r}")
     if not isinstance(prompt, str) or not prompt.strip():
         raise InputError("prompt is empty; describe the scene to paint, e.g. 'a red marble table, soft light'")
-    settings = GenerationSettings(
-        steps=steps, guidance=guidance, strength=strength, scheduler=scheduler, negative_prompt=negative_prompt
-    )
     settings.check()
-    lora_spec = None
-    if lora is not None:
-        if not Path(lora).expanduser().exists():
-            raise InputError(f"LoRA {str(lora)!r} does not exist; pass a LoRA weights file or folder")
-        lora_spec = LoraSpec(str(lora), float(lora_scale))
+    if isinstance(product_or_canvas, Canvas):
+        if mask is not None:
+            raise InputError("mask: a canvas already holds its product pixels; pass the mask with the photo instead")
+        if product_or_canvas.kind != settings.mode:
+            raise InputError(
+                f"the canvas is for mode {product_or_canvas.kind!r} but settings.mode is {settings.mode!r}; "
+                "build it with build_canvas(photo, settings)"
+            )
 
-    # 2. Product, mask and canvas at the output size
-    canvas, placement_text = _make_canvas(
-        product, mode=mode, placement=placement, mask=mask, extend=extend, size=size, scale=scale
-    )
+    # 2. Build the canvas: the photo is decoded here, once, unless the caller passed a canvas built before
+    if isinstance(product_or_canvas, Canvas):
+        canvas = product_or_canvas
+    else:
+        canvas = build_canvas(load_image(product_or_canvas), settings, mask=mask)
 
     # 3. Load the generator (cached) and check the prompts against its tokenizer
-    engine = load_engine(model, device=device, dtype=dtype)
+    if not isinstance(engine, Engine):
+        engine = load_engine(engine)
     engine.check_prompt(prompt)
-    engine.check_prompt(negative_prompt, name="negative prompt", allow_empty=True)
+    engine.check_prompt(settings.negative_prompt, name="negative prompt", allow_empty=True)
 
     # 4. Shrink the canvas to the size the model paints at; paste-back restores full resolution
     width, height = model_size(canvas.size, multiple=engine.size_multiple, max_side=engine.native_size)
     model_image = canvas.image.resize((width, height), Image.Resampling.LANCZOS)
     model_mask = canvas.paint_mask.resize((width, height), Image.Resampling.BILINEAR)
 
-    lora_record = None
-    if lora_spec is not None:
-        lora_record = {"path": lora_spec.path, "scale": lora_spec.scale, "hash": weights_hash(lora_spec.path)}
-    stem = Path(product).stem if isinstance(product, (str, os.PathLike)) else "creative"
+    # 5. The recipe every image shares, and a hidden staging folder so a failed batch leaves nothing behind
+    lora = settings.lora
+    lora_record = None if lora is None else {"path": lora.path, "scale": lora.scale, "hash": weights_hash(lora.path)}
+    if name is None:
+        name = Path(product_or_canvas).stem if isinstance(product_or_canvas, (str, os.PathLike)) else "creative"
     staging = None
     if out_dir is not None:
         out_dir = Path(out_dir)
@@ -186,21 +213,23 @@ def generate_creatives(
             out_dir.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=".studio-staging-", dir=out_dir))
         except OSError as error:
-            raise InputError(f"cannot write creatives to {out_dir} ({error.strerror}); pass a writable folder") from None
+            raise InputError(
+                f"cannot write creatives to {out_dir} ({error.strerror}); pass a writable folder"
+            ) from None
 
     def recipe_for(image_seed: int) -> Recipe:
         return Recipe(
             model=engine.model,
             weights_hash=engine.weights_hash,
             prompt=prompt,
-            negative_prompt=negative_prompt,
+            negative_prompt=settings.negative_prompt,
             seed=image_seed,
-            steps=steps,
-            scheduler=scheduler or type(engine.default_scheduler).__name__,
-            guidance=float(guidance),
-            strength=float(strength),
-            mode=mode,
-            placement=placement_text,
+            steps=settings.steps,
+            scheduler=settings.scheduler or type(engine.default_scheduler).__name__,
+            guidance=float(settings.guidance),
+            strength=float(settings.strength),
+            mode=canvas.kind,
+            placement=canvas.placement,
             random_init=engine.random_init,
             lora=lora_record,
             size=canvas.size,
@@ -214,14 +243,14 @@ def generate_creatives(
         pasted = time.perf_counter()
         path = None
         if staging is not None:
-            path = save_png(final, recipe, staging / f"{stem}-{mode}-s{recipe.seed}-{recipe.digest()}.png")
+            path = save_png(final, recipe, staging / f"{name}-{canvas.kind}-s{recipe.seed}-{recipe.digest()}.png")
         written = time.perf_counter()
         timings = {"generate": generate_seconds, "paste": pasted - started, "write": written - pasted}
         timings["total"] = sum(timings.values())
         return Creative(image=final, recipe=recipe, path=path, timings=timings)
 
     try:
-        # 5. One image per seed. While the model paints image i+1, a worker thread pastes back and writes image i:
+        # 6. One image per seed. While the model paints image i+1, a worker thread pastes back and writes image i:
         #    that work is CPU and disk while the model is busy on the GPU (or on the other CPU cores).
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="studio-finish") as finisher:
             pending: list[Future] = []
@@ -230,14 +259,14 @@ def generate_creatives(
                     break  # a write failed: stop painting, the error is raised below
                 started = time.perf_counter()
                 generated = engine.generate(
-                    model_image, model_mask, prompt=prompt, seed=seed + index, settings=settings, lora=lora_spec,
+                    model_image, model_mask, prompt=prompt, seed=seed + index, settings=settings, lora=lora,
                     cancel=cancel,
                 )
                 seconds = time.perf_counter() - started
                 pending.append(finisher.submit(finish, generated, recipe_for(seed + index), seconds))
             creatives = [future.result() for future in pending]
 
-        # 6. The whole batch succeeded: move the files into place
+        # 7. The whole batch succeeded: move the files into place
         if staging is not None:
             for creative in creatives:
                 target = out_dir / creative.path.name

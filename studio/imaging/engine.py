@@ -8,6 +8,7 @@ is the one generation path; it reads top to bottom as numbered steps, like the d
 from __future__ import annotations
 
 import inspect
+import math
 import os
 import shutil
 import tempfile
@@ -54,6 +55,15 @@ class LoraSpec:
 
     path: str
     scale: float = 1.0
+
+    def check(self) -> None:
+        """Raise InputError for a scale no LoRA can be applied at (NaN would paint black and enter the recipe)."""
+        try:
+            scale = float(self.scale)
+        except (TypeError, ValueError):
+            raise InputError(f"LoRA scale must be a number, got {self.scale!r}") from None
+        if not (math.isfinite(scale) and -10.0 <= scale <= 10.0):
+            raise InputError(f"LoRA scale must be a finite number from -10 to 10, got {self.scale!r}")
 
 
 @dataclass
@@ -153,32 +163,18 @@ def is_random_init(model: str) -> bool:
 
 
 def _how_to_get(model: str) -> str:
+    # `hf` is today's command; older huggingface_hub releases only ship `huggingface-cli`.
     return (
-        f"model {model!r} is not available locally; on a machine with internet run `huggingface-cli download {model}` "
-        f"and copy the cache over, or pass --model with a local pipeline folder"
+        f"on a machine with internet run `hf download {model}` (`huggingface-cli download {model}` with an older "
+        f"huggingface_hub) and copy the cache over, or pass --model with a local pipeline folder"
     )
 
 
 def _resolve_model(model: str) -> tuple[str, bool]:
     """Map a hub id or folder to what from_pretrained should read, and whether to stay offline."""
-    path = Path(model).expanduser()
-    if path.is_dir():
-        if not (path / "model_index.json").is_file():
-            raise ModelNotFoundError(f"{path} is not a diffusers pipeline folder (no model_index.json in it)")
-        return str(path), True
-    # A hub id is "name" or "owner/name"; anything else that does not exist is a missing folder.
-    if model.startswith((".", "/", "~")) or "\\" in model or model.count("/") > 1:
-        raise ModelNotFoundError(f"model folder {model!r} does not exist; pass a diffusers pipeline folder or a hub id")
-    offline = hub.offline()
-    if offline:
-        from huggingface_hub import snapshot_download
-        from huggingface_hub.errors import LocalEntryNotFoundError
-
-        try:
-            return snapshot_download(model, local_files_only=True), True
-        except (LocalEntryNotFoundError, OSError, ValueError):
-            raise ModelNotFoundError(_how_to_get(model)) from None
-    return model, False
+    resolved = hub.resolve_model(model, kind="diffusers pipeline", needs="model_index.json",
+                                 how_to_get=_how_to_get(model))
+    return resolved.path_or_id, resolved.is_local
 
 
 def _cached_snapshot(model: str) -> str | None:
@@ -323,6 +319,8 @@ class Engine:
         settings = settings or GenerationSettings()
         # 1. Check inputs
         settings.check()
+        if lora is not None:
+            lora.check()
         self.check_prompt(prompt)
         self.check_prompt(settings.negative_prompt, name="negative prompt", allow_empty=True)
         if image.size != mask_image.size:
@@ -402,7 +400,9 @@ def load_engine(model: str | None = None, *, device: str = "auto", dtype: str = 
                 raise ModelNotFoundError(
                     f"could not load the pipeline in {source}: {str(error).splitlines()[0]}"
                 ) from None
-            raise ModelNotFoundError(_how_to_get(model)) from None
+            raise ModelNotFoundError(
+                f"diffusers pipeline {model!r} could not be downloaded; {_how_to_get(model)}"
+            ) from None
         pipeline.to(device)
         pipeline.set_progress_bar_config(disable=True)
         folder = source if Path(source).is_dir() else _cached_snapshot(model)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Union
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import ExifTags, Image, ImageOps, UnidentifiedImageError
 
 from studio.core.errors import InputError
 
@@ -36,6 +36,9 @@ def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
 
     Raises InputError (one line naming the file) for a missing, empty, corrupt, truncated, animated or non-image file,
     and for an image with more than `max_pixels` pixels (width * height), refused from its header before decoding.
+
+    Call it once, at the entry point (CLI, UI, `generate_creatives`, `run_campaign`); everything downstream takes the
+    image it returns. Given an image it returned before, it hands back that same object (no decode, no copy).
     """
     name = _describe(source)
     if isinstance(source, Image.Image):
@@ -52,12 +55,25 @@ def load_image(source: ImageSource, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> 
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image.load()
-            image = ImageOps.exif_transpose(image)
+            # Transpose only when needed: exif_transpose copies every image, so an already loaded one came back a copy.
+            if image.getexif().get(ExifTags.Base.Orientation, 1) != 1:
+                image = ImageOps.exif_transpose(image)
     except Image.DecompressionBombWarning as exc:
         raise InputError(f"{name}: refused as a possible decompression bomb ({exc})") from None
     except _DECODE_ERRORS as exc:
         raise InputError(f"{name}: corrupt or truncated image ({exc}); re-export it as PNG or JPEG") from None
     return _to_8bit(image, name)
+
+
+def decoded(image: object) -> Image.Image:
+    """Check that `image` is what `load_image` returns; internal functions take only that, never a path or bytes."""
+    if not isinstance(image, Image.Image):
+        raise InputError(
+            f"{_describe(image)}: expected a decoded PIL image; open it with studio.imaging.images.load_image first"
+        )
+    if image.mode not in ("RGB", "RGBA"):
+        raise InputError(f"{_describe(image)}: expected mode RGB or RGBA; open it with load_image first")
+    return image
 
 
 def load_mask(source: ImageSource | np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -180,6 +196,8 @@ def _to_8bit(image: Image.Image, name: str) -> Image.Image:
         return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L").convert("RGB")
     if mode == "RGB" and "transparency" not in image.info:
         return image
+    if mode == "RGBA" and has_transparency(image):
+        return image  # already what load_image returns: no copy
     if has_transparency(image):
         return image.convert("RGBA")
     # CMYK, YCbCr, LAB, HSV, "1", "L", "P", and alpha modes that are fully opaque: PIL's own ICC-free conversions.

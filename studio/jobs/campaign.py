@@ -3,23 +3,27 @@
 For each audience group the prompt model writes scene prompts, the generator paints a creative per prompt around the
 product (its pixels kept bit-exact), and the reward model predicts each creative's CTR for that group. The creatives
 are ranked per group and the report names the best one: what the creative cache pre-caches per (product, group).
+
+The photo is decoded, its canvas built and the generator loaded once per product; every prompt is painted on that one
+canvas through that one engine.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
 from studio.core.atomic import write_file
-from studio.imaging.canvas import product_mask
 from studio.core.errors import InputError
-from studio.imaging.images import ImageSource, load_image
 from studio.core.vocabulary import CATEGORIES
+from studio.imaging.creatives import CreativeSettings, build_canvas, generate_creatives
+from studio.imaging.engine import default_model, is_random_init, load_engine
+from studio.imaging.images import ImageSource, load_image
 
 REPORT_NAME = "campaign.json"
 
@@ -103,24 +107,24 @@ def run_campaign(
     """
     import torch
 
-    from prompts.backends import load_prompt_model
+    from prompts.loading import load_prompt_model
     from prompts.brief import Brief
     from reward.data import load_pixels
     from reward.model import RewardModel, resolve_model_folder
     from studio.learning.audience import AudienceClustering
-    from studio.imaging.creatives import generate_creatives
-    from studio.imaging.engine import default_model, is_random_init
 
-    # 1. Check inputs
+    # 1. Check inputs; the photo is decoded and its canvas built once, before any model loads
     if not 1 <= prompts_per_group <= 16:
         raise InputError(f"prompts_per_group must be 1 to 16, got {prompts_per_group}")
+    settings = CreativeSettings(size=size, steps=steps or CreativeSettings.steps)
     image = load_image(product)
-    found = product_mask(image, mask)  # found once, before any model loads; every creative reuses it
+    canvas = build_canvas(image, settings, mask=mask)
     category = CATEGORIES.get(category, category).strip().lower()
     title = title.strip() or category or "product"
 
     # 2. Load the three models (each raises a one-line error when missing)
     generator = generator or default_model()
+    engine = load_engine(generator)
     writer = load_prompt_model(prompt_model)
     scorer = RewardModel.from_pretrained(reward_model)
     if groups is None:
@@ -148,8 +152,8 @@ def run_campaign(
         group_dir = out / f"group-{group_id}"
         creatives = [
             generate_creatives(
-                image, prompt=prompt.positive, negative_prompt=prompt.negative, n=1, seed=seed + i, model=generator,
-                mask=found, out_dir=group_dir, size=size, progress=False, **({"steps": steps} if steps else {}),
+                canvas, prompt.positive, settings=replace(settings, negative_prompt=prompt.negative), n=1,
+                seed=seed + i, engine=engine, out_dir=group_dir, progress=False,
             )[0]
             for i, prompt in enumerate(prompts)
         ]

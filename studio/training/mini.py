@@ -358,7 +358,7 @@ def prompt_model_adherence(pipeline, prompts_per_group: int = 8, seeds: tuple[in
                            steps: int = 20, guidance: float = 4.0) -> dict:
     """Colour adherence on what `studio campaign` sends: prompts-mini's prompts (with their negative prompts) for the
     reward-mini audience groups. A case hits when the background is nearest to the first colour its prompt names."""
-    from prompts.backends import load_prompt_model
+    from prompts.loading import load_prompt_model
     from prompts.brief import Brief
     from prompts.validation import words
     from reward.model import resolve_model_folder
@@ -678,7 +678,7 @@ def evaluate_mini(model: str | os.PathLike = MODEL_FOLDER, steps: int = 30, guid
     from diffusers import AutoPipelineForInpainting
 
     from studio.imaging.canvas import place_product
-    from studio.imaging.creatives import generate_creatives
+    from studio.imaging.creatives import CreativeSettings, generate_creatives
 
     model = Path(model)
     if not (model / "model_index.json").is_file():
@@ -706,10 +706,11 @@ def evaluate_mini(model: str | os.PathLike = MODEL_FOLDER, steps: int = 30, guid
     prompt = "a bottle on a blue marble backdrop soft light studio shot"
     latencies, exact = [], True
     canvas = place_product(scene.image, np.asarray(scene.product_mask) > 127, size=512)
+    settings = CreativeSettings(size=512, steps=steps, guidance=guidance)
     for run in range(latency_runs):
         started = time.perf_counter()
-        creative = generate_creatives(scene.image, mask=scene.product_mask, prompt=prompt, n=1, seed=run, size=512,
-                                      steps=steps, guidance=guidance, model=str(model), progress=False)[0]
+        creative = generate_creatives(scene.image, prompt, settings=settings, n=1, seed=run, engine=str(model),
+                                      mask=scene.product_mask, progress=False)[0]
         latencies.append(time.perf_counter() - started)
         pixels = np.asarray(creative.image)
         exact &= bool(np.array_equal(pixels[canvas.keep], np.asarray(canvas.image)[canvas.keep]))
