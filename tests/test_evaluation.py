@@ -162,3 +162,31 @@ def test_bad_logs_and_targets_are_refused():
         doubly_robust(log, target, ARMS, expected_rewards=np.zeros((10, 2)))
     with pytest.raises(InputError, match="n_bootstrap"):
         snips(log, target, ARMS, n_bootstrap=5)
+
+
+def test_replay_draws_the_target_arms_the_way_the_bandit_serves_them():
+    log = simulate_log(3000, seed=8)
+    bandit = LinUCB(alpha=0.1, softmax_temperature=0.05, seed=4)
+    features = np.hstack([log.contexts, np.ones((len(log), 1))])
+    bandit.fit(features[:1000], log.arms[:1000], log.rewards[:1000])
+    probabilities = bandit.predict_proba(features)
+
+    # A bandit seeded like replay serves each event the arm replay draws for it.
+    served, _ = LinUCB(**bandit.get_params()).set_params(seed=11).fit(
+        features[:1000], log.arms[:1000], log.rewards[:1000]).sample(features)
+    kept = served == log.arms
+    result = replay(log, probabilities, bandit.arms_, seed=11, n_bootstrap=100)
+    assert result.effective_sample_size == kept.sum()
+    assert result.estimate == pytest.approx(log.rewards[kept].mean(), abs=1e-12)
+
+
+@pytest.mark.parametrize("estimator", [replay, ips, snips, doubly_robust])
+def test_every_estimator_checks_its_options_before_any_work(estimator):
+    log = simulate_log(50, seed=0)
+    target = target_policy(log.contexts)
+    with pytest.raises(InputError, match="n_bootstrap must be"):
+        estimator(log, target, ARMS, n_bootstrap=99)
+    with pytest.raises(InputError, match="confidence must be"):
+        estimator(log, target, ARMS, confidence=1.0)
+    with pytest.raises(InputError, match="shape"):
+        estimator(log, target[:, :2], ARMS)

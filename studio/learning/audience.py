@@ -10,13 +10,15 @@ The feature table has one row per user. Its columns are read by kind:
 
 A ``user_id`` column, if present, is an identifier and never a feature.
 
-The fitted state (scaler statistics, categories, tag vocabulary, centres) is saved as ``config.json`` +
-``model.safetensors``; no pickle is involved.
+`fit`, `predict` and `transform` take a table: a pandas DataFrame, or a 2-D array (its columns are named ``x0``,
+``x1``, ...). Read a CSV or Parquet file first with :func:`read_table`.
+
+The fitted state (scaler statistics, categories, tag vocabulary, centres) is saved as a studio artefact
+(``config.json`` + ``model.safetensors``, see `studio.core.artefact`); no pickle is involved.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,18 +26,21 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from safetensors.numpy import load_file, save_file
+from scipy import sparse
+from sklearn.base import BaseEstimator, ClusterMixin, TransformerMixin
 from sklearn.cluster import KMeans, MiniBatchKMeans
 from sklearn.compose import ColumnTransformer
 from sklearn.metrics import silhouette_score
 from sklearn.preprocessing import FunctionTransformer, OneHotEncoder, StandardScaler
 from threadpoolctl import threadpool_limits
 
-from studio.core.atomic import write_file
-from studio.core.errors import InputError, ModelNotFoundError
+from studio.core.artefact import CONFIG_NAME, WEIGHTS_NAME, ArtefactError, load_artefact, save_artefact
+from studio.core.errors import InputError
+from studio.learning.estimator import NotFittedError, checked_tensors, is_int, plain_params
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
+FORMAT_VERSION = 1
+HINT = ("fit one and save it with AudienceClustering.save_pretrained(folder) (studio simulate writes one to "
+        "<run>/audience)")
 ID_COLUMN = "user_id"
 # Above this many users, MiniBatchKMeans keeps fitting time flat.
 MINIBATCH_ABOVE = 20_000
@@ -129,8 +134,8 @@ def build_encoder(
     return ColumnTransformer(parts, remainder="drop", sparse_threshold=0.0)
 
 
-class AudienceClustering:
-    """Cluster users into audience groups (scikit-learn style).
+class AudienceClustering(ClusterMixin, TransformerMixin, BaseEstimator):
+    """Cluster users into audience groups (a scikit-learn clusterer; `transform` encodes users).
 
     Args:
         n_groups: number of groups; None chooses K in `k_range` by the best silhouette score.
@@ -141,8 +146,9 @@ class AudienceClustering:
             leave out columns that say how much a user does rather than who they are, such as visit counts.
         n_top_tags: how many tags a profile lists.
 
-    Learned attributes: `n_groups_`, `numeric_`, `categorical_`, `categories_`, `tags_`, `encoder_`,
-    `cluster_centers_` (n_groups_, n_features), `labels_`, `silhouette_` (K -> score), `profiles_`.
+    Hyper-parameters are checked by `fit`. Learned attributes: `n_features_in_` (columns of the table `fit` saw),
+    `n_groups_`, `numeric_`, `categorical_`, `categories_`, `tags_`, `encoder_`, `cluster_centers_`
+    (n_groups_, n_features), `labels_` (training users only; not saved), `silhouette_` (K -> score), `profiles_`.
     """
 
     def __init__(
@@ -156,10 +162,15 @@ class AudienceClustering:
         self.columns = columns
         self.n_top_tags = n_top_tags
 
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.string = True  # categorical columns hold strings
+        return tags
+
     # -- fitting ---------------------------------------------------------------------------------------------------
-    def fit(self, table: str | os.PathLike | pd.DataFrame) -> "AudienceClustering":
-        """Learn the encoding and the groups from a user table (see the module docstring for its columns)."""
-        frame = read_table(table)
+    def fit(self, X: Any, y: Any = None) -> "AudienceClustering":
+        """Learn the encoding and the groups from a user table (see the module docstring); `y` is ignored."""
+        frame = self._table(X, reset=True)
         self._check_params(len(frame))
         self._learn_columns(frame)
         self.encoder_ = build_encoder(self.numeric_, self.categorical_, self.categories_, self._tag_column(frame),
@@ -169,6 +180,7 @@ class AudienceClustering:
             self._fit_groups(features)
         self.labels_ = self._nearest(features)
         self.profiles_ = self._profiles(frame, self.labels_)
+        self.n_features_in_ = frame.shape[1]
         return self
 
     def _fit_groups(self, features: np.ndarray) -> None:
@@ -177,16 +189,53 @@ class AudienceClustering:
             self.n_groups_ = max(self.silhouette_, key=self.silhouette_.get)
         else:
             self.silhouette_ = {}
-            self.n_groups_ = self.n_groups
+            self.n_groups_ = int(self.n_groups)
         model = self._kmeans(self.n_groups_, len(features)).fit(features)
         self.cluster_centers_ = model.cluster_centers_.astype(np.float64)
 
     def _check_params(self, n_users: int) -> None:
-        low, high = self.k_range
-        if self.n_groups is not None and not (1 <= self.n_groups <= n_users):
-            raise InputError(f"n_groups={self.n_groups} must be between 1 and the number of users ({n_users})")
-        if self.n_groups is None and not (2 <= low <= high < n_users):
-            raise InputError(f"k_range={self.k_range} must satisfy 2 <= low <= high < number of users ({n_users})")
+        if self.n_groups is not None and not (is_int(self.n_groups) and 1 <= self.n_groups <= n_users):
+            raise InputError(f"n_groups={self.n_groups!r} must be an int between 1 and n_samples (the number of "
+                             f"users), got n_samples={n_users}")
+        if self.n_groups is None:
+            k = self.k_range
+            pair = isinstance(k, (tuple, list)) and len(k) == 2 and all(map(is_int, k))
+            if not (pair and 2 <= k[0] <= k[1] < n_users):
+                raise InputError(f"k_range={k!r} must be (low, high) with 2 <= low <= high < n_samples (the number of "
+                                 f"users), got n_samples={n_users}; pass a smaller k_range or n_groups")
+        if not (is_int(self.seed) and self.seed >= 0):
+            raise InputError(f"seed must be an int >= 0, got {self.seed!r}")
+        if not (is_int(self.n_top_tags) and self.n_top_tags >= 0):
+            raise InputError(f"n_top_tags must be an int >= 0, got {self.n_top_tags!r}")
+        if self.tag_column is not None and not isinstance(self.tag_column, str):
+            raise InputError(f"tag_column must be a column name or None, got {self.tag_column!r}")
+        if self.columns is not None and not isinstance(self.columns, (list, tuple)):
+            raise InputError(f"columns must be a list of column names or None, got {self.columns!r}")
+
+    def _table(self, X: Any, *, reset: bool) -> pd.DataFrame:
+        """`X` as a DataFrame: a DataFrame passes as is; a 2-D array gets columns x0, x1, ... (as many as in fit)."""
+        if isinstance(X, pd.DataFrame):
+            return X
+        if isinstance(X, (str, os.PathLike)):
+            raise InputError(f"AudienceClustering takes a table, not the path {str(X)!r}; "
+                             "read it with read_table(path)")
+        if sparse.issparse(X):
+            raise InputError("X is a sparse matrix; pass a dense user table (a pandas DataFrame or a 2-D array)")
+        try:
+            array = np.asarray(X)
+        except ValueError as error:
+            raise InputError(f"X must be a user table (a pandas DataFrame or a 2-D array) ({error})") from None
+        if array.ndim != 2:
+            raise InputError(f"X must be a 2-D user table (n_users, n_columns), got shape {array.shape}. Reshape your "
+                             "data: one user is a table of one row")
+        if array.shape[1] == 0:
+            raise InputError(f"X has 0 feature(s) (shape={array.shape}) while a minimum of 1 is required; "
+                             "pass the users' feature columns")
+        if not reset and array.shape[1] != self.n_features_in_:
+            raise InputError(f"X has {array.shape[1]} features, but AudienceClustering is expecting "
+                             f"{self.n_features_in_} features as input (the columns of the table it was fitted on)")
+        # infer_objects: an object array of numbers gives numeric columns, not categories
+        return pd.DataFrame(array, columns=[f"x{i}" for i in range(array.shape[1])]).infer_objects()
 
     def _tag_column(self, frame: pd.DataFrame) -> str | None:
         return self.tag_column if self.tag_column is not None and self.tag_column in frame.columns else None
@@ -204,9 +253,6 @@ class AudienceClustering:
         self.numeric_ = [c for c in features if pd.api.types.is_numeric_dtype(frame[c])
                          and not pd.api.types.is_bool_dtype(frame[c])]
         self.categorical_ = [c for c in features if c not in self.numeric_]
-        for column in self.numeric_:
-            if frame[column].isna().any():
-                raise InputError(f"numeric column {column!r} has missing values; fill or drop them before fitting")
         self.categories_ = [sorted(frame[c].dropna().astype(str).unique().tolist()) for c in self.categorical_]
         if tag_column is not None:
             seen = {tag for cell in frame[tag_column] for tag in split_tags(cell)}
@@ -234,10 +280,10 @@ class AudienceClustering:
         return scores
 
     # -- answers ---------------------------------------------------------------------------------------------------
-    def transform(self, table: str | os.PathLike | pd.DataFrame) -> np.ndarray:
+    def transform(self, X: Any) -> np.ndarray:
         """Encode users as a (n_users, n_features) float array (the space the centres live in)."""
         self._check_fitted()
-        frame = read_table(table)
+        frame = self._table(X, reset=False)
         missing = [c for c in self.numeric_ + self.categorical_ if c not in frame.columns]
         if missing:
             raise InputError(f"user table lacks columns {missing}; the clustering was fitted with them")
@@ -251,18 +297,22 @@ class AudienceClustering:
         for column in self.categorical_:
             frame[column] = frame[column].astype(object).where(frame[column].notna(), "").astype(str)
         for column in self.numeric_:
-            if frame[column].isna().any():
-                raise InputError(f"numeric column {column!r} has missing values; fill them before predicting")
-            frame[column] = frame[column].astype(np.float64)
+            if pd.api.types.is_complex_dtype(frame[column]):
+                raise InputError(f"numeric column {column!r} holds complex numbers (Complex data not supported); "
+                                 "pass real numbers")
+            try:
+                values = frame[column].to_numpy(dtype=np.float64, na_value=np.nan)
+            except (TypeError, ValueError):
+                raise InputError(f"numeric column {column!r} must hold numbers, as it did in fit") from None
+            if not np.isfinite(values).all():
+                raise InputError(f"numeric column {column!r} has NaN or infinite values; "
+                                 "fill or drop those users first")
+            frame[column] = values
         return frame
 
-    def predict(self, table: str | os.PathLike | pd.DataFrame) -> np.ndarray:
+    def predict(self, X: Any) -> np.ndarray:
         """Group id of each user, shape (n_users,) int64; works for users and categories never seen in `fit`."""
-        return self._nearest(self.transform(table))
-
-    def fit_predict(self, table: str | os.PathLike | pd.DataFrame) -> np.ndarray:
-        """`fit` then the groups of the training users."""
-        return self.fit(table).labels_
+        return self._nearest(self.transform(X))
 
     def group_vectors(self) -> np.ndarray:
         """The profile vectors stacked, shape (n_groups_, n_features): row g is group g's bandit context."""
@@ -275,7 +325,8 @@ class AudienceClustering:
 
     def _check_fitted(self) -> None:
         if not hasattr(self, "cluster_centers_"):
-            raise InputError("this AudienceClustering is not fitted yet; call fit(table) or from_pretrained(dir)")
+            raise NotFittedError("this AudienceClustering is not fitted yet; "
+                                 "call fit(table) or from_pretrained(folder)")
 
     def _profiles(self, frame: pd.DataFrame, labels: np.ndarray) -> list[GroupProfile]:
         tag_column = self._tag_column(frame)
@@ -316,48 +367,54 @@ class AudienceClustering:
 
     # -- persistence -----------------------------------------------------------------------------------------------
     def save_pretrained(self, directory: str | os.PathLike) -> None:
-        """Write ``config.json`` (columns, categories, tags, profiles) and ``model.safetensors`` (scaler, centres)."""
+        """Write the studio artefact: ``config.json`` (hyper-parameters, columns, categories, tags, profiles) and
+        ``model.safetensors`` (centres, scaler statistics). The folder is replaced atomically."""
         self._check_fitted()
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
+        tensors = {"cluster_centers": self.cluster_centers_}
         scaler = self.encoder_.named_transformers_.get("numeric")
-        tensors = {"cluster_centers": np.ascontiguousarray(self.cluster_centers_)}
         if scaler is not None:
-            tensors["scaler_mean"] = np.asarray(scaler.mean_, dtype=np.float64)
-            tensors["scaler_scale"] = np.asarray(scaler.scale_, dtype=np.float64)
-            tensors["scaler_var"] = np.asarray(scaler.var_, dtype=np.float64)
+            tensors.update(scaler_mean=scaler.mean_, scaler_scale=scaler.scale_, scaler_var=scaler.var_)
         config = {
-            "model_type": "audience_clustering",
-            "n_groups": self.n_groups, "k_range": list(self.k_range), "seed": self.seed,
-            "tag_column": self.tag_column, "n_top_tags": self.n_top_tags, "columns": self.columns,
-            "n_groups_": self.n_groups_, "numeric": self.numeric_, "categorical": self.categorical_,
-            "categories": self.categories_, "tags": list(self.tags_), "has_tag_column": self._has_tag_block(),
-            "silhouette": {str(k): v for k, v in self.silhouette_.items()},
-            "profiles": [{**p.to_dict(), "size": p.size} for p in self.profiles_],
+            **plain_params(self), "k_range": [int(k) for k in self.k_range],
+            "n_features_in_": int(self.n_features_in_), "n_groups_": int(self.n_groups_),
+            "numeric_": self.numeric_, "categorical_": self.categorical_, "categories_": self.categories_,
+            "tags_": list(self.tags_), "has_tag_column": self._has_tag_block(),
+            "silhouette_": {str(k): v for k, v in self.silhouette_.items()},
+            "profiles_": [{**p.to_dict(), "size": p.size} for p in self.profiles_],
         }
-        write_file(directory / WEIGHTS_NAME, lambda path: save_file(tensors, str(path)))
-        write_file(directory / CONFIG_NAME,
-                   lambda path: path.write_text(json.dumps(config, indent=2, default=_json_default)))
+        save_artefact(directory, type(self), FORMAT_VERSION, config, tensors)
 
     def _has_tag_block(self) -> bool:
         return any(name == "tags" for name, _, _ in self.encoder_.transformers)
 
     @classmethod
     def from_pretrained(cls, directory: str | os.PathLike) -> "AudienceClustering":
-        """Rebuild a fitted clustering from a folder written by `save_pretrained`."""
-        directory = Path(directory)
-        if not (directory / CONFIG_NAME).is_file() or not (directory / WEIGHTS_NAME).is_file():
-            raise ModelNotFoundError(f"{directory} has no {CONFIG_NAME} + {WEIGHTS_NAME}; "
-                                     "save one with AudienceClustering.save_pretrained(dir)")
-        config = json.loads((directory / CONFIG_NAME).read_text())
-        tensors = load_file(str(directory / WEIGHTS_NAME))
-        self = cls(n_groups=config["n_groups"], k_range=tuple(config["k_range"]), seed=config["seed"],
-                   tag_column=config["tag_column"], n_top_tags=config["n_top_tags"], columns=config["columns"])
-        self.n_groups_ = config["n_groups_"]
-        self.numeric_, self.categorical_ = config["numeric"], config["categorical"]
-        self.categories_, self.tags_ = config["categories"], tuple(config["tags"])
-        self.silhouette_ = {int(k): v for k, v in config["silhouette"].items()}
-        tag_column = self.tag_column if config["has_tag_column"] else None
+        """Rebuild a fitted clustering from a folder written by `save_pretrained`; a damaged, foreign or newer folder
+        is one ArtefactError."""
+        folder = Path(directory)
+        config, tensors = load_artefact(folder, cls, FORMAT_VERSION, hint=HINT)
+        try:
+            params = {name: config[name] for name in cls._get_param_names()}
+            self = cls(**{**params, "k_range": tuple(params["k_range"])})
+            self.n_features_in_, self.n_groups_ = int(config["n_features_in_"]), int(config["n_groups_"])
+            self.numeric_, self.categorical_ = list(config["numeric_"]), list(config["categorical_"])
+            self.categories_, self.tags_ = [list(c) for c in config["categories_"]], tuple(config["tags_"])
+            self.silhouette_ = {int(k): float(v) for k, v in config["silhouette_"].items()}
+            tag_column = self.tag_column if config["has_tag_column"] else None
+            profiles = [(int(p["group_id"]), int(p["size"]), str(p["summary"]), list(p["top_tags"]),
+                         dict(p["demographics"])) for p in config["profiles_"]]
+            groups = sorted(profile[0] for profile in profiles)
+            if len(self.categories_) != len(self.categorical_) or groups != list(range(self.n_groups_)):
+                raise ValueError("its categories or profiles do not match its columns and groups")
+        except KeyError as error:
+            raise ArtefactError(f"{folder / CONFIG_NAME} is damaged (missing {error}); {HINT}") from None
+        except (TypeError, ValueError, AttributeError) as error:
+            raise ArtefactError(f"{folder / CONFIG_NAME} is damaged ({error}); {HINT}") from None
+        width = len(self.numeric_) + sum(map(len, self.categories_)) + (len(self.tags_) if tag_column else 0)
+        shapes = {"cluster_centers": (self.n_groups_, width)}
+        if self.numeric_:
+            shapes.update({f"scaler_{name}": (len(self.numeric_),) for name in ("mean", "scale", "var")})
+        arrays = checked_tensors(tensors, shapes, folder / WEIGHTS_NAME, HINT)
         self.encoder_ = build_encoder(self.numeric_, self.categorical_, self.categories_, tag_column, self.tags_)
         # Fit on a one-row placeholder to build the fitted structure, then restore the saved scaler statistics.
         placeholder = pd.DataFrame({c: [0.0] for c in self.numeric_})
@@ -368,18 +425,10 @@ class AudienceClustering:
         self.encoder_.fit(placeholder)
         if self.numeric_:
             scaler = self.encoder_.named_transformers_["numeric"]
-            scaler.mean_, scaler.scale_, scaler.var_ = (tensors["scaler_mean"], tensors["scaler_scale"],
-                                                        tensors["scaler_var"])
-        self.cluster_centers_ = tensors["cluster_centers"]
-        self.profiles_ = [
-            GroupProfile(group_id=p["group_id"], size=p["size"], summary=p["summary"], top_tags=p["top_tags"],
-                         demographics=p["demographics"], vector=self.cluster_centers_[p["group_id"]].copy())
-            for p in config["profiles"]
-        ]
+            scaler.mean_, scaler.scale_ = arrays["scaler_mean"], arrays["scaler_scale"]
+            scaler.var_ = arrays["scaler_var"]
+        self.cluster_centers_ = arrays["cluster_centers"]
+        self.profiles_ = [GroupProfile(group_id=g, size=size, summary=summary, top_tags=top_tags,
+                                       demographics=demographics, vector=self.cluster_centers_[g].copy())
+                          for g, size, summary, top_tags, demographics in profiles]
         return self
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    raise TypeError(f"cannot store {type(value).__name__} in config.json")

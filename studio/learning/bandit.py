@@ -20,11 +20,15 @@ Example::
     arm, propensity = bandit.select_one(x)        # serve, and log the propensity
     bandit.update_one(x, arm, reward=1.0)         # learn from the click
     bandit.save_pretrained("runs/bandit")
+
+Learned state is created lazily, by the first call that needs it. ``__init__`` only stores hyper-parameters, so a
+new bandit is unfitted (``check_is_fitted`` raises). The first :meth:`LinUCB.add_arm`, :meth:`LinUCB.partial_fit`
+or :meth:`LinUCB.fit` creates the arm set; a bandit with arms can serve (an arm with no data is scored by its prior).
+The per-arm arrays are allocated when the first context fixes the number of features ``d``.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Hashable, Sequence
@@ -34,12 +38,21 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator
 
-from studio.core.atomic import write_file
-from studio.core.errors import InputError, ModelNotFoundError
+from studio.core.artefact import CONFIG_NAME, WEIGHTS_NAME, ArtefactError, load_artefact, save_artefact
+from studio.core.errors import InputError
+from studio.learning.estimator import NotFittedError, checked_tensors, is_int, plain_params
 
-CONFIG_NAME = "config.json"
-STATE_NAME = "state.npz"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1 kept the arrays in state.npz; 2 is the studio artefact format (model.safetensors)
+HINT = "save one with LinUCB.save_pretrained(folder) (studio simulate writes one per product under bandits/)"
+NO_ARMS = ("the bandit has no arms; add creatives with add_arm(key), learn a log with fit(X, arms, rewards) "
+           "or load one with LinUCB.from_pretrained(folder)")
+
+
+def draw_arms(probabilities: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Column index ``(n,)`` drawn from each row of ``probabilities`` ``(n, K)``, one uniform number per row."""
+    cumulative = np.cumsum(probabilities, axis=1)
+    draws = rng.random((len(probabilities), 1)) * cumulative[:, -1:]
+    return np.minimum((draws >= cumulative).sum(axis=1), probabilities.shape[1] - 1)
 
 
 class LinUCB(BaseEstimator):
@@ -52,11 +65,14 @@ class LinUCB(BaseEstimator):
         softmax_temperature: if set, :meth:`sample` draws from ``softmax(scores / temperature)`` instead of
             the epsilon mix. Scores are in reward units (e.g. click probability), so temperatures are small.
         refresh_every: recompute every ``A^-1`` from ``A`` after this many Sherman-Morrison updates.
-        seed: seed of the random generator used by :meth:`sample` and :meth:`select_one`.
+        seed: seed of the random generator used by :meth:`sample` and :meth:`select_one` (an int >= 0 or None).
+
+    Hyper-parameters are checked when learned state is created and by :meth:`set_params`, which refuses a bad value
+    and leaves the bandit as it was (serving reads them on every event, so a bad value must never get in).
 
     Learned attributes:
         arms_: arm keys, in column order of :meth:`decision_function` and :meth:`predict_proba`.
-        n_features_in_: context dimensionality ``d``, fixed by the first context accepted.
+        n_features_in_: context dimensionality ``d``, fixed by the first context accepted (None until then).
         A_: ``(K, d, d)`` per-arm Gram matrices ``l2 * I + X^T X``.
         b_: ``(K, d)`` per-arm ``X^T r``.
         A_inv_: ``(K, d, d)`` cached inverses of ``A_``.
@@ -79,22 +95,27 @@ class LinUCB(BaseEstimator):
         self.softmax_temperature = softmax_temperature
         self.refresh_every = refresh_every
         self.seed = seed
-        self._check_params()
-        self.arms_: list[Hashable] = []
-        self.n_features_in_: int | None = None
-        self.n_updates_ = 0
-        self._updates_since_refresh = 0
-        self._arm_index: dict[Hashable, int] = {}
-        self._rng = np.random.default_rng(seed)
-        self.A_ = self.b_ = self.A_inv_ = self.theta_ = None
+
+    def set_params(self, **params: Any) -> "LinUCB":
+        """Set hyper-parameters; an invalid value raises InputError and changes nothing."""
+        before = self.get_params(deep=False)
+        super().set_params(**params)
+        try:
+            self._check_params()
+        except InputError:
+            super().set_params(**before)
+            raise
+        return self
 
     # ------------------------------------------------------------------ arms
     def add_arm(self, key: Hashable) -> "LinUCB":
-        """Add an arm with no data (prior ``A = l2 * I``, ``b = 0``); returns ``self``."""
+        """Add an arm with no data (prior ``A = l2 * I``, ``b = 0``); returns ``self``. Creates the state if needed."""
         try:
             hash(key)
         except TypeError:
             raise InputError(f"arm keys must be hashable (a creative id such as a str or int), got {type(key).__name__}") from None
+        if not hasattr(self, "arms_"):
+            self._start()
         if key in self._arm_index:
             raise InputError(f"arm {key!r} already exists; arm keys must be unique")
         self._arm_index[key] = len(self.arms_)
@@ -119,22 +140,43 @@ class LinUCB(BaseEstimator):
         return self
 
     # -------------------------------------------------------------- learning
+    def fit(self, X: Any, arms: Sequence[Hashable], rewards: Any) -> "LinUCB":
+        """Forget everything, then learn a log; returns ``self``.
+
+        The arms become the distinct keys of ``arms`` in order of first appearance; add creatives that were never
+        served with :meth:`add_arm` afterwards. Arguments are as in :meth:`partial_fit`; a refused log changes nothing.
+        """
+        X = self._check_X(X, reset=True)
+        rewards, arms = self._check_rewards(rewards, len(X)), self._check_arms(arms, len(X))
+        try:
+            keys = list(dict.fromkeys(arm.item() if isinstance(arm, np.generic) else arm for arm in arms))
+        except TypeError:
+            raise InputError("arm keys must be hashable (creative ids such as str or int)") from None
+        self._start()
+        for key in keys:
+            self.add_arm(key)
+        return self._learn(X, arms, rewards)
+
     def partial_fit(self, X: Any, arms: Sequence[Hashable], rewards: Any) -> "LinUCB":
-        """Learn from logged events; returns ``self``.
+        """Learn from logged events; returns ``self``. On a bandit with no state yet this is :meth:`fit`.
 
         Args:
             X: ``(n, d)`` contexts.
-            arms: ``n`` arm keys that were served (each must be in ``arms_``).
+            arms: ``n`` arm keys that were served (each must be in ``arms_``, so a misspelt key is an error, not a
+                new arm; add new creatives with :meth:`add_arm`).
             rewards: ``(n,)`` finite rewards (1.0 for a click, 0.0 for none).
 
         One event is learned with a Sherman-Morrison update; a batch adds ``X_k^T X_k`` and ``X_k^T r_k`` to each
         arm's sums and recomputes its inverse exactly, which gives the same model as learning event by event.
         """
+        if not hasattr(self, "arms_"):
+            return self.fit(X, arms, rewards)
         X = self._check_X(X)
-        rewards = self._check_rewards(rewards, len(X))
-        if np.ndim(arms) != 1 or len(arms) != len(X):
-            raise InputError(f"arms must be a sequence of {len(X)} arm keys (one per row of X), got {np.shape(arms)}")
-        indices = np.array([self._index_of(arm) for arm in arms], dtype=np.intp)
+        rewards, arms = self._check_rewards(rewards, len(X)), self._check_arms(arms, len(X))
+        return self._learn(X, arms, rewards)
+
+    def _learn(self, X: np.ndarray, arms: Sequence[Hashable], rewards: np.ndarray) -> "LinUCB":
+        indices = np.array([self._index_of(arm) for arm in arms], dtype=np.intp)  # before any change
         self._ensure_state(X.shape[1])
         if len(X) == 1:
             self._update_index(X[0], int(indices[0]), float(rewards[0]))
@@ -165,6 +207,8 @@ class LinUCB(BaseEstimator):
 
     def refresh(self) -> "LinUCB":
         """Recompute every cached inverse and coefficient exactly from ``A_`` and ``b_``; returns ``self``."""
+        if not hasattr(self, "arms_"):
+            raise NotFittedError(NO_ARMS)
         if self.n_features_in_ is not None and self.arms_:
             self.A_inv_ = np.linalg.inv(self.A_)
             self.theta_ = np.einsum("kij,kj->ki", self.A_inv_, self.b_)
@@ -174,8 +218,8 @@ class LinUCB(BaseEstimator):
     # -------------------------------------------------------------- scoring
     def decision_function(self, X: Any) -> np.ndarray:
         """UCB scores ``(n, K)``: predicted reward plus ``alpha`` times its standard error, columns in ``arms_``."""
-        X = self._check_X(X)
         self._require_arms()
+        X = self._check_X(X)
         self._ensure_state(X.shape[1])
         mean = X @ self.theta_.T
         # x^T A_k^-1 x for every (row, arm) pair without forming (n, K, d) products twice.
@@ -202,15 +246,13 @@ class LinUCB(BaseEstimator):
             each was chosen (always > 0), to be logged with the impression for off-policy evaluation.
         """
         probabilities = self.predict_proba(X)
-        cumulative = np.cumsum(probabilities, axis=1)
-        draws = self._rng.random((len(probabilities), 1)) * cumulative[:, -1:]
-        chosen = np.minimum((draws >= cumulative).sum(axis=1), probabilities.shape[1] - 1)
+        chosen = draw_arms(probabilities, self._rng)
         return self._keys(chosen), probabilities[np.arange(len(chosen)), chosen]
 
     def select_one(self, x: Any) -> tuple[Hashable, float]:
         """Serve one event: context ``(d,)`` in, ``(arm key, propensity)`` out; same policy as :meth:`sample`."""
-        x = self._check_x(x)
         self._require_arms()
+        x = self._check_x(x)
         self._ensure_state(len(x))
         scores = self.theta_ @ x + self.alpha * np.sqrt(np.maximum((self.A_inv_ @ x) @ x, 0.0))
         if self.epsilon == 0.0 and self.softmax_temperature is None:
@@ -226,79 +268,90 @@ class LinUCB(BaseEstimator):
 
     # ---------------------------------------------------------- persistence
     def save_pretrained(self, save_directory: str | os.PathLike) -> None:
-        """Write ``config.json`` (hyper-parameters, arm keys) and ``state.npz`` (``A``, ``b``, ``A_inv``).
+        """Write the studio artefact: ``config.json`` (hyper-parameters, arm keys, counters) and ``model.safetensors``
+        (``A``, ``b``, ``A_inv``; absent until the first context fixes ``d``).
 
         ``A_inv`` is saved next to ``A`` so a reloaded bandit scores bit for bit like the saved one, even between
-        refreshes. Files are written to temporary names and moved into place, so a failed save loses nothing.
+        refreshes. The folder is replaced atomically, so a failed save loses nothing.
         """
+        if not hasattr(self, "arms_"):
+            raise NotFittedError(f"nothing to save: {NO_ARMS}")
         for arm in self.arms_:
             if isinstance(arm, bool) or not isinstance(arm, (str, int, np.integer)):
                 raise InputError(
                     f"cannot save arm key {arm!r} of type {type(arm).__name__}: arm keys must be str or int "
                     "to be stored in config.json; use creative ids such as 'c17' or 17"
                 )
-        directory = Path(save_directory)
-        directory.mkdir(parents=True, exist_ok=True)
         config = {
-            "class_name": type(self).__name__,
-            "format_version": FORMAT_VERSION,
-            **self.get_params(),
-            "arms": [arm if isinstance(arm, str) else int(arm) for arm in self.arms_],
-            "n_features_in": self.n_features_in_,
-            "n_updates": self.n_updates_,
+            **plain_params(self),
+            "arms_": [arm if isinstance(arm, str) else int(arm) for arm in self.arms_],
+            "n_features_in_": self.n_features_in_,
+            "n_updates_": self.n_updates_,
             "updates_since_refresh": self._updates_since_refresh,
         }
-        write_file(directory / CONFIG_NAME, lambda path: path.write_bytes(json.dumps(config, indent=2).encode()))
-        if self.n_features_in_ is not None:
-            state = {"A": self.A_, "b": self.b_, "A_inv": self.A_inv_}
-            write_file(directory / STATE_NAME, lambda path: _savez(path, state))
-        elif (directory / STATE_NAME).exists():
-            os.remove(directory / STATE_NAME)
+        tensors = None if self.n_features_in_ is None else {"A": self.A_, "b": self.b_, "A_inv": self.A_inv_}
+        save_artefact(save_directory, type(self), FORMAT_VERSION, config, tensors)
 
     @classmethod
     def from_pretrained(cls, pretrained_directory: str | os.PathLike) -> "LinUCB":
-        """Load a bandit written by :meth:`save_pretrained`."""
-        directory = Path(pretrained_directory)
-        config_path = directory / CONFIG_NAME
-        if not config_path.is_file():
-            raise ModelNotFoundError(f"no bandit at {directory}: expected {CONFIG_NAME}; create one with save_pretrained")
+        """Load a bandit written by :meth:`save_pretrained`; a damaged, foreign or newer folder is one ArtefactError."""
+        folder = Path(pretrained_directory)
+        config, tensors = load_artefact(folder, cls, FORMAT_VERSION, hint=HINT)
+        if config["format_version"] < FORMAT_VERSION:
+            raise ArtefactError(f"{folder} holds a LinUCB in format {config['format_version']} (state.npz), which this "
+                                f"studio no longer reads; {HINT}")
         try:
-            config = json.loads(config_path.read_text())
             bandit = cls(**{name: config[name] for name in cls._get_param_names()})
-            arms, d = config["arms"], config["n_features_in"]
-        except (ValueError, KeyError, TypeError) as error:
-            raise InputError(f"{config_path} is not a LinUCB config ({error}); re-save the bandit") from error
-        for arm in arms:
-            bandit.add_arm(arm)
+            arms, d = config["arms_"], config["n_features_in_"]
+            if not isinstance(arms, list) or any(isinstance(a, bool) or not isinstance(a, (str, int)) for a in arms):
+                raise ValueError("arms_ must be a list of str or int keys")
+            if d is not None and not (is_int(d) and d >= 1):
+                raise ValueError(f"n_features_in_ must be an int >= 1 or null, got {d!r}")
+            bandit._start()  # checks the hyper-parameters
+            for arm in arms:
+                bandit.add_arm(arm)
+            bandit.n_updates_ = int(config["n_updates_"])
+            bandit._updates_since_refresh = int(config["updates_since_refresh"])
+        except KeyError as error:
+            raise ArtefactError(f"{folder / CONFIG_NAME} is damaged (missing {error}); {HINT}") from None
+        except (TypeError, ValueError) as error:  # InputError is a ValueError: a bad hyper-parameter or arm key
+            raise ArtefactError(f"{folder / CONFIG_NAME} is damaged ({error}); {HINT}") from None
         if d is not None:
-            try:
-                with np.load(directory / STATE_NAME, allow_pickle=False) as state:
-                    A, b, A_inv = state["A"], state["b"], state["A_inv"]
-            except (OSError, KeyError, ValueError) as error:
-                raise InputError(f"cannot read {directory / STATE_NAME} ({error}); re-save the bandit") from error
-            if A.shape != (len(arms), d, d) or b.shape != (len(arms), d) or A_inv.shape != A.shape:
-                raise InputError(f"{directory / STATE_NAME} does not match {len(arms)} arms and {d} features")
-            bandit.n_features_in_ = int(d)
-            bandit.A_, bandit.b_, bandit.A_inv_ = A.astype(float), b.astype(float), A_inv.astype(float)
+            K = len(arms)
+            shapes = {"A": (K, d, d), "b": (K, d), "A_inv": (K, d, d)}
+            state = checked_tensors(tensors, shapes, folder / WEIGHTS_NAME, HINT)
+            bandit.n_features_in_ = d
+            bandit.A_, bandit.b_, bandit.A_inv_ = state["A"], state["b"], state["A_inv"]
             bandit.theta_ = np.einsum("kij,kj->ki", bandit.A_inv_, bandit.b_)
-        bandit.n_updates_ = int(config.get("n_updates", 0))
-        bandit._updates_since_refresh = int(config.get("updates_since_refresh", 0))
         return bandit
 
     # ------------------------------------------------------------- internals
+    def _start(self) -> None:
+        """Create empty learned state (no arms, no contexts yet), after checking the hyper-parameters."""
+        self._check_params()
+        self.arms_: list[Hashable] = []
+        self.n_features_in_: int | None = None
+        self.n_updates_ = 0
+        self.A_ = self.b_ = self.A_inv_ = self.theta_ = None
+        self._arm_index: dict[Hashable, int] = {}
+        self._updates_since_refresh = 0
+        self._rng = np.random.default_rng(self.seed)
+
     def _check_params(self) -> None:
-        if not (math.isfinite(self.alpha) and self.alpha >= 0):
+        if not (_is_real(self.alpha) and self.alpha >= 0):
             raise InputError(f"alpha must be a finite number >= 0, got {self.alpha!r}")
-        if not (math.isfinite(self.l2) and self.l2 > 0):
+        if not (_is_real(self.l2) and self.l2 > 0):
             raise InputError(f"l2 must be a finite number > 0 (the ridge prior), got {self.l2!r}")
-        if not 0.0 <= self.epsilon <= 1.0:
+        if not (_is_real(self.epsilon) and 0.0 <= self.epsilon <= 1.0):
             raise InputError(f"epsilon must be a probability in [0, 1], got {self.epsilon!r}")
         if self.softmax_temperature is not None and not (
-            math.isfinite(self.softmax_temperature) and self.softmax_temperature > 0
+            _is_real(self.softmax_temperature) and self.softmax_temperature > 0
         ):
             raise InputError(f"softmax_temperature must be > 0 or None, got {self.softmax_temperature!r}")
-        if isinstance(self.refresh_every, bool) or not isinstance(self.refresh_every, int) or self.refresh_every < 1:
+        if not (is_int(self.refresh_every) and self.refresh_every >= 1):
             raise InputError(f"refresh_every must be an int >= 1 (updates between exact inverses), got {self.refresh_every!r}")
+        if self.seed is not None and not (is_int(self.seed) and self.seed >= 0):
+            raise InputError(f"seed must be an int >= 0 or None, got {self.seed!r}")
 
     def _update_index(self, x: np.ndarray, k: int, reward: float) -> None:
         A_inv = self.A_inv_[k]
@@ -330,9 +383,10 @@ class LinUCB(BaseEstimator):
 
     def _index_of(self, key: Hashable) -> int:
         try:
-            return self._arm_index[key]
+            return getattr(self, "_arm_index", {})[key]  # no _arm_index yet: no arm was ever added
         except (KeyError, TypeError):
-            raise InputError(f"unknown arm {key!r}; known arms are {self.arms_[:10]!r}; add it with add_arm first") from None
+            known = getattr(self, "arms_", [])[:10]
+            raise InputError(f"unknown arm {key!r}; known arms are {known!r}; add it with add_arm first") from None
 
     def _keys(self, indices: np.ndarray) -> np.ndarray:
         keys = np.empty(len(self.arms_), dtype=object)
@@ -340,17 +394,19 @@ class LinUCB(BaseEstimator):
         return keys[indices]
 
     def _require_arms(self) -> None:
-        if not self.arms_:
-            raise InputError("the bandit has no arms; add creatives with add_arm(key) before serving")
+        arms = getattr(self, "arms_", None)
+        if not arms:  # None: nothing was ever learned; []: every arm was removed
+            raise (NotFittedError if arms is None else InputError)(NO_ARMS)
 
-    def _check_X(self, X: Any) -> np.ndarray:
+    def _check_X(self, X: Any, reset: bool = False) -> np.ndarray:
+        """``X`` as a finite ``(n, d)`` float array; unless ``reset``, ``d`` must be the fitted one."""
         try:
             X = np.asarray(X, dtype=float)
         except (TypeError, ValueError) as error:
             raise InputError(f"X must be a numeric (n_events, n_features) array ({error})") from None
         if X.ndim != 2 or X.shape[0] == 0:
             raise InputError(f"X must be a 2-D (n_events, n_features) array with at least one row, got shape {X.shape}")
-        self._check_features(X.shape[1])
+        self._check_features(X.shape[1], reset)
         if not np.isfinite(X).all():
             raise InputError("X contains NaN or infinite values; impute or drop those events first")
         return X
@@ -367,11 +423,12 @@ class LinUCB(BaseEstimator):
             raise InputError("x contains NaN or infinite values; impute or drop this event first")
         return x
 
-    def _check_features(self, d: int) -> None:
+    def _check_features(self, d: int, reset: bool = False) -> None:
         if d == 0:
             raise InputError("contexts must have at least one feature")
-        if self.n_features_in_ is not None and d != self.n_features_in_:
-            raise InputError(f"contexts must have {self.n_features_in_} features (as when the bandit was fitted), got {d}")
+        fitted = None if reset else getattr(self, "n_features_in_", None)
+        if fitted is not None and d != fitted:
+            raise InputError(f"contexts must have {fitted} features (as when the bandit was fitted), got {d}")
 
     def _ensure_state(self, d: int) -> None:
         """Allocate the per-arm state when the first accepted context fixes ``d``; arms added so far get the prior."""
@@ -395,7 +452,14 @@ class LinUCB(BaseEstimator):
             raise InputError("rewards contain NaN or infinite values; rewards must be finite (1.0 click, 0.0 none)")
         return rewards
 
+    @staticmethod
+    def _check_arms(arms: Sequence[Hashable], n: int) -> Sequence[Hashable]:
+        if np.ndim(arms) != 1 or len(arms) != n:
+            raise InputError(f"arms must be a sequence of {n} arm keys (one per row of X), got {np.shape(arms)}")
+        return arms
 
-def _savez(path: Path, arrays: dict) -> None:
-    with open(path, "wb") as file:  # a file object: given a name, np.savez would append ".npz" to it
-        np.savez(file, **arrays)
+
+def _is_real(value: Any) -> bool:
+    """A finite real number (bools are refused: ``alpha=True`` is a mistake, not 1.0)."""
+    real = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool)
+    return real and math.isfinite(value)

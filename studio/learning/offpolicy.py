@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from studio.core.errors import InputError
+from studio.learning.bandit import LinUCB, draw_arms
 
 # Bootstrap resamples are drawn in blocks of about this many indices, to bound memory.
 _BOOTSTRAP_BLOCK = 4_000_000
@@ -115,17 +116,14 @@ def replay(
     """Replay estimate (Li et al., 2010): mean reward of the events where the target's choice equals the logged arm.
 
     The target's choice per event is drawn from ``target_probabilities`` (``(n, K)``, columns ``arm_keys``) with
-    ``seed``; for a deterministic policy that is simply its arm. Valid for logs served uniformly at random.
+    ``seed``, the way :meth:`LinUCB.sample` draws; for a deterministic policy that is simply its arm. Valid for logs
+    served uniformly at random.
     """
-    probabilities, logged = _check_target(log, target_probabilities, arm_keys)
-    rng = np.random.default_rng(seed)
-    cumulative = np.cumsum(probabilities, axis=1)
-    draws = rng.random((len(log), 1)) * cumulative[:, -1:]
-    chosen = np.minimum((draws >= cumulative).sum(axis=1), probabilities.shape[1] - 1)
-    kept = (chosen == logged).astype(float)
+    inputs = _inputs(log, target_probabilities, arm_keys, None, n_bootstrap, confidence, seed)
+    kept = (draw_arms(inputs.probabilities, inputs.rng) == inputs.logged).astype(float)
     if kept.sum() == 0:
         raise InputError("replay kept no events: the target policy never chose a logged arm; log more events or use ips")
-    return _estimate("replay", kept * log.rewards, kept, float(kept.sum()), n_bootstrap, confidence, rng)
+    return inputs.estimate("replay", kept * log.rewards, kept, float(kept.sum()))
 
 
 def ips(
@@ -139,9 +137,9 @@ def ips(
     seed: int = 0,
 ) -> PolicyEstimate:
     """Inverse propensity scoring: ``mean(w * r)``, ``w = pi(a|x) / mu(a|x)`` clipped at ``max_weight``."""
-    weights = _weights(log, target_probabilities, arm_keys, max_weight)
-    rng = np.random.default_rng(seed)
-    return _estimate("ips", weights * log.rewards, np.ones(len(log)), _ess(weights), n_bootstrap, confidence, rng)
+    inputs = _inputs(log, target_probabilities, arm_keys, max_weight, n_bootstrap, confidence, seed)
+    weights = inputs.weights
+    return inputs.estimate("ips", weights * log.rewards, np.ones(len(log)), _ess(weights))
 
 
 def snips(
@@ -155,11 +153,11 @@ def snips(
     seed: int = 0,
 ) -> PolicyEstimate:
     """Self-normalised IPS: ``sum(w * r) / sum(w)``, with weights clipped at ``max_weight``."""
-    weights = _weights(log, target_probabilities, arm_keys, max_weight)
+    inputs = _inputs(log, target_probabilities, arm_keys, max_weight, n_bootstrap, confidence, seed)
+    weights = inputs.weights
     if weights.sum() == 0:
         raise InputError("snips: every importance weight is 0 (the target never picks a logged arm); use more events")
-    rng = np.random.default_rng(seed)
-    return _estimate("snips", weights * log.rewards, weights, _ess(weights), n_bootstrap, confidence, rng)
+    return inputs.estimate("snips", weights * log.rewards, weights, _ess(weights))
 
 
 def doubly_robust(
@@ -183,18 +181,17 @@ def doubly_robust(
             model fitted on the other half, so the model never scores the events it learned from).
         l2: ridge penalty of that default model.
     """
-    probabilities, logged = _check_target(log, target_probabilities, arm_keys)
-    weights = _weights(log, probabilities, arm_keys, max_weight)
-    rng = np.random.default_rng(seed)
+    inputs = _inputs(log, target_probabilities, arm_keys, max_weight, n_bootstrap, confidence, seed)
+    probabilities, logged, weights = inputs.probabilities, inputs.logged, inputs.weights
     if expected_rewards is None:
-        q = _cross_fitted_ridge(log, list(arm_keys), logged, l2, rng)
+        q = _cross_fitted_ridge(log, list(arm_keys), logged, l2, inputs.rng)
     else:
         q = _as_float(expected_rewards, "expected_rewards")
         if q.shape != probabilities.shape or not np.isfinite(q).all():
             raise InputError(f"expected_rewards must be a finite {probabilities.shape} array (events x arm_keys)")
     rows = np.arange(len(log))
     terms = (probabilities * q).sum(axis=1) + weights * (log.rewards - q[rows, logged])
-    return _estimate("dr", terms, np.ones(len(log)), _ess(weights), n_bootstrap, confidence, rng)
+    return inputs.estimate("dr", terms, np.ones(len(log)), _ess(weights))
 
 
 def evaluate_policy(
@@ -218,6 +215,50 @@ def evaluate_policy(
 
 
 # ----------------------------------------------------------------- internals
+@dataclass(frozen=True)
+class _Inputs:
+    """What every estimator starts from: the checked target, the logged arms' columns, their importance weights."""
+
+    probabilities: np.ndarray  # pi, (n, K)
+    logged: np.ndarray  # column of each logged arm, (n,)
+    weights: np.ndarray  # pi(a|x) / mu(a|x), clipped at max_weight, (n,)
+    rng: np.random.Generator
+    n_bootstrap: int
+    confidence: float
+
+    def estimate(self, method: str, numerator: np.ndarray, denominator: np.ndarray, ess: float) -> PolicyEstimate:
+        """``sum(numerator) / sum(denominator)`` with a percentile bootstrap over events; ``ess`` is reported as is."""
+        n = len(numerator)
+        estimate = float(numerator.sum() / denominator.sum())
+        replicates = []
+        block = max(1, _BOOTSTRAP_BLOCK // n)
+        for start in range(0, self.n_bootstrap, block):
+            indices = self.rng.integers(0, n, size=(min(block, self.n_bootstrap - start), n))
+            with np.errstate(invalid="ignore", divide="ignore"):
+                replicates.append(numerator[indices].sum(axis=1) / denominator[indices].sum(axis=1))
+        tail = (1 - self.confidence) / 2
+        low, high = np.nanquantile(np.concatenate(replicates), [tail, 1 - tail])
+        return PolicyEstimate(method, estimate, float(low), float(high), n, float(ess))
+
+
+def _inputs(
+    log: BanditLog, target_probabilities: Any, arm_keys: Sequence[Hashable], max_weight: float | None,
+    n_bootstrap: int, confidence: float, seed: int,
+) -> _Inputs:
+    """Check everything an estimator is given, once, before any work (the bootstrap options included)."""
+    probabilities, logged = _check_target(log, target_probabilities, arm_keys)
+    weights = probabilities[np.arange(len(log)), logged] / log.propensities
+    if max_weight is not None:
+        if not (math.isfinite(max_weight) and max_weight > 0):
+            raise InputError(f"max_weight must be a finite number > 0 (or None for no clipping), got {max_weight!r}")
+        weights = np.minimum(weights, max_weight)
+    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, int) or n_bootstrap < 100:
+        raise InputError(f"n_bootstrap must be an int >= 100 for a usable interval, got {n_bootstrap!r}")
+    if not 0 < confidence < 1:
+        raise InputError(f"confidence must be in (0, 1), e.g. 0.95, got {confidence!r}")
+    return _Inputs(probabilities, logged, weights, np.random.default_rng(seed), n_bootstrap, confidence)
+
+
 def _as_float(values: Any, name: str) -> np.ndarray:
     try:
         return np.asarray(values, dtype=float)
@@ -251,16 +292,6 @@ def _check_target(log: BanditLog, target_probabilities: Any, arm_keys: Sequence[
     return probabilities, np.array([column[arm] for arm in log.arms], dtype=np.intp)
 
 
-def _weights(log: BanditLog, target_probabilities: Any, arm_keys: Sequence[Hashable], max_weight: float | None) -> np.ndarray:
-    probabilities, logged = _check_target(log, target_probabilities, arm_keys)
-    weights = probabilities[np.arange(len(log)), logged] / log.propensities
-    if max_weight is not None:
-        if not (math.isfinite(max_weight) and max_weight > 0):
-            raise InputError(f"max_weight must be a finite number > 0 (or None for no clipping), got {max_weight!r}")
-        weights = np.minimum(weights, max_weight)
-    return weights
-
-
 def _ess(weights: np.ndarray) -> float:
     squares = float((weights**2).sum())
     return float(weights.sum()) ** 2 / squares if squares > 0 else 0.0
@@ -268,8 +299,6 @@ def _ess(weights: np.ndarray) -> float:
 
 def _cross_fitted_ridge(log: BanditLog, arm_keys: list, logged: np.ndarray, l2: float, rng) -> np.ndarray:
     """``(n, K)`` per-arm ridge predictions of each event's reward, each half scored by a model of the other half."""
-    from studio.learning.bandit import LinUCB
-
     features = np.hstack([log.contexts, np.ones((len(log), 1))])
     folds = rng.permutation(len(log)) % 2
     predictions = np.zeros((len(log), len(arm_keys)))
@@ -285,31 +314,3 @@ def _cross_fitted_ridge(log: BanditLog, arm_keys: list, logged: np.ndarray, l2: 
             model.partial_fit(features[train], logged[train].tolist(), log.rewards[train])
         predictions[test] = model.decision_function(features[test])
     return predictions
-
-
-def _estimate(
-    method: str,
-    numerator: np.ndarray,
-    denominator: np.ndarray,
-    effective_sample_size: float,
-    n_bootstrap: int,
-    confidence: float,
-    rng: np.random.Generator,
-) -> PolicyEstimate:
-    """``sum(numerator) / sum(denominator)`` with a percentile bootstrap over events."""
-    if isinstance(n_bootstrap, bool) or not isinstance(n_bootstrap, int) or n_bootstrap < 100:
-        raise InputError(f"n_bootstrap must be an int >= 100 for a usable interval, got {n_bootstrap!r}")
-    if not 0 < confidence < 1:
-        raise InputError(f"confidence must be in (0, 1), e.g. 0.95, got {confidence!r}")
-    n = len(numerator)
-    estimate = float(numerator.sum() / denominator.sum())
-    replicates = []
-    block = max(1, _BOOTSTRAP_BLOCK // n)
-    for start in range(0, n_bootstrap, block):
-        indices = rng.integers(0, n, size=(min(block, n_bootstrap - start), n))
-        with np.errstate(invalid="ignore", divide="ignore"):
-            replicates.append(numerator[indices].sum(axis=1) / denominator[indices].sum(axis=1))
-    replicates = np.concatenate(replicates)
-    tail = (1 - confidence) / 2
-    low, high = np.nanquantile(replicates, [tail, 1 - tail])
-    return PolicyEstimate(method, estimate, float(low), float(high), n, float(effective_sample_size))
