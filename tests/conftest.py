@@ -1,7 +1,8 @@
-"""Shared fixtures: a tiny random-weight inpainting pipeline and a product photo, built once per test session."""
+"""Shared fixtures: a tiny random-weight inpainting pipeline, a product photo, and the databases (SQLite, PostgreSQL)."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -40,3 +41,37 @@ def product_photo(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("product") / "bottle.png"
     Image.fromarray(pixels, "RGB").save(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """A real PostgreSQL test database (``.ci/run`` starts one and makes these tests required there)."""
+    url = os.environ.get("STUDIO_TEST_POSTGRES_URL")
+    if not url:
+        if os.environ.get("STUDIO_REQUIRE_POSTGRES"):
+            pytest.fail("STUDIO_REQUIRE_POSTGRES is set but STUDIO_TEST_POSTGRES_URL is not")
+        pytest.skip("no PostgreSQL server: set STUDIO_TEST_POSTGRES_URL (bash .ci/run starts one) to run this test")
+    return url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request, tmp_path) -> str:
+    """Each store test runs on both engines: a SQLite file and a fresh PostgreSQL schema."""
+    if request.param == "sqlite":
+        return str(tmp_path / "store.db")
+    url = request.getfixturevalue("postgres_url")
+    schema = f"test_{os.getpid()}_{abs(hash(request.node.nodeid)) % 10**8}"
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as connection:
+        connection.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+        connection.execute(f"CREATE SCHEMA {schema}")
+    request.addfinalizer(lambda: _drop_schema(url, schema))
+    return f"{url}?options=-csearch_path%3D{schema}"
+
+
+def _drop_schema(url: str, schema: str) -> None:
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as connection:
+        connection.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
