@@ -1,5 +1,6 @@
 """kill -9 at random moments, then a rerun: nothing half-written survives, no stale staging, no lost click."""
 
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -17,13 +18,16 @@ pytestmark = pytest.mark.slow
 STUDIO = [sys.executable, "-m", "studio.cli"]
 
 
-def kill_at(command: list[str], seconds: float) -> None:
+def kill_at(command: list[str], seconds: float) -> bool:
+    """Run `command` and kill -9 it after `seconds`; False if it finished first."""
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         process.wait(timeout=seconds)
+        return False
     except subprocess.TimeoutExpired:
         process.send_signal(signal.SIGKILL)
         process.wait()
+        return True
 
 
 def events(path: Path) -> tuple[list, list, str]:
@@ -43,13 +47,23 @@ def staging_left(folder: Path) -> list[Path]:
 def test_simulate_killed_20_times_then_rerun_loses_nothing(tmp_path):
     simulate = [*STUDIO, "simulate", "--impressions", "20000", "--seed", "3"]
     reference = tmp_path / "reference"
+    started = time.monotonic()
     subprocess.run([*simulate, "--out", str(reference)], check=True, capture_output=True, timeout=300)
+    duration = time.monotonic() - started
     out = tmp_path / "runs" / "sim"
     out.parent.mkdir()
-    # Kill times spread from start-up (imports) to the last batches and the report.
-    for seconds in np.random.default_rng(0).uniform(0.3, 4.0, size=20):
-        kill_at([*simulate, "--out", str(out)], seconds)
-        assert not out.exists() or not any(out.iterdir())  # the folder is all there or not at all
+    # Kill times spread from start-up (imports) to the last batches and the report; a run that beats its kill time
+    # must be complete, and is removed so the next trial starts afresh.
+    kills, rng = 0, np.random.default_rng(0)
+    for _ in range(40):
+        kills += kill_at([*simulate, "--out", str(out)], rng.uniform(0.05, 1.0) * duration)
+        if out.exists() and any(out.iterdir()):  # the run got its folder into place: then all of it is there
+            assert (out / "report.json").is_file()
+            assert events(out / "events.db")[:2] == events(reference / "events.db")[:2]
+            shutil.rmtree(out)
+        if kills == 20:
+            break
+    assert kills == 20
     subprocess.run([*simulate, "--out", str(out)], check=True, capture_output=True, timeout=300)
     assert staging_left(out.parent) == []
     impressions, clicks, integrity = events(out / "events.db")
