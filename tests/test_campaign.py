@@ -17,6 +17,8 @@ from studio.imaging.images import load_image
 from studio.jobs import campaign as campaign_module
 from studio.jobs.campaign import run_campaign
 
+pytestmark = pytest.mark.slow  # loads models
+
 GROUPS = [
     {"group_id": "0", "summary": "young travellers", "top_tags": ["travel", "beach"], "demographics": {"age": 24}},
     {"group_id": "2", "summary": "eco luxury", "top_tags": ["luxury", "eco"],

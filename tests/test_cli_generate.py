@@ -8,7 +8,10 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from PIL import Image
+
+pytestmark = pytest.mark.slow  # loads models
 
 
 def studio(*arguments: str, cache) -> subprocess.CompletedProcess:

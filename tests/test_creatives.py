@@ -18,6 +18,8 @@ from studio.imaging.engine import GenerationCancelled, LoraSpec
 from studio.imaging.images import load_image
 from studio.imaging.provenance import read_recipe
 
+pytestmark = pytest.mark.slow  # loads models
+
 
 def fast(**options) -> CreativeSettings:
     """Small and quick: 128 px creatives painted in 2 steps by the tiny random pipeline."""

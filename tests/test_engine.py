@@ -23,6 +23,8 @@ from studio.imaging.engine import (
 from studio.core.errors import InputError, ModelNotFoundError
 from studio.imaging.tiny import build_clip_tokenizer, tiny_words
 
+pytestmark = pytest.mark.slow  # loads models
+
 FAST = GenerationSettings(steps=2)
 
 

@@ -28,6 +28,8 @@ from studio.imaging.tiny import build_clip_tokenizer
 from studio.sim.renderer import render_scene
 from studio.core.vocabulary import COLOURS
 
+pytestmark = pytest.mark.slow  # loads models
+
 torch.set_num_threads(1)
 
 # A recipe small enough for CI: the same stages and code paths as the shipped one, minutes become seconds.

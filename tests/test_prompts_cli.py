@@ -2,7 +2,11 @@
 
 import json
 
+import pytest
+
 from studio.cli import main
+
+pytestmark = pytest.mark.slow  # loads models
 
 
 def test_suggest_takes_tags_and_a_product_title_and_prints_json(capsys):

@@ -14,6 +14,8 @@ from prompts.validation import check_prompt
 from studio.core.artefact import ArtefactError
 from studio.core.errors import ModelNotFoundError
 
+pytestmark = pytest.mark.slow  # loads models
+
 CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"

@@ -16,6 +16,8 @@ from prompts.validation import CLIP_MAX_TOKENS, check_prompt, clip_token_count, 
 from studio.core.artefact import ArtefactError
 from studio.core.errors import InputError
 
+pytestmark = pytest.mark.slow  # loads models
+
 
 def brief(tags=("eco", "outdoors"), title="Green tea bottle", **brand) -> Brief:
     return Brief.from_dict({"audience": {"group_id": "-".join(tags), "summary": "", "top_tags": list(tags)},

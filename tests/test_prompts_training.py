@@ -1,12 +1,20 @@
 """Training data from the interest -> scene prior, and the seeded from-scratch recipe of prompts-mini."""
 
 import numpy as np
+import pytest
 
-from prompts.loading import load_prompt_model
 from prompts.data import INTEREST_SCENES, make_pairs
-from prompts.mini import MiniPromptModel, MiniTrainingConfig, build_tokenizer, train_prompts_mini
+from prompts.loading import load_prompt_model
+from prompts.mini import (
+    MiniPromptModel,
+    MiniTrainingConfig,
+    build_tokenizer,
+    train_prompts_mini,
+)
 from prompts.validation import check_prompt
 from studio.core.vocabulary import COLOURS, INTEREST_TAGS, LAYOUTS, LIGHTING, MATERIALS
+
+pytestmark = pytest.mark.slow  # loads models
 
 TINY = MiniTrainingConfig(n_pairs=64, n_layer=1, n_embd=32, n_head=2, steps=4, batch_size=8, warmup_steps=2,
                           progress=False)

@@ -11,6 +11,8 @@ from reward.model import FORMAT_VERSION, SHIPPED_MODELS, RewardConfig, RewardMod
 from studio.core.artefact import ArtefactError
 from studio.core.errors import InputError, ModelNotFoundError
 
+pytestmark = pytest.mark.slow  # loads models
+
 
 def small_model(**overrides) -> RewardModel:
     torch.manual_seed(0)

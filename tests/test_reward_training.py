@@ -18,6 +18,8 @@ from studio.cli import main
 from studio.core.errors import InputError
 from studio.sim.experiment import ExperimentConfig, run_experiment
 
+pytestmark = pytest.mark.slow  # loads models
+
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):

@@ -22,6 +22,8 @@ from studio.training.trainer import (
     make_mask,
 )
 
+pytestmark = pytest.mark.slow  # loads models
+
 torch.set_num_threads(1)
 
 
