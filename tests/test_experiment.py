@@ -41,7 +41,7 @@ def test_simulate_learns_which_creative_each_group_prefers(tmp_path, capsys):
 
 def test_simulate_refuses_bad_settings_and_keeps_a_previous_run(tmp_path, capsys):
     assert main(["simulate", "--arms", "1", "--out", str(tmp_path / "a")]) == 2
-    assert "arms must be an integer >= 2" in capsys.readouterr().err
+    assert "argument --arms: must be from 2 to 100, got 1" in capsys.readouterr().err
     out = tmp_path / "b"
     out.mkdir()
     (out / "events.db").write_bytes(b"an earlier experiment")

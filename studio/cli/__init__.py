@@ -48,7 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit:  # --help, --version or a usage error (already printed as one line)
+        return int(exit.code or 0)
     try:
         with _terminate_as_interrupt():
             return int(args.func(args) or 0)

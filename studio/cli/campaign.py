@@ -6,6 +6,8 @@ import argparse
 import json
 import sys
 
+from studio.cli import arguments
+
 
 def register(subparsers) -> None:
     campaign = subparsers.add_parser(
@@ -33,10 +35,12 @@ def register(subparsers) -> None:
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--groups", default=None, help="audience folder (studio simulate's audience/); "
                                                        "default: the reward model's groups")
-    parser.add_argument("--prompts-per-group", type=int, default=2)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--size", type=int, default=512, help="long side of each creative, in pixels")
-    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the generator's)")
+    parser.add_argument("--prompts-per-group", type=arguments.whole(1, 16), default=2)
+    parser.add_argument("--seed", type=arguments.seed, default=0)
+    parser.add_argument("--size", type=arguments.whole(64, 4096, " pixels"), default=512,
+                        help="long side of each creative, in pixels")
+    parser.add_argument("--steps", type=arguments.whole(1, 1000), default=None,
+                        help="denoising steps (default: the generator's)")
     parser.add_argument("--model", default=None, help="generator: hub id or pipeline folder (default: embedded)")
     parser.add_argument("--prompt-model", default=None, help="prompt model: hub id or folder (default: prompts-mini)")
     parser.add_argument("--reward-model", default="reward-mini", help="reward model folder (default: reward-mini)")

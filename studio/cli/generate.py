@@ -8,6 +8,8 @@ import json
 import sys
 from pathlib import Path
 
+from studio.cli import arguments
+
 PLACEMENTS = ("1:1", "4:5", "16:9", "9:16")
 
 
@@ -21,19 +23,21 @@ def register(subparsers) -> None:
     generate.add_argument("--prompt", required=True, help="the scene to paint, e.g. 'a red marble table, soft light'")
     generate.add_argument("--mode", choices=("background", "outpaint"), default="background")
     generate.add_argument("--placement", choices=PLACEMENTS, default="1:1", help="aspect ratio of the creative")
-    generate.add_argument("--n", type=int, default=4, help="how many creatives (seeds SEED, SEED+1, ...)")
-    generate.add_argument("--seed", type=int, default=0)
+    generate.add_argument("--n", type=arguments.whole(1, 64), default=4,
+                          help="how many creatives (seeds SEED, SEED+1, ...)")
+    generate.add_argument("--seed", type=arguments.seed, default=0)
     generate.add_argument("--model", default=None, help="hub id or pipeline folder (default: the embedded model)")
-    generate.add_argument("--steps", type=int, default=30)
-    generate.add_argument("--guidance", type=float, default=7.5)
-    generate.add_argument("--strength", type=float, default=1.0)
+    generate.add_argument("--steps", type=arguments.whole(1, 1000), default=30)
+    generate.add_argument("--guidance", type=arguments.number(0, 50), default=7.5)
+    generate.add_argument("--strength", type=arguments.number(0.01, 1), default=1.0)
     generate.add_argument("--scheduler", default=None, help="ddim, dpm++, euler, euler-a (default: the model's)")
     generate.add_argument("--negative-prompt", default="")
     generate.add_argument("--lora", default=None, help="LoRA weights file or folder")
-    generate.add_argument("--lora-scale", type=float, default=1.0)
+    generate.add_argument("--lora-scale", type=arguments.number(-10, 10), default=1.0)
     generate.add_argument("--mask", default=None, help="product mask image (white = product)")
     generate.add_argument("--extend", default=None, help="outpaint: pixels per side, e.g. left=256,right=256")
-    generate.add_argument("--size", type=int, default=1024, help="long side of a background creative, in pixels")
+    generate.add_argument("--size", type=arguments.whole(64, 4096, " pixels"), default=1024,
+                          help="long side of a background creative, in pixels")
     generate.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     generate.add_argument("--dtype", default="auto", help="auto, fp32, fp16 or bf16")
     generate.add_argument("--out", required=True, help="output folder")

@@ -49,11 +49,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_reward_train(args: argparse.Namespace) -> int:
     import torch
 
-    from studio.learning.log_dataset import load_log_dataset
     from reward.evaluation import evaluate
     from reward.model import RewardConfig
     from reward.training import RewardTrainer, TrainingConfig, split_impressions
     from studio.core.atomic import write_file
+    from studio.learning.log_dataset import load_log_dataset
 
     torch.set_num_threads(1)  # one full-batch step of small ops per epoch: extra threads only contend
     out = Path(args.out) if args.out else Path(args.log).parent / "reward"
@@ -74,11 +74,11 @@ def run_reward_train(args: argparse.Namespace) -> int:
 
 
 def run_reward_eval(args: argparse.Namespace) -> int:
-    from studio.learning.log_dataset import load_log_dataset
     from reward.evaluation import evaluate
-    from studio.sim.oracle import SimulatorOracle
     from reward.model import RewardModel, resolve_model_folder
     from reward.training import split_impressions
+    from studio.learning.log_dataset import load_log_dataset
+    from studio.sim.oracle import SimulatorOracle
 
     model = RewardModel.from_pretrained(args.model)
     dataset = load_log_dataset(args.log, image_size=model.config.image_size)
@@ -100,9 +100,9 @@ def run_reward_score(args: argparse.Namespace) -> int:
     import torch
 
     from reward.data import load_pixels
-    from studio.learning.log_dataset import recipe_prompt
     from reward.model import RewardModel
     from studio.core import vocabulary
+    from studio.learning.log_dataset import recipe_prompt
 
     torch.set_num_threads(1)  # small per-batch ops: a second thread costs more than it gives (benchmarks/reward_model.py)
     model = RewardModel.from_pretrained(args.model)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from studio.cli import arguments
 from studio.cli.output import emit
 
 
@@ -14,12 +15,18 @@ def register(subparsers) -> None:
         description="Render creatives, simulate an audience, serve and log impressions (SQLite), learn from clicks, "
                     "and report CTR per bucket, lift, regret against the oracle and an off-policy estimate.",
     )
-    simulate.add_argument("--impressions", type=int, default=200_000, help="requests to serve (default 200000)")
-    simulate.add_argument("--products", type=int, default=4, help="products in the catalogue (default 4)")
-    simulate.add_argument("--arms", type=int, default=6, help="creatives (backdrops) per product (default 6)")
-    simulate.add_argument("--users", type=int, default=20_000, help="simulated users (default 20000)")
-    simulate.add_argument("--alpha", type=float, default=0.25, help="LinUCB exploration strength (default 0.25)")
-    simulate.add_argument("--seed", type=int, default=0)
+    # Upper bounds keep memory bounded: the run holds a few arrays of `impressions` and a users x creatives table.
+    simulate.add_argument("--impressions", type=arguments.whole(100, 10_000_000), default=200_000,
+                          help="requests to serve (default 200000)")
+    simulate.add_argument("--products", type=arguments.whole(1, 100), default=4,
+                          help="products in the catalogue (default 4)")
+    simulate.add_argument("--arms", type=arguments.whole(2, 100), default=6,
+                          help="creatives (backdrops) per product (default 6)")
+    simulate.add_argument("--users", type=arguments.whole(10, 1_000_000), default=20_000,
+                          help="simulated users (default 20000)")
+    simulate.add_argument("--alpha", type=arguments.number(0, 100), default=0.25,
+                          help="LinUCB exploration strength (default 0.25)")
+    simulate.add_argument("--seed", type=arguments.seed, default=0)
     simulate.add_argument("--out", default="out/simulate", help="output folder (must not hold a previous run)")
     simulate.add_argument("--json", action="store_true", help="print the full report as JSON on stdout")
     simulate.set_defaults(func=run_simulate)
