@@ -24,6 +24,7 @@ import gradio as gr
 
 from studio.core.cancellation import CancelFlags
 from studio.core.errors import InputError, StudioError
+from studio.core.quiet import quiet_libraries
 from studio.imaging.creatives import CreativeSettings, generate_creatives
 from studio.imaging.editor import ADD_COLOUR, REMOVE_COLOUR, TINT_OPACITY, mask_from_editor, open_for_editing
 from studio.imaging.images import load_image
@@ -198,6 +199,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=os.environ.get("STUDIO_UI_OUT", str(DEFAULT_OUT)),
                         help=f"folder for the generated PNGs (env STUDIO_UI_OUT; default {DEFAULT_OUT})")
     args = parser.parse_args(argv)
+    quiet_libraries()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     build_app(out).queue().launch(server_name=args.host, server_port=args.port, allowed_paths=[str(out)])

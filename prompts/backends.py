@@ -33,6 +33,7 @@ from studio.core import hub
 from studio.core.artefact import check_manifest, write_manifest
 from studio.core.atomic import staged_folder
 from studio.core.errors import InputError, ModelNotFoundError
+from studio.core.quiet import quiet_loading
 
 SHIPPED_MODELS = Path(__file__).parent / "models"
 DEFAULT_MODEL = "prompts-mini"
@@ -225,7 +226,8 @@ class CausalLMBackend(PromptBackend):
         if source.is_local:
             check_manifest(source.path_or_id, cls, FORMAT_VERSION, hint=HOW_TO_FIX)
         try:
-            model, tokenizer = read(source.path_or_id, source.is_local)
+            with quiet_loading():
+                model, tokenizer = read(source.path_or_id, source.is_local)
         except Exception as error:  # noqa: BLE001 - transformers, safetensors and tokenizers each raise their own
             raise hub.load_failed("prompt model", source, error, HOW_TO_FIX if source.is_local else None) from error
         return cls(model, tokenizer, **kwargs)

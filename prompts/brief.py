@@ -275,7 +275,10 @@ class Brief:
         path = Path(path)
         if not path.is_file():
             raise InputError(f"brief file {str(path)!r} does not exist; give a JSON file with 'audience' and 'product'")
-        return cls.from_json(path.read_bytes()[: MAX_BRIEF_BYTES + 1])
+        try:
+            return cls.from_json(path.read_bytes()[: MAX_BRIEF_BYTES + 1])
+        except InputError as error:
+            raise InputError(f"brief file {str(path)!r}: {error}") from None
 
 
 @dataclass(frozen=True)

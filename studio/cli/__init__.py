@@ -18,13 +18,16 @@ from typing import NoReturn
 
 from studio import __version__
 from studio.core.errors import StudioError
+from studio.core.quiet import quiet_libraries
 
 # Add a module here when an area gains commands.
 COMMAND_MODULES: list[str] = [
+    "studio.cli.batch",
     "studio.cli.campaign",
     "studio.cli.generate",
     "studio.cli.prompts",
     "studio.cli.reward",
+    "studio.cli.serve",
     "studio.cli.simulate",
     "studio.cli.train",
 ]
@@ -52,6 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as exit:  # --help, --version or a usage error (already printed as one line)
         return int(exit.code or 0)
+    quiet_libraries()
     try:
         with _terminate_as_interrupt():
             return int(args.func(args) or 0)

@@ -7,6 +7,7 @@ import json
 import sys
 
 from studio.cli import arguments
+from studio.core.atomic import check_output_folder
 
 
 def register(subparsers) -> None:
@@ -51,6 +52,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
 def run_campaign_command(args: argparse.Namespace, product=None) -> int:
     from studio.jobs.campaign import run_campaign
 
+    check_output_folder(args.out)
     groups = None
     if args.groups:
         from studio.learning.audience import AudienceClustering

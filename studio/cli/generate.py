@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 
 from studio.cli import arguments
+from studio.cli.output import printable
+from studio.core.atomic import check_output_folder
 
 PLACEMENTS = ("1:1", "4:5", "16:9", "9:16")
 
@@ -51,7 +53,7 @@ def register(subparsers) -> None:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from studio.imaging.creatives import CreativeSettings, generate_creatives
+    from studio.imaging.creatives import CreativeSettings, build_canvas, generate_creatives
     from studio.imaging.engine import RANDOM_INIT_NOTE, LoraSpec, load_engine
     from studio.imaging.images import load_image
 
@@ -71,15 +73,16 @@ def run_generate(args: argparse.Namespace) -> int:
         lora=LoraSpec(args.lora, args.lora_scale) if args.lora else None,
     )
     settings.check()
+    check_output_folder(args.out)
+    canvas = build_canvas(product, settings, mask=mask)  # a bad photo, mask or extension fails before the model loads
     engine = load_engine(args.model, device=args.device, dtype=args.dtype)
     creatives = generate_creatives(
-        product,
+        canvas,
         args.prompt,
         settings=settings,
         n=args.n,
         seed=args.seed,
         engine=engine,
-        mask=mask,
         out_dir=args.out,
         name=Path(args.product).stem,
         progress=True,
@@ -114,7 +117,7 @@ def run_inspect(args: argparse.Namespace) -> int:
         print(json.dumps(dataclasses.asdict(recipe), indent=2, sort_keys=True))
         return 0
     for key, value in dataclasses.asdict(recipe).items():
-        print(f"{key:16} {value}")
+        print(f"{key:16} {printable(value)}")  # a recipe is data from a file: never let it drive the terminal
     if recipe.random_init:
         print(f"note: {RANDOM_INIT_NOTE}")
     return 0

@@ -19,3 +19,8 @@ def emit(result: Any, as_json: bool, lines: Iterable[str] | None = None) -> None
                  for key, value in result.items())
     for line in lines:
         print(line)
+
+
+def printable(value: Any) -> str:
+    """`value` as text with control characters escaped (``\\x1b``), so printing it cannot drive the terminal."""
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in str(value))

@@ -7,6 +7,7 @@ import json
 import sys
 from pathlib import Path
 
+from studio.cli import arguments
 from studio.cli.output import emit
 from studio.core.errors import InputError
 
@@ -105,17 +106,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     suggest.add_argument("--required", help="comma-separated words every prompt must contain")
     suggest.add_argument("--banned", help="comma-separated words no prompt may contain")
     suggest.add_argument("--aspect", default="1:1", help="placement aspect ratio W:H (default 1:1)")
-    suggest.add_argument("--n", type=int, default=8, help="how many prompts (default 8)")
+    suggest.add_argument("--n", type=arguments.whole(1, 64), default=8, help="how many prompts (default 8)")
     suggest.add_argument("--model", help="prompts-mini (default), a saved folder, or a transformers hub id")
-    suggest.add_argument("--seed", type=int, default=0, help="sampling seed (same seed, same prompts)")
-    suggest.add_argument("--temperature", type=float, help="sampling temperature (default 0.9)")
-    suggest.add_argument("--top-p", dest="top_p", type=float, help="nucleus sampling mass (default 0.95)")
+    suggest.add_argument("--seed", type=arguments.seed, default=0, help="sampling seed (same seed, same prompts)")
+    suggest.add_argument("--temperature", type=arguments.number(0.01, 5), help="sampling temperature (default 0.9)")
+    suggest.add_argument("--top-p", dest="top_p", type=arguments.number(0.01, 1),
+                         help="nucleus sampling mass (default 0.95)")
     suggest.add_argument("--json", action="store_true", help="print JSON")
     suggest.set_defaults(func=run_prompts_suggest)
 
     train = commands.add_parser("train", help="train prompts-mini from scratch (seeded, a few minutes on CPU)")
     train.add_argument("--out", default=DEFAULT_TRAIN_OUT, help=f"output folder (default {DEFAULT_TRAIN_OUT})")
-    train.add_argument("--steps", type=int, help="optimiser steps (default: the shipped recipe)")
-    train.add_argument("--seed", type=int, default=0, help="seed for data, initialisation and batches")
+    train.add_argument("--steps", type=arguments.whole(1, 10_000_000),
+                       help="optimiser steps (default: the shipped recipe)")
+    train.add_argument("--seed", type=arguments.seed, default=0, help="seed for data, initialisation and batches")
     train.add_argument("--json", action="store_true", help="print the training summary as JSON")
     train.set_defaults(func=run_prompts_train)

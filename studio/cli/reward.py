@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from studio.cli.output import emit
+from studio.core.errors import InputError
 
 TRAINING_NAME = "training.json"
 
@@ -111,6 +112,8 @@ def run_reward_score(args: argparse.Namespace) -> int:
     pixels, errors = load_pixels(args.images, size=model.input_size)
     results = []
     good = [i for i, error in enumerate(errors) if error is None]
+    if not good:  # a bad image among good ones is reported in the results; with no good one there is nothing to do
+        raise InputError(f"none of the {len(errors)} images can be read, e.g. {errors[0]}")
     prompts = [args.prompt if args.prompt is not None else recipe_prompt(Path(args.images[i])) for i in good]
     categories = [args.category or Path(args.images[i]).parent.name.rsplit("-", 1)[0] for i in good]
     categories = [vocabulary.CATEGORIES.get(c, c) for c in categories]
@@ -130,4 +133,4 @@ def run_reward_score(args: argparse.Namespace) -> int:
         f"{row['image']}: error: {row['error']}" if "error" in row
         else f"{row['image']}: " + "  ".join(f"group {g}: {v:.4f}" for g, v in row["ctr"].items())
         for row in results))
-    return 0 if good else 2
+    return 0

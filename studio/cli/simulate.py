@@ -29,6 +29,13 @@ def register(subparsers) -> None:
     simulate.add_argument("--seed", type=arguments.seed, default=0)
     simulate.add_argument("--out", default="out/simulate", help="output folder (must not hold a previous run)")
     simulate.add_argument("--json", action="store_true", help="print the full report as JSON on stdout")
+    simulate.add_argument("--prepare-world", metavar="DIR", default=None,
+                          help="write a world for a server instead of running: DIR/cache, DIR/audience, world.json")
+    simulate.add_argument("--via-http", metavar="URL", default=None,
+                          help="drive a running `studio serve` (loopback only) with simulated users and clicks")
+    simulate.add_argument("--world", metavar="DIR", default=None, help="the world the server serves (--via-http)")
+    simulate.add_argument("--max-seconds", type=float, default=300.0, help="time limit of --via-http (default 300)")
+    simulate.add_argument("--concurrency", type=int, default=8, help="requests in flight with --via-http")
     simulate.set_defaults(func=run_simulate)
 
 
@@ -37,6 +44,8 @@ def run_simulate(args: argparse.Namespace) -> int:
 
     config = ExperimentConfig(impressions=args.impressions, products=args.products, arms=args.arms,
                               users=args.users, alpha=args.alpha, seed=args.seed)
+    if args.prepare_world or args.via_http:
+        return _run_http(args, config)
     report = run_experiment(config, args.out, progress=True)
     emit(report.to_dict(), args.json, _summary(report))
     return 0
@@ -58,6 +67,38 @@ def run_simulate(args: argparse.Namespace) -> int:
     print(f"    goals: {', '.join(f'{k}={v}' for k, v in report.goals.items())}")
     print(f"    files: {report.files['report']}, {report.files['plot']}, {report.files['event_log']} "
           f"({report.seconds:.1f} s)")
+    return 0
+
+
+def _run_http(args: argparse.Namespace, config) -> int:
+    import os
+
+    from studio.core.errors import InputError
+    from studio.serving.drive import drive, prepare_world
+
+    if args.prepare_world:
+        summary = prepare_world(config, args.prepare_world)
+        emit(summary, args.json, [f"world written to {args.prepare_world}: {len(summary['products'])} products, "
+                                  f"{summary['groups']} audience groups; serve it with studio serve --cache "
+                                  f"{args.prepare_world}/cache --audience {args.prepare_world}/audience"])
+        return 0
+    if not args.world:
+        raise InputError("--via-http needs --world DIR (the folder --prepare-world wrote for the server)")
+    result = drive(args.via_http, args.world, requests=args.impressions, seconds=args.max_seconds,
+                   concurrency=args.concurrency, token=os.environ.get("STUDIO_API_TOKEN"), seed=args.seed)
+    lines = [f"{result['requests']} requests in {result['seconds']:.1f} s "
+             f"({result['requests_per_second']:.0f}/s), errors: {result['errors'] or 'none'}"]
+    for stats in result["buckets"].values():
+        lines.append(f"{stats['bucket']:>9}: CTR {stats['ctr']:.4f} [{stats['ci_low']:.4f}, {stats['ci_high']:.4f}] "
+                     f"({stats['clicks']} clicks / {stats['impressions']} impressions)")
+    if "lift" in result:
+        lift = result["lift"]
+        lines.append(f"     lift: {lift['lift']:+.1%} [{lift['ci_low']:+.1%}, {lift['ci_high']:+.1%}], "
+                     f"p = {lift['p_value']:.2g}")
+    if "oracle" in result:
+        lines.append(f"   oracle: LinUCB reaches {result['oracle']['ratio_last_quarter']:.1%} of the oracle CTR over "
+                     "the last quarter")
+    emit(result, args.json, lines)
     return 0
 
 

@@ -11,6 +11,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from studio.core.errors import InputError
+
 
 def write_file(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
     """Call ``write(temp_path)`` to write a hidden temporary sibling of `path`, then rename it onto `path`.
@@ -48,6 +50,17 @@ def replace_folder(staging: str | os.PathLike, folder: str | os.PathLike) -> Pat
 
 
 STAGING_PREFIX = ".studio-staging-"
+
+
+def check_output_folder(folder: str | os.PathLike) -> Path:
+    """Refuse, before any work starts, an output folder that is a file or sits where this process cannot write."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"output folder {folder} is a file; choose a folder")
+    existing = next(parent for parent in (folder, *folder.parents) if parent.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise InputError(f"cannot write to {folder}: {existing} is not writable; choose another output folder")
+    return folder
 
 
 @contextmanager

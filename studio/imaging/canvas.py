@@ -31,6 +31,7 @@ from studio.imaging.images import ImageSource, decoded, load_mask
 Box = tuple[int, int, int, int]  # (left, top, right, bottom) in pixels, right/bottom exclusive
 
 MIN_ASPECT, MAX_ASPECT = 1 / 4, 4.0
+MAX_OUTPAINT_PIXELS = 40_000_000  # the same budget as a photo the studio accepts
 MAX_MASK_COVERAGE = 0.98  # a mask over more than this leaves the model nothing worth painting
 SIDES = ("left", "right", "top", "bottom")
 
@@ -337,6 +338,12 @@ def outpaint_canvas(
     original = np.asarray(image.convert("RGB"))
     height, width = original.shape[:2]
     new_width, new_height = width + left + right, height + top + bottom
+    # Bounded before any allocation: the extended frame is held several times over as arrays.
+    if new_width * new_height > MAX_OUTPAINT_PIXELS or not MIN_ASPECT <= new_width / new_height <= MAX_ASPECT:
+        raise InputError(
+            f"extending a {width}x{height} photo to {new_width}x{new_height} is too large or too elongated: the frame "
+            f"may hold up to {MAX_OUTPAINT_PIXELS:,} pixels at an aspect ratio from 1:4 to 4:1; extend less"
+        )
 
     if fill == "edge":
         canvas = np.pad(original, ((top, bottom), (left, right), (0, 0)), mode="edge")

@@ -16,7 +16,6 @@ costs the UNet only. Data: `RendererData` (procedural scenes) or `FolderData` (i
 from __future__ import annotations
 
 import contextlib
-
 import json
 import os
 import shutil
@@ -31,6 +30,7 @@ from PIL import Image, ImageDraw, UnidentifiedImageError
 from studio.core import hub
 from studio.core.atomic import staged_folder, write_file
 from studio.core.errors import InputError, ModelNotFoundError
+from studio.core.quiet import quiet_loading
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
@@ -572,7 +572,8 @@ def load_pipeline(model: str | os.PathLike):
     how = "pass a local diffusers folder or a hub id already in the local cache"
     resolved = hub.resolve_model(model, kind="diffusers pipeline", needs="model_index.json", how_to_get=how)
     try:
-        return AutoPipelineForInpainting.from_pretrained(resolved.path_or_id, local_files_only=resolved.is_local)
+        with quiet_loading():
+            return AutoPipelineForInpainting.from_pretrained(resolved.path_or_id, local_files_only=resolved.is_local)
     except Exception as error:  # noqa: BLE001 - diffusers, transformers and safetensors each raise their own
         detail = str(error).strip().splitlines()[0][:160] if str(error).strip() else type(error).__name__
         raise ModelNotFoundError(f"cannot load an inpainting pipeline from {str(model)!r} ({detail}); {how}") from error
