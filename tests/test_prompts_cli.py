@@ -40,7 +40,7 @@ def test_bad_input_is_one_clear_line_and_exit_code_2(tmp_path, capsys, monkeypat
         (["--group", str(latin1), "--product", "bottle"], "not UTF-8"),
         (["--group", "missing.json", "--product", "bottle"], "does not exist"),
         (["--group", "eco", "--product", "bottle", "--model", "nobody-has/this-model"], "download it first"),
-        (["--group", "eco", "--product", "bottle", "--n", "0"], "--n must be"),
+        (["--group", "eco", "--product", "bottle", "--n", "0"], "argument --n: must be from 1 to 64"),
     ]
     for arguments, message in cases:
         assert main(["prompts", "suggest", *arguments]) == 2
