@@ -21,13 +21,21 @@ from pathlib import Path
 from typing import Any
 
 import gradio as gr
+import torch
 
 from studio.core.cancellation import CancelFlags
 from studio.core.errors import InputError, StudioError
 from studio.core.quiet import quiet_libraries
 from studio.imaging.creatives import CreativeSettings, generate_creatives
-from studio.imaging.editor import ADD_COLOUR, REMOVE_COLOUR, TINT_OPACITY, mask_from_editor, open_for_editing
+from studio.imaging.editor import (
+    ADD_COLOUR,
+    REMOVE_COLOUR,
+    TINT_OPACITY,
+    mask_from_editor,
+    open_for_editing,
+)
 from studio.imaging.images import load_image
+from studio.imaging.threads import cpu_threads
 
 PLACEMENTS = ["1:1", "4:5", "16:9", "9:16"]
 MODES = [("Background replacement", "background"), ("Outpaint (extend the frame)", "outpaint")]
@@ -198,8 +206,11 @@ def main(argv: list[str] | None = None) -> None:
                         help="port (env STUDIO_UI_PORT; default 7860)")
     parser.add_argument("--out", default=os.environ.get("STUDIO_UI_OUT", str(DEFAULT_OUT)),
                         help=f"folder for the generated PNGs (env STUDIO_UI_OUT; default {DEFAULT_OUT})")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: 1 for the embedded studio-mini, else all cores)")
     args = parser.parse_args(argv)
     quiet_libraries()
+    torch.set_num_threads(cpu_threads(None, args.threads))
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     build_app(out).queue().launch(server_name=args.host, server_port=args.port, allowed_paths=[str(out)])

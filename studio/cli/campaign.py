@@ -45,14 +45,20 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=None, help="generator: hub id or pipeline folder (default: embedded)")
     parser.add_argument("--prompt-model", default=None, help="prompt model: hub id or folder (default: prompts-mini)")
     parser.add_argument("--reward-model", default="reward-mini", help="reward model folder (default: reward-mini)")
+    parser.add_argument("--threads", type=arguments.whole(1, 256), default=None,
+                        help="torch CPU threads (default: 1 for small models such as studio-mini, else all cores)")
     parser.add_argument("--out", required=True, help="output folder")
     parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout")
 
 
 def run_campaign_command(args: argparse.Namespace, product=None) -> int:
+    import torch
+
+    from studio.imaging.threads import cpu_threads
     from studio.jobs.campaign import run_campaign
 
     check_output_folder(args.out)
+    torch.set_num_threads(cpu_threads(args.model, args.threads))
     groups = None
     if args.groups:
         from studio.learning.audience import AudienceClustering

@@ -42,6 +42,8 @@ def register(subparsers) -> None:
                           help="long side of a background creative, in pixels")
     generate.add_argument("--device", default="auto", help="auto, cpu, cuda or mps")
     generate.add_argument("--dtype", default="auto", help="auto, fp32, fp16 or bf16")
+    generate.add_argument("--threads", type=arguments.whole(1, 256), default=None,
+                          help="torch CPU threads (default: 1 for small models such as studio-mini, else all cores)")
     generate.add_argument("--out", required=True, help="output folder")
     generate.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
     generate.set_defaults(func=run_generate)
@@ -53,9 +55,16 @@ def register(subparsers) -> None:
 
 
 def run_generate(args: argparse.Namespace) -> int:
-    from studio.imaging.creatives import CreativeSettings, build_canvas, generate_creatives
+    import torch
+
+    from studio.imaging.creatives import (
+        CreativeSettings,
+        build_canvas,
+        generate_creatives,
+    )
     from studio.imaging.engine import RANDOM_INIT_NOTE, LoraSpec, load_engine
     from studio.imaging.images import load_image
+    from studio.imaging.threads import cpu_threads
 
     # The photo and the settings are checked before the model loads, so a bad input fails fast.
     product = load_image(args.product)
@@ -75,6 +84,7 @@ def run_generate(args: argparse.Namespace) -> int:
     settings.check()
     check_output_folder(args.out)
     canvas = build_canvas(product, settings, mask=mask)  # a bad photo, mask or extension fails before the model loads
+    torch.set_num_threads(cpu_threads(args.model, args.threads))
     engine = load_engine(args.model, device=args.device, dtype=args.dtype)
     creatives = generate_creatives(
         canvas,
