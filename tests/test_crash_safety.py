@@ -44,6 +44,24 @@ def staging_left(folder: Path) -> list[Path]:
     return list(folder.glob(f"{STAGING_PREFIX}*"))
 
 
+def run_kills(command: list[str], out: Path, duration: float, complete) -> int:
+    """kill -9 `command` at random moments (20 real kills); after each, `out` must be empty or `complete(out)`."""
+    kills, rng = 0, np.random.default_rng(1)
+    for _ in range(40):
+        kills += kill_at(command, rng.uniform(0.05, 1.0) * duration)
+        if complete(out):  # it got there before the kill: start the next trial afresh
+            shutil.rmtree(out)
+        assert [path for path in out.glob("*") if not path.name.startswith(".")] == []
+        if kills == 20:
+            break
+    return kills
+
+
+def pngs(folder: Path) -> dict[str, bytes]:
+    return {path.relative_to(folder).as_posix(): path.read_bytes() for path in sorted(folder.rglob("*.png"))
+            if not any(part.startswith(".") for part in path.relative_to(folder).parts)}
+
+
 def test_simulate_killed_20_times_then_rerun_loses_nothing(tmp_path):
     simulate = [*STUDIO, "simulate", "--impressions", "20000", "--seed", "3"]
     reference = tmp_path / "reference"
@@ -52,21 +70,31 @@ def test_simulate_killed_20_times_then_rerun_loses_nothing(tmp_path):
     duration = time.monotonic() - started
     out = tmp_path / "runs" / "sim"
     out.parent.mkdir()
-    # Kill times spread from start-up (imports) to the last batches and the report; a run that beats its kill time
-    # must be complete, and is removed so the next trial starts afresh.
-    kills, rng = 0, np.random.default_rng(0)
-    for _ in range(40):
-        kills += kill_at([*simulate, "--out", str(out)], rng.uniform(0.05, 1.0) * duration)
-        if out.exists() and any(out.iterdir()):  # the run got its folder into place: then all of it is there
-            assert (out / "report.json").is_file()
-            assert events(out / "events.db")[:2] == events(reference / "events.db")[:2]
-            shutil.rmtree(out)
-        if kills == 20:
-            break
-    assert kills == 20
+    # The run folder moves into place whole at the end: after a kill it is absent, or complete.
+    complete = lambda folder: (folder / "report.json").is_file() and (  # noqa: E731
+        events(folder / "events.db")[:2] == events(reference / "events.db")[:2])
+    assert run_kills([*simulate, "--out", str(out)], out, duration, complete) == 20
     subprocess.run([*simulate, "--out", str(out)], check=True, capture_output=True, timeout=300)
     assert staging_left(out.parent) == []
     impressions, clicks, integrity = events(out / "events.db")
     assert integrity == "ok"
     assert (impressions, clicks) == events(reference / "events.db")[:2]  # 0 lost impressions or clicks
     assert len(clicks) > 0
+
+
+def test_generate_killed_20_times_then_rerun_gives_the_uninterrupted_files(tmp_path, tiny_pipeline_dir, product_photo):
+    generate = [*STUDIO, "generate", "--product", str(product_photo), "--prompt", "a red table", "--model",
+                str(tiny_pipeline_dir), "--steps", "4", "--size", "128", "--n", "3"]
+    reference = tmp_path / "reference"
+    started = time.monotonic()
+    subprocess.run([*generate, "--out", str(reference)], check=True, capture_output=True, timeout=300)
+    duration = time.monotonic() - started
+    expected = pngs(reference)
+    assert len(expected) == 3
+    out = tmp_path / "out"
+    # Files land one by one at the very end (each an atomic rename): what is there is always whole.
+    whole = lambda folder: pngs(folder) != {} and all(expected.get(k) == v for k, v in pngs(folder).items())  # noqa: E731
+    assert run_kills([*generate, "--out", str(out)], out, duration, whole) == 20
+    subprocess.run([*generate, "--out", str(out)], check=True, capture_output=True, timeout=300)
+    assert pngs(out) == expected
+    assert staging_left(out) == []

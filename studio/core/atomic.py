@@ -71,8 +71,7 @@ def staged_folder(folder: str | os.PathLike) -> Iterator[Path]:
     held. A process killed outright leaves ``.studio-staging-*`` behind; :func:`remove_stale_staging` clears it.
     """
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{folder.name}.{os.getpid()}.", dir=folder.parent))
+    staging = new_staging(folder.parent, folder.name)
     try:
         yield staging
         for path in staging.rglob("*"):  # mkdtemp makes private files; an artefact is for everyone to read
@@ -81,6 +80,15 @@ def staged_folder(folder: str | os.PathLike) -> Iterator[Path]:
         replace_folder(staging, folder)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def new_staging(parent: str | os.PathLike, name: str) -> Path:
+    """A new hidden staging folder in `parent` (``.studio-staging-{name}.{pid}.*``), after removing the ones that
+    killed processes left there."""
+    parent = Path(parent)
+    parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(parent)
+    return Path(tempfile.mkdtemp(prefix=f"{STAGING_PREFIX}{name}.{os.getpid()}.", dir=parent))
 
 
 def remove_stale_staging(parent: str | os.PathLike) -> list[Path]:
