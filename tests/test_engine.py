@@ -279,3 +279,25 @@ def test_a_file_that_is_not_a_lora_is_an_input_error(tiny, scene, tmp_path):
     with pytest.raises(InputError, match="could not load LoRA") as caught:
         tiny.generate(*scene, prompt="red", seed=0, settings=FAST, lora=LoraSpec(str(junk)))
     assert "\n" not in str(caught.value)
+
+
+def test_a_folder_the_studio_wrote_for_something_else_is_refused_by_name(tiny_pipeline_dir, tmp_path):
+    import json
+    import shutil
+
+    from studio.core.artefact import ArtefactError
+
+    impostor = tmp_path / "impostor"
+    shutil.copytree(tiny_pipeline_dir, impostor)
+    (impostor / "studio.json").write_text(json.dumps({"class_name": "InpaintingLoRA", "format_version": 1}))
+    with pytest.raises(ArtefactError, match="holds an InpaintingLoRA folder, not an InpaintingPipeline folder"):
+        load_engine(str(impostor))
+    (impostor / "studio.json").write_text(json.dumps({"class_name": "InpaintingPipeline", "format_version": 99}))
+    with pytest.raises(ArtefactError, match="written by a newer studio"):
+        load_engine(str(impostor))
+
+
+def test_the_shipped_studio_mini_names_itself():
+    from studio.core.artefact import PIPELINE_CLASS, PIPELINE_FORMAT, check_manifest
+
+    assert check_manifest(default_model(), PIPELINE_CLASS, PIPELINE_FORMAT)["name"] == "studio-mini"

@@ -113,6 +113,7 @@ def test_lora_trains_saves_and_loads_back_into_a_fresh_pipeline(tiny_folder, tmp
     assert np.abs(trained - before).max() > 1e-3  # the adapter changes what the model paints
     saved = trainer.save(tmp_path / "lora")
     assert (saved / "pytorch_lora_weights.safetensors").is_file()
+    assert json.loads((saved / "studio.json").read_text())["class_name"] == "InpaintingLoRA"
 
     fresh = load(tiny_folder)
     fresh.load_lora_weights(str(saved))

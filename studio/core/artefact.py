@@ -23,6 +23,8 @@ from studio.core.atomic import staged_folder
 from studio.core.errors import InputError, ModelNotFoundError
 
 CONFIG_NAME = "config.json"
+# The manifest names of the studio's generator folders (a diffusers pipeline) and LoRA folders (diffusers LoRA weights).
+PIPELINE_CLASS, LORA_CLASS, PIPELINE_FORMAT = "InpaintingPipeline", "InpaintingLoRA", 1
 WEIGHTS_NAME = "model.safetensors"
 MANIFEST_NAME = "studio.json"
 
@@ -114,7 +116,7 @@ def _check_header(config: dict, path: Path, owner: type | str, format_version: i
     expected = class_name(owner)
     found = config.get("class_name")
     if found != expected:
-        raise ArtefactError(f"{path.parent} is a {found or 'foreign'} folder, not a {expected} folder{hint}")
+        raise ArtefactError(f"{path.parent} holds {_a(found or 'foreign')} folder, not {_a(expected)} folder{hint}")
     version = config.get("format_version")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise ArtefactError(f"{path} has no valid format_version (got {version!r}){hint}")
@@ -133,6 +135,10 @@ def _read_json(path: Path, hint: str) -> dict:
     if not isinstance(config, dict):
         raise ArtefactError(f"{path} is damaged (a JSON {type(config).__name__}, expected an object){hint}")
     return config
+
+
+def _a(name: str) -> str:
+    return f"{'an' if name[:1].lower() in 'aeiou' else 'a'} {name}"
 
 
 def _suffix(hint: str) -> str:

@@ -28,6 +28,7 @@ import numpy as np
 from PIL import Image, ImageDraw, UnidentifiedImageError
 
 from studio.core import hub
+from studio.core.artefact import LORA_CLASS, PIPELINE_CLASS, PIPELINE_FORMAT, write_manifest
 from studio.core.atomic import staged_folder, write_file
 from studio.core.errors import InputError, ModelNotFoundError
 from studio.core.quiet import quiet_loading
@@ -540,9 +541,11 @@ class InpaintingTrainer:
 
                 layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(self.unet))
                 type(self.pipeline).save_lora_weights(str(staging), unet_lora_layers=layers, safe_serialization=True)
+                write_manifest(staging, LORA_CLASS, PIPELINE_FORMAT, rank=self.config.lora_rank, steps=self.step_)
             else:
                 with self.averaged_weights():
                     self.pipeline.save_pretrained(str(staging), safe_serialization=True)
+                write_manifest(staging, PIPELINE_CLASS, PIPELINE_FORMAT, steps=self.step_)
         return Path(folder)
 
     @contextlib.contextmanager

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from studio.core.artefact import PIPELINE_CLASS, PIPELINE_FORMAT, write_manifest
 from studio.core.atomic import staged_folder, write_file
 from studio.core.errors import InputError
 from studio.training.mini.data import SceneArrays
@@ -160,6 +161,7 @@ def export_model(source: str | os.PathLike, folder: str | os.PathLike = MODEL_FO
     with staged_folder(folder) as staging:
         shutil.copytree(source, staging, dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns("*.bin", "*.pt", "*.pkl", "*.tmp"))
+        write_manifest(staging, PIPELINE_CLASS, PIPELINE_FORMAT, name="studio-mini")
     return folder
 
 
