@@ -31,8 +31,8 @@ def impressions(start, n, bucket="control"):
     })
 
 
-def test_log_impressions_and_clicks_then_read_them_back(tmp_path):
-    with EventLog(tmp_path / "events.db") as log:
+def test_log_impressions_and_clicks_then_read_them_back(database_url):
+    with EventLog(database_url) as log:
         assert log.log_impressions(impressions(0, 10)) == 10
         assert log.log_impressions(impressions(10, 5, bucket="treatment").assign(policy="linucb", propensity=1.0)) == 5
         assert log.log_clicks(["imp-1", "imp-12"], ts=100.0) == 2
@@ -47,24 +47,24 @@ def test_log_impressions_and_clicks_then_read_them_back(tmp_path):
         assert log.counts() == {"impressions": 15, "clicks": 2}
 
 
-def test_duplicate_clicks_are_idempotent(tmp_path):
-    with EventLog(tmp_path / "events.db") as log:
+def test_duplicate_clicks_are_idempotent(database_url):
+    with EventLog(database_url) as log:
         log.log_impressions(impressions(0, 3))
         assert log.log_clicks(["imp-0"]) == 1
         assert log.log_clicks(["imp-0", "imp-0", "imp-2"]) == 1
         assert log.counts()["clicks"] == 2
 
 
-def test_click_for_an_unknown_impression_is_refused_and_writes_nothing(tmp_path):
-    with EventLog(tmp_path / "events.db") as log:
+def test_click_for_an_unknown_impression_is_refused_and_writes_nothing(database_url):
+    with EventLog(database_url) as log:
         log.log_impressions(impressions(0, 3))
         with pytest.raises(InputError, match="never logged"):
             log.log_clicks(["imp-0", "imp-999"])
         assert log.counts()["clicks"] == 0
 
 
-def test_bad_impression_batches_are_rejected_whole(tmp_path):
-    with EventLog(tmp_path / "events.db") as log:
+def test_bad_impression_batches_are_rejected_whole(database_url):
+    with EventLog(database_url) as log:
         log.log_impressions(impressions(0, 3))
         with pytest.raises(InputError, match="nothing written"):
             log.log_impressions(impressions(2, 3))  # imp-2 exists: the new imp-3 and imp-4 must not be written
@@ -128,8 +128,8 @@ def test_a_writer_killed_mid_write_loses_no_acknowledged_batch(tmp_path):
         assert log.counts()["impressions"] == 500 * len(per_batch) + 2
 
 
-def test_an_impression_and_its_clicks_commit_together(tmp_path):
-    with EventLog(tmp_path / "events.db") as log:
+def test_an_impression_and_its_clicks_commit_together(database_url):
+    with EventLog(database_url) as log:
         assert log.log_impressions(impressions(0, 4), clicked=["imp-1", "imp-3"], click_ts=[9.0, 9.5]) == 4
         frame = log.read()
         assert frame["clicked"].tolist() == [0, 1, 0, 1] and frame["click_ts"].dropna().tolist() == [9.0, 9.5]
@@ -139,8 +139,8 @@ def test_an_impression_and_its_clicks_commit_together(tmp_path):
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
-def test_non_finite_timestamps_are_refused_and_nothing_is_written(tmp_path, bad):
-    with EventLog(tmp_path / "events.db") as log:
+def test_non_finite_timestamps_are_refused_and_nothing_is_written(database_url, bad):
+    with EventLog(database_url) as log:
         log.log_impressions(impressions(0, 2))
         if not np.isnan(bad):  # a missing (NaN) impression time means "now", as documented
             with pytest.raises(InputError, match="finite"):
@@ -214,3 +214,54 @@ def test_a_full_disk_is_one_clear_error_and_the_log_stays_intact(tmp_path):
         connection.close()
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_rewards_are_written_once_by_a_click_or_by_the_closing_window(database_url):
+    with EventLog(database_url) as log:
+        log.log_impressions(impressions(0, 6))  # ts 0..5
+        assert log.log_clicks(["imp-1"], ts=1.5) == 1
+        assert log.close_windows(before=3.0) == 3  # imp-0, imp-2, imp-3 get 0.0; imp-1 already has its 1.0
+        assert log.log_clicks(["imp-2", "imp-4"], ts=6.0) == 2  # imp-2's window was closed first: it stays 0.0
+        assert log.close_windows(before=10.0, since=3.0) == 1  # imp-5 (imp-4 was clicked in time)
+        rewards = log.rewards_since(0)
+        assert rewards["impression_id"].tolist() == ["imp-1", "imp-0", "imp-2", "imp-3", "imp-4", "imp-5"]
+        assert rewards["reward"].tolist() == [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+        assert rewards["seq"].is_monotonic_increasing and rewards["arm"].tolist()[:2] == ["1", "0"]
+        watermark = int(rewards["seq"].iloc[2])
+        assert log.rewards_since(watermark)["impression_id"].tolist() == ["imp-3", "imp-4", "imp-5"]
+        assert log.close_windows(before=10.0) == 0  # idempotent
+        assert log.counts() == {"impressions": 6, "clicks": 3}  # the late click still counts as a click
+
+
+def test_an_old_log_without_the_rewards_table_is_refused(tmp_path):
+    path = tmp_path / "old.db"
+    connection = sqlite3.connect(path)
+    connection.execute("CREATE TABLE impressions (impression_id TEXT PRIMARY KEY, ts REAL)")
+    connection.commit()
+    connection.close()
+    with pytest.raises(EventLogError, match="not a studio event log"):
+        EventLog(path)
+
+
+def test_eight_workers_opening_one_new_log_at_once_all_succeed_on_both_engines(database_url):
+    """Workers of a deployment start together: the schema is created once, every impression is kept."""
+    import threading
+
+    barrier, errors = threading.Barrier(8), []
+
+    def open_and_log(name):
+        try:
+            barrier.wait()
+            with EventLog(database_url) as log:
+                log.log_impressions(impressions(0, 1).assign(impression_id=name))
+        except Exception as error:  # noqa: BLE001 -- collected for the assertion
+            errors.append(error)
+
+    workers = [threading.Thread(target=open_and_log, args=(f"w{i}",)) for i in range(8)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    assert errors == []
+    with EventLog(database_url) as log:
+        assert log.counts()["impressions"] == 8

@@ -24,10 +24,10 @@ from typing import Any
 
 import numpy as np
 
-from studio.learning.abtest import assign_bucket, bucket_stats, compare
+from studio.learning.abtest import bucket_stats, compare
 from studio.core.atomic import remove_stale_staging, staged_folder, write_file
 from studio.learning.audience import AudienceClustering
-from studio.learning.bandit import LinUCB
+from studio.learning.policy import CONTROL, TREATMENT, ServingPolicy
 from studio.core.errors import InputError
 from studio.learning.offpolicy import BanditLog, doubly_robust, ips, snips
 from studio.learning.eventlog import EventLog
@@ -35,7 +35,6 @@ from studio.sim.renderer import render_scene
 from studio.sim.simulator import AudienceSimulator
 from studio.core.vocabulary import CATEGORIES, COLOURS, LIGHTING, MATERIALS, PRODUCTS
 
-CONTROL, TREATMENT = "control", "treatment"
 
 
 @dataclass
@@ -125,7 +124,8 @@ def make_creatives(config: ExperimentConfig, simulator: AudienceSimulator, folde
             creative_id = f"{product_id}/arm-{arm}"
             write_file(folder / product_id / f"arm-{arm}.png", lambda path: scene.image.save(path, format="PNG"))
             creatives.append({"creative_id": creative_id, "product_id": product_id, "arm": arm,
-                              "category": CATEGORIES[kind], "backdrop": f"{colour} {material} {lighting}"})
+                              "category": CATEGORIES[kind], "backdrop": f"{colour} {material} {lighting}",
+                              "prompt": scene.caption, "image": f"creatives/{creative_id}.png"})
     return creatives
 
 
@@ -160,14 +160,18 @@ def _simulate(config: ExperimentConfig, out: Path, final: Path, progress: bool) 
     # 2. The world: creatives, users, and the groups the studio sees.
     simulator = AudienceSimulator(n_segments=config.segments, seed=config.seed)
     creatives = make_creatives(config, simulator, out / "creatives")
+    # the prompt that made each creative, for the reward model (studio.learning.log_dataset.read_catalogue)
+    write_file(out / "catalogue.json", lambda path: path.write_text(json.dumps(creatives, indent=1) + "\n"))
     users = simulator.sample_users(config.users)
     # Cluster on who users are; activity (how often they visit) says nothing about taste and blurs the groups.
     clustering = AudienceClustering(k_range=(2, 8), seed=config.seed, columns=["age", "region", "device"]).fit(users)
     clustering.save_pretrained(out / "audience")
     group_of_user = clustering.labels_
-    contexts = np.hstack([clustering.group_vectors(), np.ones((clustering.n_groups_, 1))])  # + intercept
     salt = f"simulate-{config.seed}"
-    treated = np.array([assign_bucket(int(u), salt) == TREATMENT for u in users["user_id"]])
+    # The policy's context of a group is its profile vector plus an intercept.
+    policy = ServingPolicy(clustering.group_vectors(), alpha=config.alpha, l2=config.l2, salt=salt, seed=config.seed,
+                           rng=rng)
+    treated = np.array([policy.bucket(int(u)) == TREATMENT for u in users["user_id"]])
 
     # 3. The traffic: who visits (active users more often) and which product they look at.
     n, arms = config.impressions, config.arms
@@ -179,16 +183,15 @@ def _simulate(config: ExperimentConfig, out: Path, final: Path, progress: bool) 
     oracle_ctr = simulator.expected_ctr(np.arange(config.users))  # (users, creatives), evaluation only
     best_ctr = oracle_ctr.reshape(config.users, config.products, arms).max(axis=2)[user, product]
 
-    # 4. Serve, log, learn.
+    # 4. Serve, log, learn, through the same policy code `studio serve` runs (in-process, in mini-batches).
     serving_started = time.perf_counter()
-    bandits = [LinUCB(alpha=config.alpha, l2=config.l2, seed=config.seed + p) for p in range(config.products)]
-    for bandit in bandits:
-        for arm in range(arms):
-            bandit.add_arm(arm)
+    for p in range(config.products):
+        policy.sync_arms(p, list(range(arms)))
     chosen = np.zeros(n, dtype=np.int64)
     propensity = np.zeros(n)
     target = np.zeros((n, arms))  # the treatment policy's distribution at decision time, kept for OPE
     clicked = np.zeros(n, dtype=bool)
+    buckets = np.where(in_treatment, TREATMENT, CONTROL)
     with EventLog(out / "events.db") as log:  # closed even if a step fails; every committed batch stays
         pending = 0
         with tqdm(total=n, desc="simulate", unit="imp", disable=not progress, mininterval=0.5) as bar:
@@ -196,24 +199,21 @@ def _simulate(config: ExperimentConfig, out: Path, final: Path, progress: bool) 
                 rows = np.arange(start, min(start + config.batch_size, n))
                 for p in np.unique(product[rows]):
                     mine = rows[product[rows] == p]
-                    target[mine] = bandits[p].predict_proba(contexts[group[mine]])
-                treat, control = rows[in_treatment[rows]], rows[~in_treatment[rows]]
-                for p in np.unique(product[treat]):
-                    mine = treat[product[treat] == p]
-                    picked, used = bandits[p].sample(contexts[group[mine]])
-                    chosen[mine], propensity[mine] = picked.astype(np.int64), used
-                chosen[control] = rng.integers(arms, size=len(control))
-                propensity[control] = 1.0 / arms
+                    target[mine] = policy.probabilities(int(p), group[mine])
+                picked, propensity[rows] = policy.decide(product[rows], group[rows], buckets[rows])
+                chosen[rows] = picked.astype(np.int64)
                 clicked[rows] = simulator.click(user[rows], product[rows] * arms + chosen[rows])
+                treat = rows[in_treatment[rows]]
                 for p in np.unique(product[treat]):
                     mine = treat[product[treat] == p]
-                    bandits[p].partial_fit(contexts[group[mine]], list(chosen[mine]), clicked[mine].astype(float))
+                    policy.learn(int(p), group[mine], list(chosen[mine]), clicked[mine].astype(float))
                 pending += len(rows)
                 if pending >= config.log_every or rows[-1] == n - 1:
                     _log_rows(log, np.arange(rows[-1] + 1 - pending, rows[-1] + 1), user, group, product, chosen,
                               propensity, in_treatment, clicked, creatives, arms)
                     pending = 0
                 bar.update(len(rows))
+        bandits = [policy.bandits[p] for p in range(config.products)]
         for p, bandit in enumerate(bandits):
             bandit.save_pretrained(out / "bandits" / creatives[p * arms]["product_id"])
 

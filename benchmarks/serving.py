@@ -1,0 +1,215 @@
+"""Serving benchmark: decisions/s and p99 latency of a real `studio serve` (uvicorn, 2 workers) on loopback, driven
+by wrk, on SQLite and PostgreSQL; then kill -9 of a worker under load: acknowledged events lost, and the bandit a
+worker holds against a rebuild from the log.
+
+    python benchmarks/serving.py [--seconds 10] [--connections 8] [--runs 3] [--postgres postgresql://...]
+
+Needs Debian's ``wrk`` (apt-get install -y wrk). Each figure is the median of `--runs` runs; the 1-minute load average
+is printed before each run, since the machine may be shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from studio.jobs.cache import CreativeCache
+from studio.learning.bandit import LinUCB
+from studio.learning.eventlog import EventLog
+from studio.serving.config import ServeConfig
+from studio.serving.drive import acknowledged_load, prepare_world
+from studio.serving.service import rebuild_policy
+from studio.sim.experiment import ExperimentConfig
+
+TOKEN = "benchmark-token"
+LUA = """
+local products = {%s}
+local features = {%s}
+math.randomseed(%d)
+%s
+request = function()
+  local u = math.random(1, 1000000)
+  return wrk.format("GET", "/v1/creative?user_id=u" .. u .. "&product_id=" .. products[math.random(1, #products)]
+                    .. "&features=" .. features[math.random(1, #features)])
+end
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(world: Path, db: str, port: int, snapshot: Path | None = None) -> subprocess.Popen:
+    command = [sys.executable, "-m", "studio.cli", "serve", "--cache", str(world / "cache"), "--audience",
+               str(world / "audience"), "--db", db, "--workers", "2", "--port", str(port),
+               "--attribution-window", "1", "--sync-seconds", "0.5"]
+    if snapshot is not None:
+        command += ["--snapshot", str(snapshot)]
+    server = subprocess.Popen(command, env={**os.environ, "STUDIO_API_TOKEN": TOKEN, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return server
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    server.kill()
+    raise SystemExit("the server did not start")
+
+
+def stop(server: subprocess.Popen) -> None:
+    server.send_signal(signal.SIGTERM)
+    try:
+        server.wait(30)
+    except subprocess.TimeoutExpired:
+        server.kill()
+
+
+def wrk(url: str, script: Path, seconds: int, connections: int) -> dict:
+    load = os.getloadavg()[0]
+    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+                         capture_output=True, text=True, timeout=seconds + 60).stdout
+    p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
+    scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+    non_2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    return {"requests_per_second": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),
+            "p99_ms": float(p99.group(1)) * scale[p99.group(2)],
+            "errors": (int(non_2xx.group(1)) if non_2xx else 0) +
+                      (sum(map(int, socket_errors.groups())) if socket_errors else 0),
+            "load_average_1min": load}
+
+
+def throughput(world: Path, db: str, products: list[str], args, paced: bool = False) -> dict:
+    """Closed loop (each connection sends as soon as it has an answer: the saturation rate), or `paced`: each of
+    32 connections waits so that the offered rate is about ``--rate`` (the latency goal is stated at 1,000/s)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    # A few audience profiles, URL-encoded JSON (the clustering maps each to its group once, then from a cache).
+    profiles = [{"age": a, "region": r, "device": d} for a, r, d in
+                [(25, "north", "mobile"), (41, "east", "desktop"), (63, "west", "tablet"), (33, "south", "mobile")]]
+    encoded = [httpx.QueryParams({"f": json.dumps(p)}).__str__()[2:] for p in profiles]
+    script = Path(tempfile.mkdtemp()) / "decide.lua"
+    connections = 32 if paced else args.connections
+    # wrk's delay() waits before each next request of a connection: 32 connections x (delay + ~3 ms) ~ the rate.
+    delay = f"delay = function() return {max(0.0, 32_000 / args.rate - 3):.1f} end" if paced else ""
+    script.write_text(LUA % (", ".join(f'"{p}"' for p in products), ", ".join(f'"{e}"' for e in encoded), 0, delay))
+    server = start_server(world, db, port)
+    try:
+        wrk(url, script, 3, connections)  # warm-up: arms loaded, feature groups cached
+        runs = []
+        for run in range(args.runs):
+            result = wrk(url, script, args.seconds, connections)
+            print(f"  run {run + 1}: {result['requests_per_second']:.0f} req/s, p99 {result['p99_ms']:.1f} ms, "
+                  f"{result['errors']} errors (load average {result['load_average_1min']:.2f})", flush=True)
+            runs.append(result)
+    finally:
+        stop(server)
+    median = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+    return {"median": median, "runs": runs}
+
+
+def kill_a_worker(world: Path, db: str, products: list[str], seconds: float) -> dict:
+    """Bounded load with a kill -9 of one worker in the middle; then check the log and the state."""
+    port, snapshot = free_port(), Path(tempfile.mkdtemp()) / "snapshot"
+    url = f"http://127.0.0.1:{port}"
+    server = start_server(world, db, port, snapshot)
+    try:
+        result: dict = {}
+        load = threading.Thread(target=lambda: result.update(acknowledged_load(
+            url, products, seconds=seconds, concurrency=8, click_rate=0.1, token=TOKEN)))
+        load.start()
+        time.sleep(seconds / 3)
+        victim = httpx.get(url + "/healthz").json()["pid"]
+        os.kill(victim, signal.SIGKILL)
+        load.join()
+        time.sleep(3)  # attribution windows close (1 s), the new worker starts and both catch up (0.5 s ticks)
+        httpx.post(url + "/v1/admin/snapshot", headers={"Authorization": f"Bearer {TOKEN}"}).raise_for_status()
+    finally:
+        stop(server)
+    state = json.loads((snapshot / "state.json").read_text())
+    with EventLog(db) as log, CreativeCache(world / "cache") as cache:
+        frame = log.read()
+        config = ServeConfig(db=db, cache=str(world / "cache"), audience=str(world / "audience"))
+        rebuilt = rebuild_policy(config, log, cache, upto=state["watermark"])
+    worst = 0.0
+    for i, key in enumerate(state["keys"]):
+        live, other = LinUCB.from_pretrained(snapshot / "bandits" / str(i)), rebuilt.bandits[tuple(key)]
+        for arm in live.arms_:
+            a, b = live.arms_.index(arm), other.arms_.index(arm)
+            worst = max(worst, float(np.abs(live.A_[a] - other.A_[b]).max()), float(np.abs(live.b_[a] - other.b_[b]).max()))
+    logged, clicked = set(frame["impression_id"]), set(frame.loc[frame["clicked"] == 1, "impression_id"])
+    return {"acknowledged_impressions": len(result["impressions"]), "acknowledged_clicks": len(result["clicks"]),
+            "lost_impressions": len(set(result["impressions"]) - logged),
+            "lost_clicks": len(set(result["clicks"]) - clicked),
+            "failed_requests_during_kill": result["errors"], "killed_worker": victim,
+            "max_abs_difference_live_vs_rebuild": worst}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=8)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--postgres", default=os.environ.get("STUDIO_TEST_POSTGRES_URL"))
+    parser.add_argument("--kill-seconds", type=float, default=9.0)
+    parser.add_argument("--rate", type=float, default=1000.0, help="offered rate of the paced runs (requests/s)")
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is missing: apt-get install -y wrk")
+    root = Path(tempfile.mkdtemp(prefix="studio-serving-bench-"))
+    world = root / "world"
+    summary = prepare_world(ExperimentConfig(products=4, arms=6, users=4000, seed=0), world)
+    products = summary["products"]
+    report = {"cpus": os.cpu_count(), "connections": args.connections, "seconds": args.seconds, "runs": args.runs}
+    engines = [("sqlite", lambda name: str(root / f"{name}.db"))]
+    schemas: list[str] = []
+    if args.postgres:
+        import psycopg
+
+        def postgres(name: str) -> str:
+            schema = f"bench_{name}_{os.getpid()}"
+            schemas.append(schema)
+            with psycopg.connect(args.postgres, autocommit=True) as connection:
+                connection.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+                connection.execute(f"CREATE SCHEMA {schema}")
+            return f"{args.postgres}?options=-csearch_path%3D{schema}"
+
+        engines.append(("postgresql", postgres))
+    for engine, target in engines:
+        print(f"{engine}: saturation (closed loop, {args.connections} connections)", flush=True)
+        report[engine] = {"saturation": throughput(world, target("throughput"), products, args)}
+        print(f"{engine}: paced at ~{args.rate:.0f} requests/s (32 connections)", flush=True)
+        report[engine]["paced"] = throughput(world, target("paced"), products, args, paced=True)
+        print(f"{engine}: kill -9 of a worker under load", flush=True)
+        report[engine]["kill"] = kill_a_worker(world, target("kill"), products, args.kill_seconds)
+        print(f"  {json.dumps(report[engine]['kill'])}", flush=True)
+    print(json.dumps(report, indent=2))
+    shutil.rmtree(root, ignore_errors=True)
+    if schemas:
+        import psycopg
+
+        with psycopg.connect(args.postgres, autocommit=True) as connection:
+            for schema in schemas:
+                connection.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,246 @@
+"""Drive a running `studio serve` with simulated users and clicks (`studio simulate --via-http`), and load it.
+
+The world is the one `studio simulate` builds (renderer creatives, audience simulator, clustering), written as a
+creative cache and an audience folder the server reads::
+
+    studio simulate --prepare-world out/world                  # cache/, audience/, world.json
+    studio serve --cache out/world/cache --audience out/world/audience --attribution-window 2
+    studio simulate --via-http http://127.0.0.1:8000 --world out/world --impressions 20000
+
+The driver rebuilds the same simulator from ``world.json`` (everything is seeded), asks the server for a creative
+per simulated request, lets the simulator decide the click and sends it, then reports the lift and the oracle ratio
+as `studio simulate` does. It only talks to loopback addresses, and stops at a request count and a time limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import ipaddress
+import json
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import httpx
+import numpy as np
+
+from studio.core.atomic import write_file
+from studio.core.errors import InputError
+from studio.jobs.cache import CacheKey, CreativeCache
+from studio.learning.abtest import bucket_stats, compare
+from studio.learning.audience import AudienceClustering
+from studio.sim.experiment import ExperimentConfig, make_creatives
+from studio.sim.simulator import AudienceSimulator
+
+PLACEMENT = "feed"
+FEATURES = ("age", "region", "device")
+
+
+@dataclass
+class World:
+    """The simulated world behind a served cache: who the users are and how they click (evaluation only)."""
+
+    config: ExperimentConfig
+    simulator: AudienceSimulator
+    users: object  # pandas DataFrame of user features
+    creatives: list[dict]  # make_creatives' dicts plus "cache_id" (the PNG's SHA-256, the served creative id)
+
+
+def build_world(config: ExperimentConfig, folder: Path) -> World:
+    """Render the creatives into `folder` and draw the users, in `studio simulate`'s order (so seeds agree)."""
+    simulator = AudienceSimulator(n_segments=config.segments, seed=config.seed)
+    creatives = make_creatives(config, simulator, folder)
+    for creative in creatives:
+        png = (folder / f"{creative['creative_id']}.png").read_bytes()
+        creative["cache_id"] = hashlib.sha256(png).hexdigest()
+    return World(config, simulator, simulator.sample_users(config.users), creatives)
+
+
+def prepare_world(config: ExperimentConfig, folder: str | Path) -> dict:
+    """Write a served world: ``cache/`` (every creative accepted), ``audience/`` and ``world.json``."""
+    config.check()
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()):
+        raise InputError(f"{folder} is not empty; choose a new folder for the world")
+    world = build_world(config, folder / "creatives")
+    with CreativeCache(folder / "cache") as cache:
+        for rank, creative in enumerate(world.creatives):
+            png = (folder / "creatives" / f"{creative['creative_id']}.png").read_bytes()
+            key = CacheKey(creative["product_id"], 0, PLACEMENT, creative["backdrop"], "sim-renderer", "none")
+            cache.put(png, key, predicted_ctr=0.03, rank=creative["arm"] + 1)
+    clustering = AudienceClustering(k_range=(2, 8), seed=config.seed, columns=list(FEATURES)).fit(world.users)
+    clustering.save_pretrained(folder / "audience")
+    summary = {"config": asdict(config), "products": sorted({c["product_id"] for c in world.creatives}),
+               "groups": int(clustering.n_groups_)}
+    write_file(folder / "world.json", lambda path: path.write_text(json.dumps(summary, indent=2)))
+    return summary
+
+
+def load_world(folder: str | Path) -> World:
+    folder = Path(folder)
+    try:
+        summary = json.loads((folder / "world.json").read_text())
+    except (OSError, ValueError) as error:
+        raise InputError(f"{folder} is not a world folder ({error}); write one with studio simulate "
+                         "--prepare-world DIR") from None
+    config = ExperimentConfig(**summary["config"])
+    with tempfile.TemporaryDirectory() as scratch:
+        return build_world(config, Path(scratch))
+
+
+def check_loopback(url: str) -> str:
+    """The base URL, if it points at this machine; the driver never sends simulated traffic elsewhere."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    if parts.scheme not in ("http", "https") or not loopback:
+        raise InputError(f"--via-http {url!r} must be an http URL on a loopback address (127.0.0.1, ::1, localhost)")
+    return url.rstrip("/")
+
+
+async def _drive(url: str, world: World, requests: int, seconds: float, concurrency: int, token: str | None,
+                 seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    users, config = world.users, world.config
+    visit = users["activity"].to_numpy() + 0.1
+    who = rng.choice(len(users), size=requests, p=visit / visit.sum())
+    products = sorted({c["product_id"] for c in world.creatives})
+    product = rng.integers(len(products), size=requests)
+    index_of = {c["cache_id"]: i for i, c in enumerate(world.creatives)}
+    oracle = world.simulator.expected_ctr(np.arange(len(users)))  # (users, creatives)
+    arms = config.arms
+    served = np.full(requests, -1)
+    treated = np.zeros(requests, dtype=bool)
+    clicked = np.zeros(requests, dtype=bool)
+    errors: dict[str, int] = {}
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    deadline = time.monotonic() + seconds
+    counter = iter(range(requests))
+
+    async def one(client: httpx.AsyncClient, i: int) -> None:
+        u = int(who[i])
+        row = users.iloc[u]
+        body = {"user_id": str(int(row["user_id"])), "product_id": products[product[i]], "placement": PLACEMENT,
+                "features": {name: (int(row[name]) if name == "age" else str(row[name])) for name in FEATURES}}
+        reply = await client.post("/v1/creative", json=body)
+        if reply.status_code != 200:
+            errors[str(reply.status_code)] = errors.get(str(reply.status_code), 0) + 1
+            return
+        decision = reply.json()
+        creative = index_of.get(decision["creative_id"])
+        if creative is None:
+            errors["unknown creative"] = errors.get("unknown creative", 0) + 1
+            return
+        served[i], treated[i] = creative, decision["bucket"] == "treatment"
+        if world.simulator.click(np.array([u]), np.array([creative]))[0]:
+            clicked[i] = True
+            answer = await client.post("/v1/clicks", json={"impression_ids": [decision["impression_id"]]},
+                                       headers=headers)
+            if answer.status_code != 200:
+                errors[f"click {answer.status_code}"] = errors.get(f"click {answer.status_code}", 0) + 1
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        for i in counter:
+            if time.monotonic() > deadline:
+                return
+            try:
+                await one(client, i)
+            except httpx.HTTPError as error:
+                errors[type(error).__name__] = errors.get(type(error).__name__, 0) + 1
+
+    started = time.perf_counter()
+    async with httpx.AsyncClient(base_url=url, timeout=10.0) as client:
+        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+        server_report = (await client.get("/v1/report")).json()
+    elapsed = time.perf_counter() - started
+
+    done = served >= 0
+    best = oracle.reshape(len(users), len(products), arms).max(axis=2)[who, product]
+    expected = np.where(done, oracle[who, np.maximum(served, 0)], np.nan)
+    stats = {name: bucket_stats(name, int(clicked[done & mask].sum()), int((done & mask).sum()))
+             for name, mask in (("control", ~treated), ("treatment", treated))}
+    result = {"requests": int(done.sum()), "seconds": elapsed, "requests_per_second": done.sum() / elapsed,
+              "errors": errors, "buckets": {name: asdict(s) for name, s in stats.items()}}
+    if stats["control"].impressions and stats["treatment"].impressions:
+        ab = compare(stats["control"], stats["treatment"])
+        result["lift"] = {"lift": ab.lift, "ci_low": ab.lift_ci_low, "ci_high": ab.lift_ci_high, "p_value": ab.p_value}
+        last = done & treated & (np.arange(requests) >= requests - requests // 4)
+        if last.any():
+            result["oracle"] = {
+                "oracle_ctr_last_quarter": float(best[last].mean()),
+                "treatment_expected_ctr_last_quarter": float(expected[last].mean()),
+                "ratio_last_quarter": float(expected[last].mean() / best[last].mean()),
+                "control_expected_ctr": float(np.nanmean(expected[done & ~treated])),
+                "treatment_expected_ctr": float(np.nanmean(expected[done & treated])),
+            }
+    result["server_report"] = server_report
+    return result
+
+
+def drive(url: str, world_folder: str | Path, requests: int = 20_000, seconds: float = 300.0,
+          concurrency: int = 8, token: str | None = None, seed: int = 0) -> dict:
+    """Send up to `requests` simulated requests (and their clicks) to the server at `url` within `seconds`."""
+    url = check_loopback(url)
+    if not (1 <= requests <= 10_000_000 and 0 < seconds <= 86_400 and 1 <= concurrency <= 256):
+        raise InputError("requests must be in 1..10^7, seconds in (0, 86400] and concurrency in 1..256")
+    world = load_world(world_folder)
+    return asyncio.run(_drive(url, world, requests, seconds, concurrency, token, seed))
+
+
+async def _acknowledged_load(url: str, products: list[str], seconds: float, concurrency: int, click_rate: float,
+                             token: str | None, seed: int) -> dict:
+    rng = np.random.default_rng(seed)
+    impressions: list[str] = []
+    clicks: list[str] = []
+    errors: dict[str, int] = {}
+    latencies: list[float] = []
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    deadline = time.monotonic() + seconds
+
+    async def worker(client: httpx.AsyncClient, n: int) -> None:
+        i = 0
+        while time.monotonic() < deadline:
+            i += 1
+            try:
+                started = time.perf_counter()
+                reply = await client.get("/v1/creative", params={
+                    "user_id": f"load-{n}-{i}", "product_id": products[int(rng.integers(len(products)))]})
+                if reply.status_code != 200:
+                    errors[str(reply.status_code)] = errors.get(str(reply.status_code), 0) + 1
+                    continue
+                latencies.append(time.perf_counter() - started)
+                impression = reply.json()["impression_id"]
+                impressions.append(impression)  # acknowledged: the server answered after its commit
+                if rng.random() < click_rate:
+                    answer = await client.post("/v1/clicks", json={"impression_ids": [impression]}, headers=headers)
+                    if answer.status_code == 200:
+                        clicks.append(impression)
+                    else:
+                        errors[f"click {answer.status_code}"] = errors.get(f"click {answer.status_code}", 0) + 1
+            except httpx.HTTPError as error:  # a worker killed mid-request: that request was never acknowledged
+                errors[type(error).__name__] = errors.get(type(error).__name__, 0) + 1
+
+    # One connection per task, so a killed worker's connections fail and the others carry on.
+    clients = [httpx.AsyncClient(base_url=url, timeout=5.0, limits=httpx.Limits(max_connections=1))
+               for _ in range(concurrency)]
+    try:
+        await asyncio.gather(*(worker(client, n) for n, client in enumerate(clients)))
+    finally:
+        for client in clients:
+            await client.aclose()
+    return {"impressions": impressions, "clicks": clicks, "errors": errors, "latencies": latencies}
+
+
+def acknowledged_load(url: str, products: list[str], seconds: float = 5.0, concurrency: int = 4,
+                      click_rate: float = 0.1, token: str | None = None, seed: int = 0) -> dict:
+    """Bounded load that remembers every acknowledged impression id and click (for the kill-a-worker check)."""
+    url = check_loopback(url)
+    if not (0 < seconds <= 3600 and 1 <= concurrency <= 256):
+        raise InputError("seconds must be in (0, 3600] and concurrency in 1..256")
+    return asyncio.run(_acknowledged_load(url, products, seconds, concurrency, click_rate, token, seed))
