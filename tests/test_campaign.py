@@ -14,7 +14,7 @@ from studio.imaging import creatives as creatives_module
 from studio.imaging import images as images_module
 from studio.imaging.canvas import place_product, product_mask
 from studio.imaging.images import load_image
-from studio.jobs import campaign as campaign_module
+from studio.jobs import pipeline as pipeline_module
 from studio.jobs.campaign import run_campaign
 
 pytestmark = pytest.mark.slow  # loads models
@@ -67,7 +67,7 @@ def test_one_decode_one_canvas_and_one_engine_per_product(tiny_pipeline_dir, pro
     counted(images_module, "_open", "decode")
     counted(creatives_module, "place_product", "canvas")
     counted(creatives_module, "load_engine", "engine")
-    counted(campaign_module, "load_engine", "engine")
+    counted(pipeline_module, "load_engine", "engine")
     report = run_campaign(product_photo, out_dir=tmp_path, category="bottle", groups=GROUPS,
                           prompts_per_group=prompts_per_group, generator=str(tiny_pipeline_dir), size=64, steps=1,
                           progress=False)
@@ -131,7 +131,7 @@ def test_studio_campaign_cli_end_to_end(tiny_pipeline_dir, product_photo, tmp_pa
     done = subprocess.run([*studio, "demo", "--out", str(tmp_path / "demo"), "--prompts-per-group", "0"],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and done.stderr.strip().count("\n") == 0
-    assert "prompts_per_group" in done.stderr and not (tmp_path / "demo").exists()
+    assert "prompts-per-group" in done.stderr and not (tmp_path / "demo").exists()
     done = subprocess.run([*studio, "campaign", "--product", str(corrupt), "--out", str(tmp_path / "bad")],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 2 and done.stderr.startswith("studio: error:")

@@ -1,9 +1,11 @@
-"""`studio batch`: a catalogue × audience groups × placements -> ranked creatives in the creative cache (resumable)."""
+"""`studio batch`: a catalogue × audience groups × placements -> ranked creatives in the creative cache (resumes)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+
+from studio.cli import arguments
 
 
 def register(subparsers) -> None:
@@ -21,26 +23,35 @@ def register(subparsers) -> None:
     batch.add_argument("--out", required=True, help="folder for batch.json and the contact sheets")
     batch.add_argument("--placements", default="1:1", help="comma-separated aspects, e.g. 1:1,4:5,9:16")
     batch.add_argument("--groups", default=None, help="comma-separated audience group ids (default: all)")
-    batch.add_argument("--prompts-per-group", type=int, default=4)
-    batch.add_argument("--top-k", type=int, default=1, help="creatives per (product, group, placement) to accept")
-    batch.add_argument("--seed", type=int, default=0)
-    batch.add_argument("--size", type=int, default=512, help="long side of each creative, in pixels")
-    batch.add_argument("--steps", type=int, default=None, help="denoising steps (default: the generator's)")
-    batch.add_argument("--batch-size", type=int, default=16, help="most images per generator call")
+    batch.add_argument("--prompts-per-group", type=arguments.whole(1, 16), default=4)
+    batch.add_argument("--top-k", type=arguments.whole(1, 16), default=1,
+                       help="creatives per (product, group, placement) to accept")
+    batch.add_argument("--seed", type=arguments.whole(0, 2**31 - 1), default=0)
+    batch.add_argument("--size", type=arguments.whole(64, 4096, " pixels"), default=512,
+                       help="long side of each creative, in pixels")
+    batch.add_argument("--steps", type=arguments.whole(1, 1000), default=None,
+                       help="denoising steps (default: the generator's)")
+    batch.add_argument("--batch-size", type=arguments.whole(1, 256), default=16, help="most images per generator call")
     batch.add_argument("--model", default=None, help="generator: hub id or pipeline folder (default: embedded)")
     batch.add_argument("--prompt-model", default=None, help="prompt model (default: prompts-mini)")
     batch.add_argument("--reward-model", default="reward-mini", help="reward model (default: reward-mini)")
+    batch.add_argument("--threads", type=arguments.whole(1, 256), default=None,
+                       help="torch CPU threads (default: 1 for small models such as studio-mini, else all cores)")
     batch.add_argument("--device", default="auto", help="auto, cpu, cuda or mps (local engine)")
     batch.add_argument("--engine", default="local", choices=("local", "ray"), help="run here or on Ray Data")
     batch.add_argument("--ray-address", default=None, help="join this Ray cluster (e.g. ray://head:10001 or auto)")
-    batch.add_argument("--workers", type=int, default=1, help="Ray actors (each loads the models once)")
+    batch.add_argument("--workers", type=arguments.whole(1, 1024), default=1,
+                       help="Ray actors (each loads the models once)")
     batch.add_argument("--no-progress", action="store_true", help="no progress bar")
     batch.add_argument("--json", action="store_true", help="print the run report as JSON on stdout")
     batch.set_defaults(func=run_batch_command)
 
 
 def run_batch_command(args: argparse.Namespace) -> int:
+    import torch
+
     from studio.core.errors import InputError
+    from studio.imaging.threads import cpu_threads
     from studio.jobs.batch import BatchConfig, run_batch
 
     try:
@@ -55,6 +66,7 @@ def run_batch_command(args: argparse.Namespace) -> int:
         reward_model=args.reward_model, device=args.device, engine=args.engine, ray_address=args.ray_address,
         workers=args.workers, progress=not args.no_progress,
     )
+    torch.set_num_threads(cpu_threads(args.model, args.threads))  # Ray actors use the same count
     report = run_batch(config)
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))

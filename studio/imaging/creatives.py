@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import tempfile
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
+from studio.core.atomic import new_staging
 from studio.core.errors import InputError
 from studio.imaging.canvas import (
     SIDES,
@@ -43,6 +43,7 @@ from studio.imaging.provenance import Recipe, save_png, weights_hash
 
 MODES = ("background", "outpaint")
 MAX_IMAGES = 64
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes seeds up to here
 
 
 @dataclass
@@ -89,6 +90,7 @@ class Creative:
     recipe: Recipe
     path: Path | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    keep: np.ndarray | None = None  # the product's pixels (Canvas.keep): encode_png never watermarks them
 
 
 def parse_extend(text: str) -> dict[str, int]:
@@ -126,6 +128,35 @@ def build_canvas(
     return outpaint_canvas(image, **amounts)
 
 
+def model_inputs(canvas: Canvas, engine: Engine) -> tuple[Image.Image, Image.Image]:
+    """The canvas image and paint mask shrunk to the size the model paints at (paste-back restores full size)."""
+    width, height = model_size(canvas.size, multiple=engine.size_multiple, max_side=engine.native_size)
+    return (canvas.image.resize((width, height), Image.Resampling.LANCZOS),
+            canvas.paint_mask.resize((width, height), Image.Resampling.BILINEAR))
+
+
+def make_recipe(engine: Engine, canvas: Canvas, settings: CreativeSettings, *, prompt: str, seed: int,
+                model_size: tuple[int, int], lora_record: dict | None = None) -> Recipe:
+    """The recipe of one creative (what goes into its PNG): the same for a single call and a batch job."""
+    return Recipe(
+        model=engine.model,
+        weights_hash=engine.weights_hash,
+        prompt=prompt,
+        negative_prompt=settings.negative_prompt,
+        seed=seed,
+        steps=settings.steps,
+        scheduler=settings.scheduler or type(engine.default_scheduler).__name__,
+        guidance=float(settings.guidance),
+        strength=float(settings.strength),
+        mode=canvas.kind,
+        placement=canvas.placement,
+        random_init=engine.random_init,
+        lora=lora_record,
+        size=canvas.size,
+        model_size=model_size,
+    )
+
+
 def generate_creatives(
     product_or_canvas: ImageSource | Canvas,
     prompt: str,
@@ -139,6 +170,7 @@ def generate_creatives(
     name: str | None = None,
     progress: bool = True,
     cancel: CancelHook | None = None,
+    models: dict[str, str] | None = None,
 ) -> list[Creative]:
     """Make `n` creatives of one product and (with `out_dir`) write them as lossless PNGs carrying their recipe.
 
@@ -157,6 +189,7 @@ def generate_creatives(
         name: the PNG file names' stem; None for the photo file's own stem, or "creative".
         progress: show a tqdm bar over images (on stderr).
         cancel: Event-like or callable; when it fires, GenerationCancelled is raised and nothing is written.
+        models: the other models named in each PNG's C2PA manifest, e.g. {"prompt_model": ..., "reward_model": ...}.
 
     Returns:
         The creatives, in seed order.
@@ -170,8 +203,8 @@ def generate_creatives(
         raise InputError(f"settings must be a CreativeSettings, got {type(settings).__name__}; pass CreativeSettings()")
     if not isinstance(n, int) or not 1 <= n <= MAX_IMAGES:
         raise InputError(f"n must be a whole number from 1 to {MAX_IMAGES}, got {n!r}")
-    if not isinstance(seed, int) or seed < 0:
-        raise InputError(f"seed must be a whole number >= 0, got {seed!r}")
+    if not isinstance(seed, int) or not 0 <= seed <= MAX_SEED - (n - 1):  # each image i uses seed + i
+        raise InputError(f"seed must be a whole number from 0 to {MAX_SEED - (n - 1)} for n={n}, got {seed!r}")
     if not isinstance(prompt, str) or not prompt.strip():
         raise InputError("prompt is empty; describe the scene to paint, e.g. 'a red marble table, soft light'")
     settings.check()
@@ -197,9 +230,8 @@ def generate_creatives(
     engine.check_prompt(settings.negative_prompt, name="negative prompt", allow_empty=True)
 
     # 4. Shrink the canvas to the size the model paints at; paste-back restores full resolution
-    width, height = model_size(canvas.size, multiple=engine.size_multiple, max_side=engine.native_size)
-    model_image = canvas.image.resize((width, height), Image.Resampling.LANCZOS)
-    model_mask = canvas.paint_mask.resize((width, height), Image.Resampling.BILINEAR)
+    model_image, model_mask = model_inputs(canvas, engine)
+    width, height = model_image.size
 
     # 5. The recipe every image shares, and a hidden staging folder so a failed batch leaves nothing behind
     lora = settings.lora
@@ -211,30 +243,15 @@ def generate_creatives(
         out_dir = Path(out_dir)
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
-            staging = Path(tempfile.mkdtemp(prefix=".studio-staging-", dir=out_dir))
+            staging = new_staging(out_dir, "creatives")
         except OSError as error:
             raise InputError(
                 f"cannot write creatives to {out_dir} ({error.strerror}); pass a writable folder"
             ) from None
 
     def recipe_for(image_seed: int) -> Recipe:
-        return Recipe(
-            model=engine.model,
-            weights_hash=engine.weights_hash,
-            prompt=prompt,
-            negative_prompt=settings.negative_prompt,
-            seed=image_seed,
-            steps=settings.steps,
-            scheduler=settings.scheduler or type(engine.default_scheduler).__name__,
-            guidance=float(settings.guidance),
-            strength=float(settings.strength),
-            mode=canvas.kind,
-            placement=canvas.placement,
-            random_init=engine.random_init,
-            lora=lora_record,
-            size=canvas.size,
-            model_size=(width, height),
-        )
+        return make_recipe(engine, canvas, settings, prompt=prompt, seed=image_seed, model_size=(width, height),
+                           lora_record=lora_record)
 
     def finish(generated: Image.Image, recipe: Recipe, generate_seconds: float) -> Creative:
         """Paste the product back at full resolution and write the PNG (runs beside the next generation)."""
@@ -243,11 +260,12 @@ def generate_creatives(
         pasted = time.perf_counter()
         path = None
         if staging is not None:
-            path = save_png(final, recipe, staging / f"{name}-{canvas.kind}-s{recipe.seed}-{recipe.digest()}.png")
+            path = save_png(final, recipe, staging / f"{name}-{canvas.kind}-s{recipe.seed}-{recipe.digest()}.png",
+                            keep=canvas.keep, models=models)
         written = time.perf_counter()
         timings = {"generate": generate_seconds, "paste": pasted - started, "write": written - pasted}
         timings["total"] = sum(timings.values())
-        return Creative(image=final, recipe=recipe, path=path, timings=timings)
+        return Creative(image=final, recipe=recipe, path=path, timings=timings, keep=canvas.keep)
 
     try:
         # 6. One image per seed. While the model paints image i+1, a worker thread pastes back and writes image i:

@@ -14,7 +14,7 @@ import shutil
 import tempfile
 import threading
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +22,9 @@ from PIL import Image
 
 import studio
 from studio.core import hub
+from studio.core.artefact import PIPELINE_CLASS, PIPELINE_FORMAT, check_manifest
 from studio.core.errors import InputError, ModelNotFoundError, StudioError
+from studio.core.quiet import quiet_loading
 from studio.imaging.provenance import weights_hash
 from studio.imaging.tiny import RANDOM_INIT_MARKER, build_tiny_pipeline
 
@@ -174,6 +176,9 @@ def _resolve_model(model: str) -> tuple[str, bool]:
     """Map a hub id or folder to what from_pretrained should read, and whether to stay offline."""
     resolved = hub.resolve_model(model, kind="diffusers pipeline", needs="model_index.json",
                                  how_to_get=_how_to_get(model))
+    if resolved.is_local:  # a folder the studio wrote says what it holds: a LoRA or another artefact is refused here
+        check_manifest(resolved.path_or_id, PIPELINE_CLASS, PIPELINE_FORMAT,
+                       hint="pass a diffusers inpainting pipeline folder (LoRAs go to --lora)")
     return resolved.path_or_id, resolved.is_local
 
 
@@ -186,6 +191,13 @@ def _cached_snapshot(model: str) -> str | None:
     except Exception:  # noqa: BLE001 - no snapshot only means no weights hash in the recipe
         return None
 
+
+def model_weights_hash(model: str | None = None) -> str | None:
+    """The weights hash `load_engine(model)` records in every recipe, without loading the pipeline."""
+    model = model or default_model()
+    source, _ = _resolve_model(model)
+    folder = source if Path(source).is_dir() else _cached_snapshot(model)
+    return weights_hash(folder) if folder is not None else None
 
 def _hub_errors() -> tuple[type[BaseException], ...]:
     """Network and hub errors that mean "could not fetch this model" (httpx is what huggingface_hub speaks)."""
@@ -230,6 +242,7 @@ class Engine:
         self._lora_names: dict[str, str] = {}
         self._call_parameters = set(inspect.signature(pipeline.__call__).parameters)
         self._lock = threading.Lock()  # one generation at a time: the scheduler and LoRA state are shared
+        self._embeddings: dict[str, Any] = {}
 
     # ---------------------------------------------------------------------------------------------------------------
     def check_prompt(self, prompt: str, *, name: str = "prompt", allow_empty: bool = False) -> None:
@@ -367,6 +380,126 @@ class Engine:
                 result = self.pipeline(**kwargs)
         return result.images[0]
 
+    # ---------------------------------------------------------------------------------------------------------------
+    def can_batch(self, settings: GenerationSettings | None = None) -> bool:
+        """Whether `generate_many` paints several prompts in one pipeline call (else it loops over `generate`).
+
+        Only a Stable Diffusion inpainting pipeline (9-channel UNet, plain KL VAE) at strength 1.0 takes precomputed
+        noise and masked-image latents, which is what lets a batch reproduce each single call's random draws.
+        """
+        settings = settings or GenerationSettings()
+        pipeline = self.pipeline
+        unet = getattr(pipeline, "unet", None)
+        vae = getattr(pipeline, "vae", None)
+        return (type(pipeline).__name__ == "StableDiffusionInpaintPipeline" and unet is not None
+                and unet.config.in_channels == 9 and type(vae).__name__ == "AutoencoderKL"
+                and float(settings.strength) == 1.0)
+
+    def prepare_canvas(self, image: Image.Image, mask_image: Image.Image) -> "PreparedCanvas":
+        """Run the VAE encoder over the masked canvas once, for every prompt and seed painted on it."""
+        import torch
+
+        pipeline = self.pipeline
+        width, height = image.size
+        prepared = PreparedCanvas(image.convert("RGB"), mask_image.convert("L"))
+        if not self.can_batch():
+            return prepared
+        with self._lock, torch.inference_mode():
+            # The pipeline's own step 5 and 7, as it runs them for one image
+            init_image = pipeline.image_processor.preprocess(prepared.image, height=height, width=width)
+            init_image = init_image.to(dtype=torch.float32)
+            condition = pipeline.mask_processor.preprocess(prepared.mask_image, height=height, width=width)
+            masked = (init_image * (condition < 0.5)).to(device=self.device, dtype=self.dtype)
+            prepared.latent_dist = pipeline.vae.encode(masked).latent_dist
+        return prepared
+
+    def _embedding(self, text: str):
+        """A text's CLIP embedding, computed once per text (prompts repeat across placements, negatives everywhere)."""
+        import torch
+
+        cached = self._embeddings.get(text)
+        if cached is None:
+            with torch.inference_mode():
+                cached, _ = self.pipeline.encode_prompt(text, self.device, 1, False)
+            if len(self._embeddings) > 4096:  # a bound: a long job must not grow memory without end
+                self._embeddings.clear()
+            self._embeddings[text] = cached
+        return cached
+
+    def generate_many(
+        self,
+        prepared: "PreparedCanvas",
+        *,
+        prompts: list[str],
+        negative_prompts: list[str],
+        seeds: list[int],
+        settings: GenerationSettings | None = None,
+    ) -> list[Image.Image]:
+        """Paint one image per (prompt, negative prompt, seed) on one prepared canvas, in one pipeline call.
+
+        Each image equals what `generate` makes for its own prompt and seed: the noise and the masked-image latent
+        sample are drawn from each image's own generator in the order the pipeline draws them for a single image.
+        Pipelines that cannot take those inputs (see `can_batch`) fall back to one `generate` per image.
+        """
+        import torch
+        from diffusers.utils.torch_utils import randn_tensor
+
+        settings = settings or GenerationSettings()
+        # 1. Check inputs
+        if not (len(prompts) == len(negative_prompts) == len(seeds)) or not prompts:
+            raise InputError("generate_many needs as many prompts, negative prompts and seeds, at least one")
+        settings.check()
+        for prompt, negative in zip(prompts, negative_prompts):
+            self.check_prompt(prompt)
+            self.check_prompt(negative, name="negative prompt", allow_empty=True)
+        width, height = prepared.image.size
+        if width % self.size_multiple or height % self.size_multiple:
+            raise InputError(f"model size {prepared.image.size} must be multiples of {self.size_multiple} pixels")
+        if not self.can_batch(settings) or prepared.latent_dist is None:
+            return [self.generate(prepared.image, prepared.mask_image, prompt=prompt, seed=seed,
+                                  settings=replace(settings, negative_prompt=negative))
+                    for prompt, negative, seed in zip(prompts, negative_prompts, seeds)]
+
+        # 2. Each image's random draws, in the single call's order: the initial noise, then the masked-image sample
+        pipeline = self.pipeline
+        scale = pipeline.vae_scale_factor
+        shape = (1, pipeline.vae.config.latent_channels, height // scale, width // scale)
+        dist = prepared.latent_dist
+        generators, noises, masked = [], [], []
+        for seed in seeds:
+            generator = torch.Generator("cpu").manual_seed(int(seed))
+            noises.append(randn_tensor(shape, generator=generator, device=torch.device(self.device), dtype=self.dtype))
+            sample = dist.mean + dist.std * randn_tensor(dist.mean.shape, generator=generator,
+                                                        device=dist.mean.device, dtype=dist.mean.dtype)
+            masked.append(pipeline.vae.config.scaling_factor * sample)
+            generators.append(generator)  # ancestral schedulers keep drawing from it, per image
+
+        with self._lock:
+            # 3. Scheduler, and the text embeddings (cached per text)
+            pipeline.scheduler = self._scheduler(settings.scheduler)
+            self._apply_lora(None)
+            positive = torch.cat([self._embedding(prompt) for prompt in prompts])
+            negative = torch.cat([self._embedding(text) for text in negative_prompts])
+
+            # 4. Denoise and decode the whole batch
+            with torch.inference_mode():
+                result = pipeline(
+                    prompt_embeds=positive, negative_prompt_embeds=negative, image=prepared.image,
+                    mask_image=prepared.mask_image, masked_image_latents=torch.cat(masked), latents=torch.cat(noises),
+                    height=height, width=width, num_inference_steps=settings.steps,
+                    guidance_scale=float(settings.guidance), strength=1.0, generator=generators,
+                )
+        return list(result.images)
+
+
+@dataclass
+class PreparedCanvas:
+    """A canvas at the model size plus its VAE encoding (None when the engine cannot reuse one)."""
+
+    image: Image.Image
+    mask_image: Image.Image
+    latent_dist: Any = None
+
 
 _engines: dict[tuple[str, str, str], Engine] = {}
 _engines_lock = threading.Lock()
@@ -389,7 +522,7 @@ def load_engine(model: str | None = None, *, device: str = "auto", dtype: str = 
         from diffusers import AutoPipelineForInpainting
 
         try:
-            with warnings.catch_warnings():
+            with warnings.catch_warnings(), quiet_loading():
                 # diffusers >= 0.36 renames torch_dtype to dtype; older releases only know torch_dtype.
                 warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
                 pipeline = AutoPipelineForInpainting.from_pretrained(

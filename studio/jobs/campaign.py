@@ -20,10 +20,10 @@ from tqdm.auto import tqdm
 
 from studio.core.atomic import write_file
 from studio.core.errors import InputError
-from studio.core.vocabulary import CATEGORIES
 from studio.imaging.creatives import CreativeSettings, build_canvas, generate_creatives
-from studio.imaging.engine import default_model, is_random_init, load_engine
+from studio.imaging.engine import is_random_init
 from studio.imaging.images import ImageSource, load_image
+from studio.jobs.pipeline import audience_groups, load_models, normalise_category, rank_by_ctr, score, write_prompts
 
 REPORT_NAME = "campaign.json"
 
@@ -105,37 +105,20 @@ def run_campaign(
         generator, prompt_model, reward_model: hub ids or folders; None for the embedded defaults.
         size: long side of each creative, in pixels. steps: denoising steps (None: the generator's default).
     """
-    import torch
-
-    from prompts.loading import load_prompt_model
-    from prompts.brief import Brief
-    from reward.data import load_pixels
-    from reward.model import RewardModel, resolve_model_folder
-    from studio.learning.audience import AudienceClustering
-
     # 1. Check inputs; the photo is decoded and its canvas built once, before any model loads
     if not 1 <= prompts_per_group <= 16:
         raise InputError(f"prompts_per_group must be 1 to 16, got {prompts_per_group}")
     settings = CreativeSettings(size=size, steps=steps or CreativeSettings.steps)
     image = load_image(product)
     canvas = build_canvas(image, settings, mask=mask)
-    category = CATEGORIES.get(category, category).strip().lower()
+    category = normalise_category(category)
     title = title.strip() or category or "product"
 
     # 2. Load the three models (each raises a one-line error when missing)
-    generator = generator or default_model()
-    engine = load_engine(generator)
-    writer = load_prompt_model(prompt_model)
-    scorer = RewardModel.from_pretrained(reward_model)
-    if groups is None:
-        audience_dir = resolve_model_folder(reward_model) / "audience"
-        if not audience_dir.is_dir():
-            raise InputError(f"reward model {reward_model!r} ships no audience/ folder; pass the groups explicitly")
-        groups = [profile.to_dict() for profile in AudienceClustering.from_pretrained(audience_dir).profiles_]
-    if not groups:
-        raise InputError("no audience groups given")
-    scorer.group_vectors([str(profile["group_id"]) for profile in groups])  # an unknown group fails before any work
-
+    models = load_models(generator, prompt_model, reward_model)
+    generator = models.generator
+    groups = audience_groups(reward_model, groups)
+    models.scorer.group_vectors([str(profile["group_id"]) for profile in groups])  # unknown group: fails before work
 
     # 3. Per group: prompts -> creatives -> predicted CTR -> ranking
     results = []
@@ -145,30 +128,26 @@ def run_campaign(
     bar = tqdm(groups, desc="campaign", unit="group", disable=not progress)
     for profile in bar:
         group_id = str(profile["group_id"])
-        brief = Brief.from_dict({"audience": profile, "product": {"title": title, "category": category}})
-        prompts = writer.suggest(brief, n=prompts_per_group, seed=seed)
-        if not prompts:
-            raise InputError(f"the prompt model wrote no valid prompt for group {group_id}; try another seed")
+        prompts = write_prompts(models.writer, profile, title=title, category=category, n=prompts_per_group,
+                                seed=seed)
         group_dir = out / f"group-{group_id}"
         creatives = [
             generate_creatives(
                 canvas, prompt.positive, settings=replace(settings, negative_prompt=prompt.negative), n=1,
-                seed=seed + i, engine=engine, out_dir=group_dir, progress=False,
+                seed=seed + i, engine=models.engine, out_dir=group_dir, progress=False,
+                models={"prompt_model": models.prompt_model, "reward_model": models.reward_model},
             )[0]
             for i, prompt in enumerate(prompts)
         ]
-        pixels, _ = load_pixels([creative.image for creative in creatives], scorer.config.image_size)
-        with torch.no_grad():
-            ctr = scorer.predict_ctr(pixels, [p.positive for p in prompts], [group_id] * len(prompts),
-                                     [category] * len(prompts))
+        ctr = score(models.scorer, [creative.image for creative in creatives], [p.positive for p in prompts],
+                    [group_id] * len(prompts), [category] * len(prompts))
         ranked = sorted(
-            (RankedCreative(str(c.path), p.positive, p.negative, c.recipe.seed, float(score))
-             for c, p, score in zip(creatives, prompts, ctr)),
-            key=lambda creative: -creative.predicted_ctr,
+            (RankedCreative(str(c.path), p.positive, p.negative, c.recipe.seed, value, rank)
+             for c, p, value, rank in zip(creatives, prompts, ctr, rank_by_ctr(ctr))),
+            key=lambda creative: creative.rank,
         )
-        for rank, creative in enumerate(ranked, start=1):
-            creative.rank = rank
-        results.append(GroupResult(group_id, str(profile.get("summary", "")), list(profile.get("top_tags", [])), ranked))
+        summary, tags = str(profile.get("summary", "")), list(profile.get("top_tags", []))
+        results.append(GroupResult(group_id, summary, tags, ranked))
 
     # 4. Write the report atomically
     report = CampaignReport(str(out / "product.png"), title, category, generator, is_random_init(generator),
