@@ -97,14 +97,15 @@ def remove_stale_staging(parent: str | os.PathLike) -> list[Path]:
     for path in Path(parent).glob(f"{STAGING_PREFIX}*"):
         parts = path.name.rsplit(".", 2)  # .studio-staging-{name}.{pid}.{random}
         pid = parts[-2] if len(parts) == 3 else ""
-        if pid.isdigit() and _alive(int(pid)):
+        if pid.isdigit() and process_alive(int(pid)):
             continue
         shutil.rmtree(path, ignore_errors=True)
         removed.append(path)
     return removed
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` still runs (this one counts): its temporaries and staging folders are not stale yet."""
     if pid == os.getpid():
         return True
     try:

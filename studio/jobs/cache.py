@@ -30,7 +30,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from studio.core.atomic import write_file
+from studio.core.atomic import process_alive, write_file
 from studio.core.db import Database, is_postgres_url
 from studio.core.errors import InputError, StudioError
 
@@ -352,16 +352,6 @@ class CreativeCache:
         self.close()
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _row(row: tuple) -> CachedCreative:
     creative_id, product_id, group_id, placement, prompt, generator_version, reward_version, ctr, rank, status, \
         size = row
@@ -418,7 +408,7 @@ class _Blobs:
         removed = 0
         for path in self.folder.glob("??/.*.tmp"):
             pid = path.name.split(".")[-3]  # .{id}.png.{pid}.{thread}.tmp, as studio.core.atomic.write_file names it
-            if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+            if pid.isdigit() and not process_alive(int(pid)):
                 path.unlink(missing_ok=True)
                 removed += 1
         return removed
