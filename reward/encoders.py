@@ -40,6 +40,30 @@ _SCENE_WORDS: tuple[str, ...] = tuple(
 _WORD = re.compile(r"[a-z]+")
 
 
+SCENE_STATISTICS = 11  # length of scene_statistics' output
+
+
+def scene_statistics(pixels: torch.Tensor, size: int = 64) -> torch.Tensor:
+    """Global scene properties audiences react to, differentiable in the pixels: (B, 3, H, W) in [0, 1] -> (B, 11).
+
+    Mean and std of R, G, B; brightness (Rec. 709 luma); saturation; the chroma-weighted hue vector (cos, sin);
+    texture (RMS luma gradient). Fixed (not learned), so a model built on them carries over to creatives it never saw.
+    """
+    small = F.adaptive_avg_pool2d(pixels, size)
+    r, g, b = small[:, 0], small[:, 1], small[:, 2]
+    luma = 0.2126 * r + 0.7152 * g + 0.0722 * b
+    high, low = small.max(dim=1).values, small.min(dim=1).values
+    chroma = high - low
+    saturation = chroma / high.clamp(min=1e-3)
+    angle = torch.atan2(3.0**0.5 * (g - b), 2.0 * r - g - b)
+    texture = (luma.diff(dim=-1).pow(2).mean(dim=(1, 2)) + luma.diff(dim=-2).pow(2).mean(dim=(1, 2)) + 1e-8).sqrt()
+    return torch.cat([
+        small.mean(dim=(2, 3)), small.std(dim=(2, 3)),
+        torch.stack([luma.mean(dim=(1, 2)), saturation.mean(dim=(1, 2)), (chroma * torch.cos(angle)).mean(dim=(1, 2)),
+                     (chroma * torch.sin(angle)).mean(dim=(1, 2)), texture], dim=1),
+    ], dim=1)
+
+
 class EmbeddedImageEncoder(nn.Module):
     """A small CNN over a downsampled creative, plus its colour statistics.
 

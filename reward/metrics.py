@@ -29,6 +29,13 @@ def auc(clicked: np.ndarray, scores: np.ndarray) -> float:
     return float(roc_auc_score(clicked, scores))
 
 
+def normalised_auc(auc_value: float, oracle_auc: float) -> float:
+    """(AUC - 0.5) / (oracle AUC - 0.5): 0 for a random scorer, 1 for one as good as the oracle."""
+    if oracle_auc <= 0.5:
+        raise InputError(f"the oracle's AUC is {oracle_auc:.4f}; normalising needs an oracle better than chance")
+    return float((auc_value - 0.5) / (oracle_auc - 0.5))
+
+
 def log_loss(clicked: np.ndarray, ctr: np.ndarray) -> float:
     """Mean negative log-likelihood (nats per impression) of 0/1 clicks under predicted CTRs in (0, 1)."""
     clicked, ctr = _check_pair(clicked, ctr)
@@ -77,8 +84,10 @@ def top_k_uplift(list_ids: np.ndarray, scores: np.ndarray, ctr: np.ndarray, k: i
     scores, ctr = np.asarray(scores, dtype=np.float64), np.asarray(ctr, dtype=np.float64)
     top, mean = 0.0, 0.0
     for rows in _lists(list_ids):
-        best = rows[np.argsort(-scores[rows], kind="stable")[:k]]
-        top += ctr[best].mean()
+        # ties at the cut share the remaining slots (the expectation of a random tie-break): a constant scorer gets 0
+        kth = np.sort(scores[rows])[::-1][min(k, len(rows)) - 1]
+        above, tied = rows[scores[rows] > kth], rows[scores[rows] == kth]
+        top += (ctr[above].sum() + (min(k, len(rows)) - len(above)) * ctr[tied].mean()) / min(k, len(rows))
         mean += ctr[rows].mean()
     if mean <= 0:
         raise InputError("top-k uplift needs lists of two or more creatives with a positive mean CTR")

@@ -22,13 +22,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from reward.encoders import EMBEDDED, build_image_encoder, build_text_encoder
+from reward.encoders import EMBEDDED, SCENE_STATISTICS, build_image_encoder, build_text_encoder, scene_statistics
 from studio.core import hub, vocabulary
 from studio.core.artefact import CONFIG_NAME, ArtefactError, load_artefact, save_artefact
 from studio.core.errors import InputError, StudioError
 
 # Bump when the meaning of config.json or the weight names change; folders of a newer version are refused.
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: scene statistics path (scene_taste, scene_mean, scene_scale)
 SHIPPED_MODELS = Path(__file__).parent / "models"
 HOW_TO_GET = "train one with `studio reward train --log DB --out DIR`, or use 'reward-mini'"
 
@@ -67,7 +67,8 @@ class RewardModel(nn.Module):
     """Predicts the click-through rate of a creative shown to an audience group.
 
     Tokens: [summary, image, prompt, group, category], each a ``hidden_dim`` vector; a transformer encoder mixes them.
-    The logit is a linear read-out of the summary token plus a bilinear group x creative term.
+    The logit is a linear read-out of the summary token plus a bilinear group x creative term plus a bilinear
+    group x scene-statistics term (``reward.encoders.scene_statistics``; what carries over to unseen creatives).
     """
 
     def __init__(self, config: RewardConfig):
@@ -97,6 +98,14 @@ class RewardModel(nn.Module):
         with torch.no_grad():
             self.head[1].bias.fill_(float(np.log(config.base_ctr / (1.0 - config.base_ctr))))
             self.creative_query.weight.zero_()  # start every creative at the base CTR; the data moves it
+        # Group x scene statistics (colour, brightness, texture), bilinear: fixed features carry a taste over to
+        # creatives never seen in training, where the learned image token alone memorises the training creatives.
+        self.scene_taste = nn.Bilinear(config.group_dim, SCENE_STATISTICS, 1)
+        with torch.no_grad():
+            self.scene_taste.weight.zero_()
+            self.scene_taste.bias.zero_()
+        self.register_buffer("scene_mean", torch.zeros(SCENE_STATISTICS))
+        self.register_buffer("scene_scale", torch.ones(SCENE_STATISTICS))
         # Profile vectors are standardised with the training groups' statistics (set by the trainer).
         self.register_buffer("group_mean", torch.zeros(config.group_dim))
         self.register_buffer("group_scale", torch.ones(config.group_dim))
@@ -127,7 +136,7 @@ class RewardModel(nn.Module):
         """(B, 3, H, W) pixels in [0, 1] -> (B, image_encoder.dim) features. Differentiable in the pixels."""
         if pixels.dim() != 4 or pixels.shape[1] != 3:
             raise InputError(f"expected pixels of shape (B, 3, H, W), got {tuple(pixels.shape)}")
-        return self.image_encoder(pixels)
+        return torch.cat([self.image_encoder(pixels), scene_statistics(pixels)], dim=1)
 
     def fuse(
         self,
@@ -136,8 +145,10 @@ class RewardModel(nn.Module):
         group_vectors: torch.Tensor,
         categories: Sequence[str],
     ) -> torch.Tensor:
-        """Encoded images (B, D_img), B prompts, group vectors (B, group_dim), B categories -> CTR logits (B,)."""
+        """Encoded images (B, D_img) from ``encode_images``, B prompts, group vectors (B, group_dim), B categories ->
+        CTR logits (B,)."""
         batch = image_features.shape[0]
+        image_features, scene = image_features[:, :-SCENE_STATISTICS], image_features[:, -SCENE_STATISTICS:]
         if not (len(prompts) == len(categories) == group_vectors.shape[0] == batch):
             raise InputError(
                 f"expected one prompt, group and category per image; got {batch} images, {len(prompts)} prompts, "
@@ -161,7 +172,8 @@ class RewardModel(nn.Module):
         fused = self.fusion(tokens + self.positions)
         creative = fused[:, 1] + fused[:, 2] + fused[:, 4]
         interaction = (self.group_key(fused[:, 3]) * self.creative_query(creative)).sum(-1) / tokens.shape[-1] ** 0.5
-        return self.head(fused[:, 0]).squeeze(-1) + interaction
+        scene = (scene - self.scene_mean) / self.scene_scale
+        return self.head(fused[:, 0]).squeeze(-1) + interaction + self.scene_taste(groups, scene).squeeze(-1)
 
     def forward(
         self,
@@ -240,6 +252,9 @@ class RewardModel(nn.Module):
         """Load a folder written by ``save_pretrained``; a bare name like ``"reward-mini"`` means a shipped model."""
         folder = resolve_model_folder(name_or_path)
         raw, tensors = load_artefact(folder, cls, FORMAT_VERSION, hint=HOW_TO_GET)
+        if raw["format_version"] < FORMAT_VERSION:  # format 1 had no scene-statistics weights
+            raise ArtefactError(f"{folder} is in an older reward model format ({raw['format_version']}; this studio "
+                                f"reads {FORMAT_VERSION}); {HOW_TO_GET}")
         config = {key: value for key, value in raw.items() if key not in ("class_name", "format_version")}
         known = {f.name for f in dataclasses.fields(RewardConfig)}
         unknown = sorted(set(config) - known)

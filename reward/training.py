@@ -1,9 +1,10 @@
 """Training the reward model on an impression log (impressions joined with clicks).
 
 Recipe (after CG4CTR): aggregate impressions per (product, group, creative); label each aggregate with its
-Beta-smoothed CTR; the loss is 0.9 x a listwise softmax cross-entropy over the creatives of one (product, group) plus
-0.1 x a pointwise binary cross-entropy, both weighted by impressions. A seeded share of the impressions is held out for
-validation and early stopping.
+Beta-smoothed CTR; the loss is 0.5 x a listwise softmax cross-entropy over the creatives of one (product, group) plus
+0.5 x a pointwise binary cross-entropy (CG4CTR: 0.9 + 0.1), both weighted by impressions. The split is by creative (``split_creatives``):
+training never sees a validation (early stopping) or test creative, so the test figures say how the model ranks
+creatives it has never seen.
 """
 
 from __future__ import annotations
@@ -19,25 +20,31 @@ from tqdm.auto import tqdm
 
 from studio.core.errors import InputError
 from reward.data import BetaPrior, RewardDataset, aggregate, fit_beta_prior, label
+from reward.encoders import scene_statistics
 from reward.model import RewardConfig, RewardModel
 
 
 @dataclass
 class TrainingConfig:
-    """How to train. Loss weights follow CG4CTR (0.9 listwise + 0.1 pointwise).
+    """How to train. Loss = listwise + pointwise (CG4CTR uses 0.9 + 0.1; an equal share of the pointwise term sets
+    each list's level better for unseen creatives; see docs/reward.md).
 
     A log has few (product, group) lists (tens), so a batch of 64 lists is usually the whole log: one step per epoch.
     Early stopping watches an exponential moving average (``val_smoothing``) of the validation loss.
+    validation_fraction, test_fraction: share of each product's creatives held out for early stopping and for
+    testing (``split_creatives``); 0 keeps none.
     """
 
     max_epochs: int = 600
     patience: int = 100
     lists_per_batch: int = 64
     learning_rate: float = 3e-3
+    scene_learning_rate: float = 3e-2
     weight_decay: float = 1e-4
-    listwise_weight: float = 0.9
-    pointwise_weight: float = 0.1
+    listwise_weight: float = 0.5
+    pointwise_weight: float = 0.5
     validation_fraction: float = 0.2
+    test_fraction: float = 0.3
     val_smoothing: float = 0.8
     augment: bool = True
     seed: int = 0
@@ -70,7 +77,7 @@ class RewardTrainer:
     """Fits a RewardModel to a RewardDataset (scikit-learn style: ``fit`` returns self; learned state ends in ``_``).
 
     Attributes after fit: ``model_`` (the best model on validation), ``prior_`` (BetaPrior of the training labels),
-    ``history_`` (per epoch: train_loss, val_loss), ``best_epoch_``, ``n_epochs_``.
+    ``split_`` (the CreativeSplit), ``history_`` (per epoch: train_loss, val_loss), ``best_epoch_``, ``n_epochs_``.
     """
 
     def __init__(self, config: TrainingConfig | None = None):
@@ -83,12 +90,16 @@ class RewardTrainer:
         torch.manual_seed(cfg.seed)
         generator = np.random.default_rng(cfg.seed)
 
-        # 1. split impressions, aggregate, fit the Beta prior on the training part only
-        train_rows, val_rows = split_impressions(dataset.impressions, cfg.validation_fraction, cfg.seed)
-        train_table = aggregate(dataset.impressions.iloc[train_rows])
+        # 1. split creatives, aggregate, fit the Beta prior on the training creatives only
+        self.split_ = split_creatives(dataset.creatives, cfg.validation_fraction, cfg.test_fraction, cfg.seed)
+        train_rows, val_rows = self.split_.impressions(dataset.impressions, "train"), self.split_.impressions(
+            dataset.impressions, "validation")
+        if train_rows.empty:
+            raise InputError("the training creatives have no impressions; the log is too small to split by creative")
+        train_table = aggregate(train_rows)
         self.prior_ = fit_beta_prior(train_table["clicks"].to_numpy(), train_table["impressions"].to_numpy())
         train = _Lists(label(train_table, self.prior_), dataset)
-        val = _Lists(label(aggregate(dataset.impressions.iloc[val_rows]), self.prior_), dataset) if len(val_rows) else None
+        val = _Lists(label(aggregate(val_rows), self.prior_), dataset) if len(val_rows) else None
 
         # 2. the model, with the groups and base rate of this log
         model = RewardModel(self._model_config(dataset, self.prior_))
@@ -97,8 +108,15 @@ class RewardTrainer:
         model.group_mean.copy_(vectors.mean(dim=0))
         if len(vectors) > 1:
             model.group_scale.copy_(vectors.std(dim=0, unbiased=False).clamp(min=1e-3))
+        scene = scene_statistics(dataset.pixels[dataset.creative_rows(self.split_.train)])
+        model.scene_mean.copy_(scene.mean(dim=0))
+        model.scene_scale.copy_(scene.std(dim=0, unbiased=False).clamp(min=1e-3))
         parameters = [p for p in model.parameters() if p.requires_grad]
-        optimiser = torch.optim.AdamW(parameters, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+        scene_taste = list(model.scene_taste.parameters())
+        rest = [p for p in parameters if all(p is not q for q in scene_taste)]
+        # the scene taste is what carries over to unseen creatives: let it learn before the token path memorises
+        optimiser = torch.optim.AdamW([{"params": rest}, {"params": scene_taste, "lr": cfg.scene_learning_rate}],
+                                      lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
         frozen_images = not any(p.requires_grad for p in model.image_encoder.parameters())
         features = _encode_all(model, dataset.pixels) if frozen_images else None
 
@@ -152,15 +170,15 @@ class RewardTrainer:
 
     def _loss(self, model: RewardModel, dataset: RewardDataset, lists: _Lists, index: np.ndarray,
               features: torch.Tensor | None, augment: bool = False) -> torch.Tensor:
-        """0.9 x impression-weighted listwise softmax CE + 0.1 x impression-weighted pointwise BCE."""
+        """listwise_weight x impression-weighted listwise softmax CE + pointwise_weight x impression-weighted BCE."""
         cfg = self.config
         rows = index[index >= 0]
         logits = _row_logits(model, dataset, lists, rows, features, augment)
         labels, weights = lists.labels[rows], lists.weights[rows]
         pointwise = (F.binary_cross_entropy_with_logits(logits, labels, reduction="none") * weights).sum() / weights.sum()
         # At a CTR of a few per cent the BCE gradient (p - y) is ~50x smaller than the listwise one; dividing by the
-        # Bernoulli variance of the base rate puts both on the scale of relative CTR errors, so the 0.9 / 0.1
-        # weights mean what they say and the pointwise term can set each list's level.
+        # Bernoulli variance of the base rate puts both on the scale of relative CTR errors, so the listwise /
+        # pointwise weights mean what they say and the pointwise term can set each list's level.
         pointwise = pointwise / (model.config.base_ctr * (1.0 - model.config.base_ctr))
         # scatter back into the padded (n_lists, width) layout
         padded = torch.full(index.shape, -torch.inf)
@@ -177,13 +195,45 @@ class RewardTrainer:
         return cfg.listwise_weight * listwise + cfg.pointwise_weight * pointwise
 
 
-def split_impressions(impressions: pd.DataFrame, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded random split of impression rows into (train rows, validation rows)."""
-    if not 0.0 <= fraction < 1.0:
-        raise InputError(f"validation_fraction must be in [0, 1), got {fraction}")
-    order = np.random.default_rng(seed).permutation(len(impressions))
-    n_val = int(round(fraction * len(impressions)))
-    return np.sort(order[n_val:]), np.sort(order[:n_val])
+@dataclass(frozen=True)
+class CreativeSplit:
+    """Disjoint creative ids: ``train`` (fitted), ``validation`` (early stopping), ``test`` (reported, never seen)."""
+
+    train: tuple[str, ...]
+    validation: tuple[str, ...]
+    test: tuple[str, ...]
+
+    def impressions(self, impressions: pd.DataFrame, part: str) -> pd.DataFrame:
+        """The impressions of one part ("train", "validation" or "test")."""
+        return impressions[impressions["creative_id"].astype(str).isin(set(getattr(self, part)))]
+
+    def to_dict(self) -> dict[str, list[str]]:
+        return {"train": list(self.train), "validation": list(self.validation), "test": list(self.test)}
+
+
+def split_creatives(creatives: pd.DataFrame, validation_fraction: float, test_fraction: float,
+                    seed: int) -> CreativeSplit:
+    """Seeded split of each product's creatives (``creatives`` indexed by creative_id, with product_id).
+
+    Per product, so every product is trained on and every test (product, group) list has creatives to rank: a
+    non-zero fraction keeps at least one creative (two for test when the product has five or more), and at least one
+    is left for training.
+    """
+    if not (0.0 <= validation_fraction < 1.0 and 0.0 <= test_fraction < 1.0):
+        raise InputError(f"validation and test fractions must be in [0, 1), got {validation_fraction}, {test_fraction}")
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[str]] = {"train": [], "validation": [], "test": []}
+    for product, ids in sorted(creatives.groupby("product_id").groups.items()):
+        ids = [str(i) for i in rng.permutation(sorted(str(i) for i in ids))]
+        n_test = 0 if test_fraction == 0 else max(2 if len(ids) >= 5 else 1, int(round(test_fraction * len(ids))))
+        n_val = 0 if validation_fraction == 0 else max(1, int(round(validation_fraction * len(ids))))
+        if len(ids) - n_test - n_val < 1:
+            raise InputError(f"product {product!r} has {len(ids)} creatives, too few to hold out {n_test} for test and "
+                             f"{n_val} for validation; lower the fractions or log more creatives")
+        parts["test"] += ids[:n_test]
+        parts["validation"] += ids[n_test : n_test + n_val]
+        parts["train"] += ids[n_test + n_val :]
+    return CreativeSplit(*(tuple(sorted(parts[k])) for k in ("train", "validation", "test")))
 
 
 def _augment(pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:

@@ -82,3 +82,27 @@ def test_a_corrupt_image_is_reported_not_fatal(tmp_path):
     assert pixels.shape == (3, 3, 16, 16)
     assert errors[0] is None and "not a readable image" in errors[1] and errors[2] is not None
     assert pixels[0, 0].mean().item() == pytest.approx(200 / 255, abs=1e-3)
+
+
+def test_normalised_auc_by_hand():
+    # 4 impressions, 2 clicked. The model orders (0.9 click, 0.6 no, 0.4 click, 0.1 no): of the 4 (click, no-click)
+    # pairs it ranks 3 right -> AUC 0.75. The oracle ranks all 4 right -> AUC 1. Normalised: (0.75 - .5) / (1 - .5).
+    clicked = np.array([1, 0, 1, 0])
+    model_auc = metrics.auc(clicked, np.array([0.9, 0.6, 0.4, 0.1]))
+    oracle_auc = metrics.auc(clicked, np.array([0.8, 0.3, 0.7, 0.2]))
+    assert (model_auc, oracle_auc) == (0.75, 1.0)
+    assert metrics.normalised_auc(model_auc, oracle_auc) == pytest.approx(0.5)
+    assert metrics.normalised_auc(0.5, 0.7) == 0.0  # a random scorer
+    assert metrics.normalised_auc(0.6, 0.7) == pytest.approx(0.5)
+    with pytest.raises(InputError, match="better than chance"):
+        metrics.normalised_auc(0.6, 0.5)
+
+
+def test_a_constant_scorer_has_no_uplift():
+    # ties share the top slot, so scoring every creative alike is a random pick: uplift 0, not the first creative's
+    lists = np.array(["a", "a", "a", "b", "b"])
+    ctr = np.array([0.01, 0.02, 0.06, 0.02, 0.04])
+    assert metrics.top_k_uplift(lists, np.zeros(5), ctr, k=1) == pytest.approx(0.0)
+    # two tied at the top of list a share it: (0.02 + 0.06) / 2 for a, 0.04 for b
+    scores = np.array([0.0, 1.0, 1.0, 0.0, 1.0])
+    assert metrics.top_k_uplift(lists, scores, ctr, k=1) == pytest.approx((0.04 + 0.04) / (0.03 + 0.03) - 1)

@@ -13,7 +13,7 @@ from studio.learning.log_dataset import load_log_dataset, read_impressions
 from reward.evaluation import evaluate
 from studio.sim.oracle import SimulatorOracle
 from reward.model import RewardConfig, RewardModel
-from reward.training import RewardTrainer, TrainingConfig, split_impressions
+from reward.training import RewardTrainer, TrainingConfig, split_creatives
 from studio.cli import main
 from studio.core.errors import InputError
 from studio.sim.experiment import ExperimentConfig, run_experiment
@@ -23,14 +23,15 @@ pytestmark = pytest.mark.slow  # loads models
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
-    """A small `studio simulate` run: 3 products x 5 creatives, 1500 users, 60k impressions (a few seconds)."""
+    """A small `studio simulate` run: 3 products x 10 creatives (5 per product to train on), 1500 users, 60k
+    impressions (a few seconds)."""
     folder = tmp_path_factory.mktemp("simulate") / "run"
-    config = ExperimentConfig(impressions=60_000, products=3, arms=5, users=1_500, image_size=64, seed=3)
+    config = ExperimentConfig(impressions=60_000, products=3, arms=10, users=1_500, image_size=64, seed=3)
     run_experiment(config, folder, progress=False)
     return folder
 
 
-FAST = TrainingConfig(max_epochs=40, patience=10, learning_rate=3e-3, progress=False,
+FAST = TrainingConfig(max_epochs=150, patience=30, learning_rate=3e-3, progress=False,
                       model=RewardConfig(hidden_dim=32, num_layers=1))
 
 
@@ -41,27 +42,62 @@ def trained(run_dir):
     return dataset, RewardTrainer(FAST).fit(dataset)
 
 
-def test_training_beats_a_constant_predictor_on_held_out_impressions(trained):
+def test_simulated_creatives_carry_their_prompt(trained, run_dir):
+    dataset, _ = trained
+    catalogue = json.loads((run_dir / "catalogue.json").read_text())
+    assert {c["creative_id"] for c in catalogue} == set(dataset.creatives.index)
+    # the prompt is the rendered scene's caption: it names the backdrop the simulator's audience reacts to
+    for creative in catalogue:
+        colour, material, _ = creative["backdrop"].split()
+        assert dataset.creatives.loc[creative["creative_id"], "prompt"] == creative["prompt"]
+        assert colour in creative["prompt"] and material in creative["prompt"]
+
+
+def test_the_split_is_by_creative_and_seeded(trained):
     dataset, trainer = trained
-    _, held_out = split_impressions(dataset.impressions, FAST.validation_fraction, FAST.seed)
-    test = dataset.impressions.iloc[held_out]
+    split = trainer.split_
+    train, validation, test = set(split.train), set(split.validation), set(split.test)
+    assert not (train & test) and not (train & validation) and not (validation & test)
+    assert train | validation | test == set(dataset.creatives.index)
+    # every product keeps 30 % of its 10 creatives for test (a list to rank) and is trained on
+    products = dataset.creatives["product_id"]
+    assert all((products[list(test)] == p).sum() == 3 for p in products.unique())
+    assert set(products[list(train)]) == set(products)
+    # training saw none of the test creatives' impressions
+    assert not set(split.impressions(dataset.impressions, "train")["creative_id"]) & test
+    again = split_creatives(dataset.creatives, FAST.validation_fraction, FAST.test_fraction, FAST.seed)
+    other = split_creatives(dataset.creatives, FAST.validation_fraction, FAST.test_fraction, FAST.seed + 1)
+    assert again == split and other != split
+    with pytest.raises(InputError, match="too few"):
+        split_creatives(dataset.creatives, 0.6, 0.5, 0)
+
+
+def test_training_beats_a_constant_predictor_on_unseen_creatives(trained):
+    dataset, trainer = trained
+    test = trainer.split_.impressions(dataset.impressions, "test")
     report = evaluate(trainer.model_, dataset, test)
     clicked = test["clicked"].to_numpy()
     constant = np.full(len(test), trainer.prior_.mean)  # the best constant a trainer could know: the training CTR
     constant_loss = float(-np.mean(clicked * np.log(constant) + (1 - clicked) * np.log(1 - constant)))
+    assert report["creatives"] == len(trainer.split_.test)
     assert report["auc"] > 0.55
     assert report["log_loss"] < constant_loss
-    assert report["top1_uplift"] > 0  # its favourites do better than the average creative
     assert trainer.best_epoch_ >= 1 and len(trainer.history_) == trainer.n_epochs_
     assert trainer.history_[trainer.best_epoch_ - 1]["val_loss"] < trainer.history_[0]["val_loss"]
 
 
-def test_the_simulator_oracle_bounds_the_model(trained, run_dir):
+def test_the_model_beats_the_lookup_table_on_unseen_creatives(trained, run_dir):
     dataset, trainer = trained
-    report = evaluate(trainer.model_, dataset, oracle=SimulatorOracle.from_run(run_dir))
+    split = trainer.split_
+    report = evaluate(trainer.model_, dataset, split.impressions(dataset.impressions, "test"),
+                      SimulatorOracle.from_run(run_dir), split.impressions(dataset.impressions, "train"))
+    # the lookup table never saw a test creative: it scores them all with the prior, so it ranks nothing
+    assert report["lookup_coverage"] == 0.0
+    assert report["lookup_normalised_auc"] == pytest.approx(0.0) and report["lookup_true_top1_uplift"] == pytest.approx(0.0)
+    assert report["normalised_auc"] > report["lookup_normalised_auc"] + 0.2
+    assert report["true_top1_uplift"] > report["lookup_true_top1_uplift"] + 0.2
     assert report["oracle_auc"] > report["auc"] > 0.5
     assert report["oracle_top1_uplift"] >= report["true_top1_uplift"]
-    assert 0 < report["auc_vs_oracle"] < 1
 
 
 def test_training_is_seeded(trained):
@@ -78,12 +114,13 @@ def test_cli_train_eval_score(run_dir, tmp_path, capsys):
     assert main(["reward", "train", "--log", str(run_dir / "events.db"), "--out", str(out), "--max-epochs", "3",
                  "--json"]) == 0
     trained = json.loads(capsys.readouterr().out)
-    assert trained["epochs"] == 3 and 0 < trained["val_auc"] < 1
+    assert trained["epochs"] == 3 and 0 < trained["test_auc"] < 1 and trained["test_lookup_coverage"] == 0.0
     assert (out / "config.json").is_file() and (out / "training.json").is_file()
 
     assert main(["reward", "eval", "--log", str(run_dir / "events.db"), "--model", str(out), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["split"] == "held-out" and "oracle_auc" in report and "top1_uplift_vs_oracle" in report
+    assert report["split"] == "test creatives" and report["lookup_coverage"] == 0.0
+    assert {"normalised_auc", "top1_uplift_vs_oracle", "lookup_normalised_auc", "lookup_top1_uplift_vs_oracle"} <= set(report)
 
     images = sorted((run_dir / "creatives" / "bottle-0").glob("*.png"))[:2]
     broken = tmp_path / "broken.png"

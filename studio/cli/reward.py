@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     train.add_argument("--json", action="store_true", help="print the report as JSON")
     train.set_defaults(func=run_reward_train)
 
-    evaluate = commands.add_parser("eval", help="evaluate a reward model on the held-out impressions of a log")
+    evaluate = commands.add_parser("eval", help="evaluate a reward model on the test creatives of a log (never seen in training)")
     evaluate.add_argument("--log", required=True, help="events.db of a run folder")
     evaluate.add_argument("--model", required=True, help="reward model folder, or 'reward-mini'")
     evaluate.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -52,7 +52,7 @@ def run_reward_train(args: argparse.Namespace) -> int:
 
     from reward.evaluation import evaluate
     from reward.model import RewardConfig
-    from reward.training import RewardTrainer, TrainingConfig, split_impressions
+    from reward.training import RewardTrainer, TrainingConfig
     from studio.core.atomic import write_file
     from studio.learning.log_dataset import load_log_dataset
 
@@ -63,12 +63,14 @@ def run_reward_train(args: argparse.Namespace) -> int:
     dataset = load_log_dataset(args.log, image_size=model_config.image_size)
     trainer = RewardTrainer(config).fit(dataset)
     trainer.model_.save_pretrained(out)
-    _, held_out = split_impressions(dataset.impressions, config.validation_fraction, config.seed)
+    split = trainer.split_
+    test = evaluate(trainer.model_, dataset, split.impressions(dataset.impressions, "test"),
+                    train_impressions=split.impressions(dataset.impressions, "train"))
     report = {"model": str(out), "epochs": trainer.n_epochs_, "best_epoch": trainer.best_epoch_,
               "prior_alpha": trainer.prior_.alpha, "prior_beta": trainer.prior_.beta,
-              **{f"val_{k}": v for k, v in evaluate(trainer.model_, dataset, dataset.impressions.iloc[held_out]).items()}}
-    training = {"log": str(Path(args.log).resolve()), "validation_fraction": config.validation_fraction,
-                "seed": config.seed, "history": trainer.history_, "report": report}
+              **{f"test_{k}": v for k, v in test.items()}}
+    training = {"log": str(Path(args.log).resolve()), "seed": config.seed, "creatives": split.to_dict(),
+                "history": trainer.history_, "report": report}
     write_file(out / TRAINING_NAME, lambda path: path.write_text(json.dumps(training, indent=2) + "\n"))
     emit(report, args.json)
     return 0
@@ -77,22 +79,25 @@ def run_reward_train(args: argparse.Namespace) -> int:
 def run_reward_eval(args: argparse.Namespace) -> int:
     from reward.evaluation import evaluate
     from reward.model import RewardModel, resolve_model_folder
-    from reward.training import split_impressions
+    from reward.training import CreativeSplit
     from studio.learning.log_dataset import load_log_dataset
     from studio.sim.oracle import SimulatorOracle
 
     model = RewardModel.from_pretrained(args.model)
     dataset = load_log_dataset(args.log, image_size=model.config.image_size)
-    impressions, split = dataset.impressions, "all"
-    # The held-out part of the log the model was trained on; a different log is all held out.
+    impressions, split, train = dataset.impressions, "all", None
+    # On the log the model was trained on: its test creatives (never seen in training), with the lookup-table
+    # baseline fitted on its training creatives. A different log is all unseen.
     training = resolve_model_folder(args.model) / TRAINING_NAME
     if training.is_file():
         info = json.loads(training.read_text())
-        if info.get("log") == str(Path(args.log).resolve()):
-            _, rows = split_impressions(impressions, info["validation_fraction"], info["seed"])
-            impressions, split = impressions.iloc[rows], "held-out"
+        if info.get("log") == str(Path(args.log).resolve()) and "creatives" in info:
+            creatives = info["creatives"]
+            parts = CreativeSplit(*(tuple(creatives[k]) for k in ("train", "validation", "test")))
+            impressions, split = parts.impressions(dataset.impressions, "test"), "test creatives"
+            train = parts.impressions(dataset.impressions, "train")
     oracle = SimulatorOracle.from_run(Path(args.log).parent)
-    report = {"split": split, **evaluate(model, dataset, impressions, oracle)}
+    report = {"split": split, **evaluate(model, dataset, impressions, oracle, train)}
     emit(report, args.json)
     return 0
 

@@ -2,8 +2,10 @@
 
     python -m studio.training.reward_mini [--out reward/models/reward-mini] [--run DIR]
 
-It runs a `studio simulate` experiment (the default world: 4 products x 6 creatives, 20,000 users, 200k impressions,
-seed 0), trains the reward model on that event log with the default recipe, and saves it with the run's audience
+It runs a `studio simulate` experiment (WORLD: the default world with 12 creatives per product instead of 6, so the
+creative split leaves 6 per product to train on: 4 products x 12 creatives, 20,000 users, 200k impressions, seed 0),
+trains the reward model on that event log with the default recipe (test figures on the 16 creatives it never saw), and
+saves it with the run's audience
 clustering in `audience/` (the groups the model knows by id). The simulator is only the
 source of the log here; training reads the log, never the simulator's truth.
 """
@@ -20,7 +22,7 @@ import torch
 
 from reward.evaluation import evaluate
 from reward.model import SHIPPED_MODELS
-from reward.training import RewardTrainer, TrainingConfig, split_impressions
+from reward.training import RewardTrainer, TrainingConfig
 from studio.core.atomic import write_file
 from studio.learning.audience import AudienceClustering
 from studio.learning.log_dataset import load_log_dataset
@@ -28,6 +30,7 @@ from studio.sim.experiment import ExperimentConfig, run_experiment
 from studio.sim.oracle import SimulatorOracle
 
 MINI = SHIPPED_MODELS / "reward-mini"
+WORLD = ExperimentConfig(arms=12)
 
 
 def train_mini(out: str | Path = MINI, run_dir: str | Path | None = None, progress: bool = True) -> dict:
@@ -37,19 +40,20 @@ def train_mini(out: str | Path = MINI, run_dir: str | Path | None = None, progre
     with tempfile.TemporaryDirectory() as scratch:
         run = Path(run_dir) if run_dir else Path(scratch) / "run"
         if not (run / "events.db").is_file():
-            run_experiment(ExperimentConfig(), run, progress=progress)
+            run_experiment(WORLD, run, progress=progress)
         dataset = load_log_dataset(run / "events.db")
         config = TrainingConfig(progress=progress)
         trainer = RewardTrainer(config).fit(dataset)
         trainer.model_.save_pretrained(out)
         # The groups the model scores by id, with their readable profiles (what `studio demo` writes prompts for).
         AudienceClustering.from_pretrained(run / "audience").save_pretrained(Path(out) / "audience")
-        _, held_out = split_impressions(dataset.impressions, config.validation_fraction, config.seed)
-        report = evaluate(trainer.model_, dataset, dataset.impressions.iloc[held_out], SimulatorOracle.from_run(run))
+        split = trainer.split_
+        report = evaluate(trainer.model_, dataset, split.impressions(dataset.impressions, "test"),
+                          SimulatorOracle.from_run(run), split.impressions(dataset.impressions, "train"))
     report = {"seconds": round(time.perf_counter() - started, 1), "epochs": trainer.n_epochs_,
-              "best_epoch": trainer.best_epoch_, **report}
-    training = {"log": "studio simulate (ExperimentConfig defaults)", "validation_fraction": config.validation_fraction,
-                "seed": config.seed, "history": trainer.history_, "report": report}
+              "best_epoch": trainer.best_epoch_, "split": "test creatives (never seen in training)", **report}
+    training = {"log": "studio simulate (ExperimentConfig defaults, arms=12)", "seed": config.seed,
+                "creatives": split.to_dict(), "history": trainer.history_, "report": report}
     write_file(Path(out) / "training.json", lambda path: path.write_text(json.dumps(training, indent=2) + "\n"))
     return report
 
