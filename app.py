@@ -35,6 +35,7 @@ from studio.imaging.editor import (
     open_for_editing,
 )
 from studio.imaging.images import load_image
+from studio.imaging.provenance import disclosure
 from studio.imaging.threads import cpu_threads
 
 PLACEMENTS = ["1:1", "4:5", "16:9", "9:16"]
@@ -115,7 +116,9 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT) -> gr.Blocks:
             )
         finally:
             cancel_flags.finish(request.session_hash, cancel)
-        recipes = [dataclasses.asdict(creative.recipe) for creative in creatives]
+        # The disclosure first: the recipe view opens with the "AI-generated" label and the credentials' summary.
+        recipes = [{"disclosure": disclosure(creative.path), **dataclasses.asdict(creative.recipe)}
+                   for creative in creatives]
         gallery = [(str(creative.path), f"seed {creative.recipe.seed}") for creative in creatives]
         return gallery, recipes, recipes[0]
 
@@ -165,7 +168,7 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT) -> gr.Blocks:
         gallery = gr.Gallery(label="Creatives (lossless PNG)", type="filepath", format="png", columns=4,
                              object_fit="contain", elem_id="creatives")
         status = gr.Markdown(elem_id="status")  # the latest error or notice; each event replaces it
-        recipe = gr.JSON(label="Recipe of the selected creative (also stored inside its PNG)")
+        recipe = gr.JSON(label="AI-generated · disclosure and recipe of the selected creative (also inside its PNG)")
         recipes = gr.State([])
 
         # --- events ----------------------------------------------------------------------------------------------

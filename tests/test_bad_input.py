@@ -289,7 +289,7 @@ def test_inspect_prints_a_hostile_recipe_without_terminal_escapes(tmp_path, caps
     recipe = Recipe(model="m", weights_hash=None, prompt="red\x1b[2J\x1b]0;owned\x07 table", negative_prompt="",
                     seed=1, steps=2, scheduler="s", guidance=7.5, strength=1.0, mode="background", placement="1:1",
                     random_init=False)
-    path = save_png(Image.new("RGB", (8, 8)), recipe, tmp_path / "hostile.png")
+    path = save_png(Image.new("RGB", (8, 8)), recipe, tmp_path / "hostile.png", keep=None)
     assert main(["inspect", str(path)]) == 0
     shown = capsys.readouterr().out
     assert "\x1b" not in shown and "\x07" not in shown
