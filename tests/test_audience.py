@@ -217,14 +217,14 @@ def test_a_bandit_folder_is_not_a_clustering(tmp_path):
     bandit = LinUCB()
     bandit.add_arm("c0")
     bandit.save_pretrained(tmp_path / "bandit")
-    assert "is a LinUCB folder, not a AudienceClustering folder" in load_error(tmp_path / "bandit")
+    assert "holds a LinUCB folder, not an AudienceClustering folder" in load_error(tmp_path / "bandit")
 
 
 def test_the_old_unversioned_layout_is_refused(tmp_path):
     folder = tmp_path / "old"
     folder.mkdir()
     (folder / "config.json").write_text(json.dumps({"model_type": "audience_clustering", "n_groups": 3}))
-    assert "is a foreign folder, not a AudienceClustering folder" in load_error(folder)
+    assert "holds a foreign folder, not an AudienceClustering folder" in load_error(folder)
 
 
 def test_a_newer_format_is_refused_with_what_to_do(tmp_path):

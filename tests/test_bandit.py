@@ -258,7 +258,7 @@ def test_a_bad_hyper_parameter_in_the_config_is_refused(tmp_path):
 def test_a_folder_of_another_class_is_refused(tmp_path):
     users = pd.DataFrame({"age": [20, 22, 60, 64], "device": ["mobile", "mobile", "tablet", "tablet"]})
     AudienceClustering(n_groups=2).fit(users).save_pretrained(tmp_path / "audience")
-    assert "is a AudienceClustering folder, not a LinUCB folder" in load_error(tmp_path / "audience")
+    assert "holds an AudienceClustering folder, not a LinUCB folder" in load_error(tmp_path / "audience")
 
 
 def test_a_newer_format_is_refused_with_what_to_do(tmp_path):

@@ -157,7 +157,7 @@ def _manifest(folder, **changes):
     (lambda f: (f / "config.json").write_text('{"model_type": "gpt2", "n_'), "could not be loaded as a prompt model"),
     (lambda f: (f / "tokenizer.json").write_text('{"version": "1.0", "trunc'), "could not be loaded as a prompt model"),
     (lambda f: (f / "studio.json").write_text("{not json"), "studio.json is damaged"),
-    (lambda f: _manifest(f, class_name="RewardModel"), "is a RewardModel folder, not a HFPromptModel folder"),
+    (lambda f: _manifest(f, class_name="RewardModel"), "holds a RewardModel folder, not a HFPromptModel folder"),
     (lambda f: _manifest(f, format_version=2), "was written by a newer studio"),
 ])
 def test_a_damaged_foreign_or_newer_prompt_model_folder_is_one_line_naming_it_and_what_to_do(tiny_llm, tmp_path,

@@ -48,7 +48,7 @@ def test_the_shipped_folder_names_its_backend_and_a_folder_with_the_older_marker
     assert json.loads((folder / "studio.json").read_text()) == {"class_name": "MiniPromptModel", "format_version": 1}
     assert not (folder / "prompt_model.json").exists()
     assert load_prompt_model(old).suggest(brief(), n=2, seed=0) == model.suggest(brief(), n=2, seed=0)
-    with pytest.raises(ArtefactError, match="is a MiniPromptModel folder, not a HFPromptModel folder"):
+    with pytest.raises(ArtefactError, match="holds a MiniPromptModel folder, not a HFPromptModel folder"):
         HFPromptModel.from_pretrained(folder)
 
 
