@@ -400,3 +400,13 @@ def test_simulate_via_http_drives_a_real_server_and_reports_lift_and_oracle(tmp_
     assert sum(c["impressions"] for c in report["cells"]) == 1500  # every served request was logged
     assert sum(c["clicks"] for c in report["cells"]) == buckets["control"]["clicks"] + buckets["treatment"]["clicks"]
     assert 0 < result["oracle"]["ratio_last_quarter"] <= 1 and "lift" in result
+
+
+def test_a_batch_placement_such_as_an_aspect_ratio_is_served(world):
+    """studio batch caches creatives under their aspect ("9:16"); requests name it the same way."""
+    config, cache, _, users = world
+    story = put(cache, "bottle-1", BACKDROPS[3], 0, placement="9:16", seed=5).creative_id
+    with TestClient(create_app(config)) as client:
+        body = client.get("/v1/creative", params={"user_id": "u1", "product_id": "bottle-1", "placement": "9:16"})
+        assert body.status_code == 200, body.text
+        assert body.json()["creative_id"] == story and body.json()["placement"] == "9:16"

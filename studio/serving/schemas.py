@@ -6,7 +6,7 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-ID_PATTERN, PLACEMENT_PATTERN = r"^[A-Za-z0-9_.:@/+=-]+$", r"^[A-Za-z0-9_.-]+$"
+ID_PATTERN, PLACEMENT_PATTERN = r"^[A-Za-z0-9_.:@/+=-]+$", r"^[A-Za-z0-9_.:-]+$"  # placements: "feed", "1:1"
 Id = Annotated[str, Field(min_length=1, max_length=128, pattern=ID_PATTERN)]
 Placement = Annotated[str, Field(min_length=1, max_length=64, pattern=PLACEMENT_PATTERN)]
 FeatureValue = Union[Annotated[str, Field(max_length=256)], Annotated[float, Field(allow_inf_nan=False)], int, bool, None,
