@@ -98,3 +98,21 @@ def test_generate_killed_20_times_then_rerun_gives_the_uninterrupted_files(tmp_p
     subprocess.run([*generate, "--out", str(out)], check=True, capture_output=True, timeout=300)
     assert pngs(out) == expected
     assert staging_left(out) == []
+
+
+def test_campaign_killed_20_times_then_rerun_gives_the_uninterrupted_folder(tmp_path, tiny_pipeline_dir,
+                                                                             product_photo):
+    campaign = [*STUDIO, "campaign", "--product", str(product_photo), "--model", str(tiny_pipeline_dir), "--steps",
+                "2", "--size", "64", "--prompts-per-group", "1"]
+    reference = tmp_path / "reference"
+    started = time.monotonic()
+    subprocess.run([*campaign, "--out", str(reference)], check=True, capture_output=True, timeout=300)
+    duration = time.monotonic() - started
+    expected = pngs(reference)
+    out = tmp_path / "runs" / "campaign"
+    # The campaign folder moves into place whole at the end: after a kill it is absent, or complete.
+    complete = lambda folder: (folder / "campaign.json").is_file() and pngs(folder) == expected  # noqa: E731
+    assert run_kills([*campaign, "--out", str(out)], out, duration, complete) == 20
+    subprocess.run([*campaign, "--out", str(out)], check=True, capture_output=True, timeout=300)
+    assert pngs(out) == expected and (out / "campaign.json").is_file()
+    assert staging_left(out.parent) == []

@@ -18,7 +18,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from studio.core.atomic import write_file
+from studio.core.atomic import staged_folder
 from studio.core.errors import InputError
 from studio.imaging.creatives import CreativeSettings, build_canvas, generate_creatives
 from studio.imaging.engine import is_random_init
@@ -120,10 +120,26 @@ def run_campaign(
     groups = audience_groups(reward_model, groups)
     models.scorer.group_vectors([str(profile["group_id"]) for profile in groups])  # unknown group: fails before work
 
-    # 3. Per group: prompts -> creatives -> predicted CTR -> ranking
+    # 3. Per group: prompts -> creatives -> predicted CTR -> ranking, written into a staging folder that replaces
+    # `out_dir` whole at the end: a failed or killed campaign leaves `out_dir` as it was
+    final = Path(out_dir)
+    if final.is_dir() and any(final.iterdir()) and not (final / REPORT_NAME).is_file():
+        raise InputError(f"--out {final} is a folder that is not empty and holds no campaign; choose a new folder "
+                         "(a campaign writes a whole folder, and replaces an earlier campaign's)")
+    with staged_folder(final) as out:
+        results = _paint_and_rank(models, groups, canvas, image, settings, title, category, prompts_per_group, seed,
+                                  out, final, progress)
+        report = CampaignReport(str(final / "product.png"), title, category, generator, is_random_init(generator),
+                                str(prompt_model or "prompts-mini"), str(reward_model), results)
+        (out / REPORT_NAME).write_text(json.dumps(report.to_dict(), indent=2) + "\n")
+    return report
+
+
+def _paint_and_rank(models, groups, canvas, image, settings, title, category, prompts_per_group, seed, out: Path,
+                    final: Path, progress: bool) -> list[GroupResult]:
+    """Each group's prompts painted on the one canvas and ranked by predicted CTR; files go to `out`, paths name
+    where they will be (`final`)."""
     results = []
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     image.save(out / "product.png")
     bar = tqdm(groups, desc="campaign", unit="group", disable=not progress)
     for profile in bar:
@@ -142,15 +158,10 @@ def run_campaign(
         ctr = score(models.scorer, [creative.image for creative in creatives], [p.positive for p in prompts],
                     [group_id] * len(prompts), [category] * len(prompts))
         ranked = sorted(
-            (RankedCreative(str(c.path), p.positive, p.negative, c.recipe.seed, value, rank)
+            (RankedCreative(str(final / c.path.relative_to(out)), p.positive, p.negative, c.recipe.seed, value, rank)
              for c, p, value, rank in zip(creatives, prompts, ctr, rank_by_ctr(ctr))),
             key=lambda creative: creative.rank,
         )
         summary, tags = str(profile.get("summary", "")), list(profile.get("top_tags", []))
         results.append(GroupResult(group_id, summary, tags, ranked))
-
-    # 4. Write the report atomically
-    report = CampaignReport(str(out / "product.png"), title, category, generator, is_random_init(generator),
-                            str(prompt_model or "prompts-mini"), str(reward_model), results)
-    write_file(out / REPORT_NAME, lambda staging: staging.write_text(json.dumps(report.to_dict(), indent=2) + "\n"))
-    return report
+    return results
