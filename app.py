@@ -128,6 +128,14 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT) -> gr.Blocks:
     def show_recipe(recipes: list[dict], event: gr.SelectData):
         return recipes[event.index] if recipes and 0 <= event.index < len(recipes) else None
 
+    def badge(recipe: dict | None) -> str:
+        """The selected creative's disclosure as a label a marketer sees before anything else."""
+        if not recipe or "disclosure" not in recipe:
+            return ""
+        shown = recipe["disclosure"]
+        return (f"**{shown['label']}** · content credentials: {shown['credentials']} · "
+                f"watermark id `{shown['watermark_id']}`")
+
     # --- layout ----------------------------------------------------------------------------------------------------
 
     with gr.Blocks(title="Creative Studio") as app:
@@ -168,6 +176,7 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT) -> gr.Blocks:
         gallery = gr.Gallery(label="Creatives (lossless PNG)", type="filepath", format="png", columns=4,
                              object_fit="contain", elem_id="creatives")
         status = gr.Markdown(elem_id="status")  # the latest error or notice; each event replaces it
+        disclosed = gr.Markdown(elem_id="ai-badge")  # "AI-generated" and the credentials of the selected creative
         recipe = gr.JSON(label="AI-generated · disclosure and recipe of the selected creative (also inside its PNG)")
         recipes = gr.State([])
 
@@ -187,6 +196,7 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT) -> gr.Blocks:
         )
         cancel_button.click(cancel, None, None, cancels=[generating], api_name="cancel")
         gallery.select(show_recipe, recipes, recipe, api_name=False)
+        recipe.change(badge, recipe, disclosed, api_name=False)
     return app
 
 
