@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from studio.cli import arguments
+from studio.cli.output import emit
 
 
 def register(subparsers) -> None:
@@ -68,12 +68,9 @@ def run_batch_command(args: argparse.Namespace) -> int:
     )
     torch.set_num_threads(cpu_threads(args.model, args.threads))  # Ray actors use the same count
     report = run_batch(config)
-    if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
-    else:
-        print(f"{report.items} items ({report.skipped} cached, {report.made} made, {report.failed} failed); "
-              f"{report.creatives} creatives ({report.accepted} accepted) in {report.seconds:.1f} s "
-              f"-> {args.out}/batch.json")
-        for failure in report.failures:
-            print(f"  failed: {failure['product_id']} {failure['placement']}: {failure['error']}")
+    lines = [f"{report.items} items ({report.skipped} cached, {report.made} made, {report.failed} failed); "
+             f"{report.creatives} creatives ({report.accepted} accepted) in {report.seconds:.1f} s "
+             f"-> {args.out}/batch.json"]
+    lines += [f"  failed: {f['product_id']} {f['placement']}: {f['error']}" for f in report.failures]
+    emit(report.to_dict(), args.json, lines)
     return 0

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 from studio.cli import arguments
+from studio.cli.output import emit
 from studio.core.atomic import check_output_folder
 
 
@@ -71,14 +71,11 @@ def run_campaign_command(args: argparse.Namespace, product=None) -> int:
         prompts_per_group=args.prompts_per_group, seed=args.seed, generator=args.model,
         prompt_model=args.prompt_model, reward_model=args.reward_model, size=args.size, steps=args.steps,
     )
-    if args.json:
-        print(json.dumps(report.to_dict(), indent=2))
-    else:
-        print(f"product {report.title!r} ({report.category}) -> {args.out}/campaign.json")
-        for group in report.groups:
-            print(f"group {group.group_id}: {group.summary}")
-            for creative in group.creatives:
-                print(f"  #{creative.rank} pCTR {creative.predicted_ctr:.2%}  {creative.path}\n      {creative.prompt}")
+    lines = [f"product {report.title!r} ({report.category}) -> {args.out}/campaign.json"]
+    for group in report.groups:
+        lines.append(f"group {group.group_id}: {group.summary}")
+        lines += [f"  #{c.rank} pCTR {c.predicted_ctr:.2%}  {c.path}\n      {c.prompt}" for c in group.creatives]
+    emit(report.to_dict(), args.json, lines)
     if report.random_init:
         from studio.imaging.engine import RANDOM_INIT_NOTE
 

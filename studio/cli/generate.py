@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from studio.cli import arguments
-from studio.cli.output import printable
+from studio.cli.output import emit, printable
 from studio.core.atomic import check_output_folder
 
 PLACEMENTS = ("1:1", "4:5", "16:9", "9:16")
@@ -102,21 +102,17 @@ def run_generate(args: argparse.Namespace) -> int:
         progress=True,
     )
     first = creatives[0].recipe
-    if args.json:
-        summary = {
-            "model": first.model,
-            "weights_hash": first.weights_hash,
-            "random_init": first.random_init,
-            "note": RANDOM_INIT_NOTE if first.random_init else None,
-            "creatives": [
-                {"path": str(c.path), "seed": c.recipe.seed, "size": list(c.image.size), "timings_s": c.timings}
-                for c in creatives
-            ],
-        }
-        print(json.dumps(summary, indent=2))
-    else:
-        for creative in creatives:
-            print(f"{creative.path}  seed={creative.recipe.seed}  {creative.timings['total']:.2f}s")
+    summary = {
+        "model": first.model,
+        "weights_hash": first.weights_hash,
+        "random_init": first.random_init,
+        "note": RANDOM_INIT_NOTE if first.random_init else None,
+        "creatives": [
+            {"path": str(c.path), "seed": c.recipe.seed, "size": list(c.image.size), "timings_s": c.timings}
+            for c in creatives
+        ],
+    }
+    emit(summary, args.json, (f"{c.path}  seed={c.recipe.seed}  {c.timings['total']:.2f}s" for c in creatives))
     if first.random_init:
         print(f"studio: note: {RANDOM_INIT_NOTE}", file=sys.stderr)
     return 0
