@@ -258,7 +258,8 @@ def timing(config: SigningConfig, runs: int) -> None:
     print(f"time per 1024 x 1024 creative (median of {runs} runs, OMP_NUM_THREADS={threads}):")
     for label, values in times.items():
         median = statistics.median(values)
-        added = "" if median == base or label.startswith("(part)") else f"  (+{1000 * (median - base):.1f} ms)"
+        added = ("" if median == base or label.startswith("(part)")
+                 else f"  (+{1000 * (median - base):.1f} ms, x{median / base:.2f} the baseline)")
         print(f"  {label:32} {1000 * median:7.1f} ms{added}")
     marked = Image.open(io.BytesIO(encode_png(image, rec, keep=keep)))
     started = time.perf_counter()

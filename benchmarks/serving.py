@@ -82,9 +82,11 @@ def stop(server: subprocess.Popen) -> None:
         server.kill()
 
 
-def wrk(url: str, script: Path, seconds: int, connections: int) -> dict:
+def wrk(url: str, script: Path | None, seconds: int, connections: int) -> dict:
+    """One wrk run: with `script` the decision requests it writes, without it a plain GET of `url`."""
     load = os.getloadavg()[0]
-    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+    lua = ["-s", str(script)] if script else []
+    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", *lua, url],
                          capture_output=True, text=True, timeout=seconds + 60).stdout
     p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
     scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}
@@ -117,8 +119,16 @@ def throughput(world: Path, db: str, products: list[str], args, paced: bool = Fa
         runs = []
         for run in range(args.runs):
             result = wrk(url, script, args.seconds, connections)
+            # Baseline in the same run, alternating: /healthz through the same server and workers, no decision and
+            # no database write. The ratio is what a decision costs beyond the HTTP stack.
+            if not paced:
+                bare = wrk(url + "/healthz", None, args.seconds, connections)["requests_per_second"]
+                result["healthz_per_second"] = bare
+                result["ratio_to_healthz"] = result["requests_per_second"] / bare
             print(f"  run {run + 1}: {result['requests_per_second']:.0f} req/s, p99 {result['p99_ms']:.1f} ms, "
-                  f"{result['errors']} errors (load average {result['load_average_1min']:.2f})", flush=True)
+                  f"{result['errors']} errors"
+                  + (f", {result['ratio_to_healthz']:.2f} of /healthz's rate" if not paced else "")
+                  + f" (load average {result['load_average_1min']:.2f})", flush=True)
             runs.append(result)
     finally:
         stop(server)
