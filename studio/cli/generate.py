@@ -28,7 +28,11 @@ def register(subparsers) -> None:
     generate.add_argument("--n", type=arguments.whole(1, 64), default=4,
                           help="how many creatives (seeds SEED, SEED+1, ...)")
     generate.add_argument("--seed", type=arguments.seed, default=0)
-    generate.add_argument("--model", default=None, help="hub id or pipeline folder (default: the embedded model)")
+    generate.add_argument("--model", default=None,
+                          help="hub id, pipeline folder or single-file checkpoint (.safetensors/.ckpt; needs "
+                               "--model-config) (default: the embedded model)")
+    generate.add_argument("--model-config", default=None,
+                          help="for a single-file --model: a local diffusers folder of the same architecture")
     generate.add_argument("--steps", type=arguments.whole(1, 1000), default=30)
     generate.add_argument("--guidance", type=arguments.number(0, 50), default=7.5)
     generate.add_argument("--strength", type=arguments.number(0.01, 1), default=1.0)
@@ -44,6 +48,13 @@ def register(subparsers) -> None:
     generate.add_argument("--dtype", default="auto", help="auto, fp32, fp16 or bf16")
     generate.add_argument("--threads", type=arguments.whole(1, 256), default=None,
                           help="torch CPU threads (default: 1 for small models such as studio-mini, else all cores)")
+    speed = generate.add_argument_group("memory and speed (each is recorded in the recipe)")
+    speed.add_argument("--attention-slicing", action="store_true", help="attention in slices: less peak memory")
+    speed.add_argument("--vae-tiling", action="store_true", help="VAE tile by tile: bounded memory on large canvases")
+    speed.add_argument("--cpu-offload", choices=("model", "sequential"), default=None,
+                       help="keep only the running model (or layer) on the GPU: for small GPUs")
+    speed.add_argument("--channels-last", action="store_true", help="channels-last convolutions (GPUs)")
+    speed.add_argument("--compile", action="store_true", help="torch.compile the denoiser (first image pays for it)")
     generate.add_argument("--out", required=True, help="output folder")
     generate.add_argument("--json", action="store_true", help="print a machine-readable summary on stdout")
     generate.set_defaults(func=run_generate)
@@ -66,7 +77,7 @@ def run_generate(args: argparse.Namespace) -> int:
         build_canvas,
         generate_creatives,
     )
-    from studio.imaging.engine import RANDOM_INIT_NOTE, LoraSpec, load_engine
+    from studio.imaging.engine import MASK_BLENDING, RANDOM_INIT_NOTE, EngineOptions, LoraSpec, load_engine
     from studio.imaging.images import load_image
     from studio.imaging.threads import cpu_threads
 
@@ -89,7 +100,10 @@ def run_generate(args: argparse.Namespace) -> int:
     check_output_folder(args.out)
     canvas = build_canvas(product, settings, mask=mask)  # a bad photo, mask or extension fails before the model loads
     torch.set_num_threads(cpu_threads(args.model, args.threads))
-    engine = load_engine(args.model, device=args.device, dtype=args.dtype)
+    options = EngineOptions(attention_slicing=args.attention_slicing, vae_tiling=args.vae_tiling,
+                            cpu_offload=args.cpu_offload, channels_last=args.channels_last, compile=args.compile)
+    engine = load_engine(args.model, device=args.device, dtype=args.dtype, options=options,
+                         model_config=args.model_config)
     creatives = generate_creatives(
         canvas,
         args.prompt,
@@ -106,6 +120,8 @@ def run_generate(args: argparse.Namespace) -> int:
         "model": first.model,
         "weights_hash": first.weights_hash,
         "random_init": first.random_init,
+        "inpaint_method": first.inpaint_method,
+        "engine_options": first.engine_options,
         "note": RANDOM_INIT_NOTE if first.random_init else None,
         "creatives": [
             {"path": str(c.path), "seed": c.recipe.seed, "size": list(c.image.size), "timings_s": c.timings}
@@ -115,6 +131,9 @@ def run_generate(args: argparse.Namespace) -> int:
     emit(summary, args.json, (f"{c.path}  seed={c.recipe.seed}  {c.timings['total']:.2f}s" for c in creatives))
     if first.random_init:
         print(f"studio: note: {RANDOM_INIT_NOTE}", file=sys.stderr)
+    if first.inpaint_method == MASK_BLENDING:
+        print("studio: note: a text-to-image model (4-channel UNet): painted with mask blending, which matches the "
+              "product's surroundings less well than an inpainting model", file=sys.stderr)
     return 0
 
 

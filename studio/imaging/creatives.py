@@ -154,6 +154,8 @@ def make_recipe(engine: Engine, canvas: Canvas, settings: CreativeSettings, *, p
         lora=lora_record,
         size=canvas.size,
         model_size=model_size,
+        inpaint_method=engine.inpaint_method,
+        engine_options=engine.options.describe(),
     )
 
 

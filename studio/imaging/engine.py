@@ -1,20 +1,23 @@
 """The diffusion engine: load any diffusers inpainting pipeline, then paint one image per seed.
 
-`load_engine(model)` goes through `AutoPipelineForInpainting.from_pretrained`, so Stable Diffusion 1.5/2 inpainting,
-SDXL inpainting and FLUX Fill all work, and caches the loaded pipeline per (model, device, dtype). `Engine.generate`
+`load_engine(model)` loads a pipeline folder, a hub id or a single-file checkpoint (`model.safetensors` with
+`model_config=` a local folder of the same architecture). Stable Diffusion 1.5/2 inpainting, SDXL inpainting and FLUX
+Fill run as inpainting models; a text-to-image model (a 4-channel UNet) runs through diffusers' mask blending, and
+`Engine.inpaint_method` says which. Loaded pipelines are cached per (model, device, dtype, options). `Engine.generate`
 is the one generation path; it reads top to bottom as numbered steps, like the diffusers pipelines it wraps.
 """
 
 from __future__ import annotations
 
 import inspect
+import json
 import math
 import os
 import shutil
 import tempfile
 import threading
 import warnings
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +40,10 @@ SCHEDULERS: dict[str, str] = {
 }
 DTYPES = ("auto", "fp32", "fp16", "bf16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+CPU_OFFLOAD = ("model", "sequential")
+SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+# How a pipeline paints the mask: a model trained for it, or a text-to-image model whose latents are blended back
+INPAINTING_MODEL, MASK_BLENDING = "inpainting-model", "mask-blending"
 
 RANDOM_INIT_NOTE = (
     "this generator is randomly initialised (its outputs are noise); use the embedded studio-mini "
@@ -88,6 +95,44 @@ class GenerationSettings:
             raise InputError(f"strength must be in (0, 1], got {self.strength!r}")
         if self.scheduler is not None and self.scheduler not in SCHEDULERS:
             raise InputError(f"unknown scheduler {self.scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """Memory and speed options; each one that is on appears in every recipe's `engine_options` line.
+
+    attention_slicing: attention in slices (less peak memory at a small speed cost; same result up to rounding).
+    vae_tiling:        the VAE encodes and decodes large canvases tile by tile (bounded memory; seams blended).
+    cpu_offload:       "model" keeps only the running model on the GPU, "sequential" only the running layer
+                       (smallest GPUs, slowest); both need a GPU device.
+    channels_last:     convolution weights in channels-last memory order (faster convolutions on GPUs).
+    compile:           `torch.compile` the denoiser (the first image pays the compile time).
+    Attention runs through PyTorch's scaled_dot_product_attention (SDPA), diffusers' default on torch 2.
+    """
+
+    attention_slicing: bool = False
+    vae_tiling: bool = False
+    cpu_offload: str | None = None
+    channels_last: bool = False
+    compile: bool = False
+
+    def check(self, device: str) -> None:
+        if self.cpu_offload is not None and self.cpu_offload not in CPU_OFFLOAD:
+            raise InputError(f"cpu_offload must be one of {', '.join(CPU_OFFLOAD)}, got {self.cpu_offload!r}")
+        if self.cpu_offload is not None and device == "cpu":
+            raise InputError("CPU offload moves models between a GPU and the CPU; it needs --device cuda (or mps)")
+
+    def describe(self) -> str:
+        """The recipe line: the options that are on, e.g. "vae-tiling,cpu-offload=model" ("" for none)."""
+        parts = []
+        for item in fields(self):
+            value = getattr(self, item.name)
+            name = item.name.replace("_", "-")
+            if value is True:
+                parts.append(name)
+            elif value not in (False, None):
+                parts.append(f"{name}={value}")
+        return ",".join(parts)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -182,6 +227,82 @@ def _resolve_model(model: str) -> tuple[str, bool]:
     return resolved.path_or_id, resolved.is_local
 
 
+def is_single_file(model: str | None) -> bool:
+    """Whether `model` names a single-file checkpoint (the original layout most model sites distribute)."""
+    return model is not None and Path(str(model)).suffix.lower() in SINGLE_FILE_SUFFIXES
+
+
+def _single_file_config(model: str, model_config: str | None) -> str:
+    """The local diffusers folder that describes a single-file checkpoint's architecture (configs and tokenizers)."""
+    if not Path(model).expanduser().is_file():
+        raise ModelNotFoundError(f"checkpoint file {model!r} does not exist; check the path")
+    if model_config is None:
+        raise InputError(
+            f"the single-file checkpoint {model!r} needs its architecture's configuration: pass --model-config with "
+            "a local diffusers folder of the same architecture (model_index.json, component configs, tokenizers; "
+            "weights not needed), e.g. fetched on a machine with internet by `hf download "
+            "stable-diffusion-v1-5/stable-diffusion-inpainting --exclude '*.safetensors' '*.bin' '*.ckpt'`"
+        )
+    folder = Path(model_config).expanduser()
+    if not (folder / "model_index.json").is_file():
+        raise ModelNotFoundError(f"--model-config {model_config!r} is not a diffusers pipeline folder (no "
+                                 "model_index.json in it); pass the folder of a pipeline of the same architecture")
+    return str(folder)
+
+
+def _listed(index: dict, name: str) -> bool:
+    entry = index.get(name)
+    return isinstance(entry, list) and len(entry) == 2 and None not in entry
+
+
+def check_components(folder: str) -> str:
+    """Return a pipeline folder's class name; raise one clear error when a component it needs is missing."""
+    try:
+        index = json.loads((Path(folder) / "model_index.json").read_text(encoding="utf-8"))
+        if not isinstance(index, dict):
+            raise TypeError("not a JSON object")
+    except (OSError, ValueError, TypeError) as error:
+        raise ModelNotFoundError(f"{folder}/model_index.json cannot be read ({str(error).splitlines()[0]}); "
+                                 "copy the pipeline folder again") from None
+    for name in index:
+        if not name.startswith("_") and _listed(index, name) and not (Path(folder) / name).is_dir():
+            raise ModelNotFoundError(f"{folder} has no {name}/ folder although its model_index.json lists a "
+                                     f"{index[name][1]}; copy the whole pipeline folder, every subfolder included")
+    if not _listed(index, "vae"):
+        raise ModelNotFoundError(f"{folder} has no VAE (model_index.json lists none); an inpainting pipeline needs one "
+                                 "to encode the photo and decode the result")
+    return str(index.get("_class_name", ""))
+
+
+def _pipeline_class(class_name: str):
+    """The class that loads a folder as an inpainting pipeline: its own when it already paints masks, else Auto."""
+    import diffusers
+
+    own = getattr(diffusers, class_name, None) if class_name else None
+    if own is not None and (class_name.endswith("InpaintPipeline") or class_name == "FluxFillPipeline"):
+        return own  # AutoPipelineForInpainting has no mapping for FLUX Fill
+    return diffusers.AutoPipelineForInpainting
+
+
+def inpaint_method(pipeline, model: str) -> str:
+    """INPAINTING_MODEL or MASK_BLENDING for a loaded pipeline; a denoiser that fits neither is one clear error."""
+    unet = getattr(pipeline, "unet", None)
+    denoiser = unet if unet is not None else getattr(pipeline, "transformer", None)
+    if denoiser is None or getattr(pipeline, "vae", None) is None:
+        missing = "VAE" if denoiser is not None else "UNet or transformer"
+        raise ModelNotFoundError(f"the pipeline {model!r} has no {missing}; an inpainting pipeline needs one")
+    inputs = int(denoiser.config.in_channels)
+    outputs = int(getattr(denoiser.config, "out_channels", None) or inputs)
+    if inputs == outputs:
+        return MASK_BLENDING  # a text-to-image model: the pipeline blends the kept latents back after every step
+    if (unet is not None and inputs == 2 * outputs + 1) or (unet is None and inputs > outputs):
+        return INPAINTING_MODEL  # extra input channels carry the mask and the masked image (FLUX Fill packs them)
+    raise ModelNotFoundError(
+        f"the UNet of {model!r} takes {inputs} input channels: an inpainting UNet takes {2 * outputs + 1} ({outputs} "
+        f"latents, 1 mask, {outputs} masked-image latents) and a text-to-image UNet {outputs}; it fits neither"
+    )
+
+
 def _cached_snapshot(model: str) -> str | None:
     """The local snapshot folder of a hub model that from_pretrained has just fetched (to hash its weights)."""
     from huggingface_hub import snapshot_download
@@ -195,6 +316,8 @@ def _cached_snapshot(model: str) -> str | None:
 def model_weights_hash(model: str | None = None) -> str | None:
     """The weights hash `load_engine(model)` records in every recipe, without loading the pipeline."""
     model = model or default_model()
+    if is_single_file(model) and Path(model).expanduser().is_file():
+        return weights_hash(Path(model).expanduser())
     source, _ = _resolve_model(model)
     folder = source if Path(source).is_dir() else _cached_snapshot(model)
     return weights_hash(folder) if folder is not None else None
@@ -218,19 +341,26 @@ class Engine:
 
     Attributes:
         pipeline: the diffusers pipeline (its own progress bar is off; callers show progress per image).
-        model: the id or folder it was loaded from; `weights_hash`: SHA-256 of its weight files (None if unknown).
+        model: the id, folder or checkpoint file it was loaded from; `weights_hash`: SHA-256 of its weight files
+            (None if unknown).
         random_init: True for randomly initialised weights (outputs are noise).
         native_size: the side length in pixels the model was trained at (e.g. 512 for SD 1.5).
         size_multiple: width and height passed to the pipeline must be multiples of this many pixels.
+        inpaint_method: INPAINTING_MODEL, or MASK_BLENDING for a text-to-image model.
+        options: the memory and speed options it was loaded with.
     """
 
-    def __init__(self, pipeline, model: str, *, folder: str | None, device: str, dtype):
+    def __init__(self, pipeline, model: str, *, folder: str | None, device: str, dtype,
+                 weights: str | None = None, options: EngineOptions | None = None):
         self.pipeline = pipeline
         self.model = model
         self.device = device
         self.dtype = dtype
+        self.options = options or EngineOptions()
         self.random_init = folder is not None and is_random_init(folder)
-        self.weights_hash = weights_hash(folder) if folder is not None else None
+        weights = weights or folder
+        self.weights_hash = weights_hash(weights) if weights is not None else None
+        self.inpaint_method = inpaint_method(pipeline, model)
         self.default_scheduler = pipeline.scheduler
         scale = int(getattr(pipeline, "vae_scale_factor", 8))
         unet = getattr(pipeline, "unet", None)
@@ -501,44 +631,104 @@ class PreparedCanvas:
     latent_dist: Any = None
 
 
-_engines: dict[tuple[str, str, str], Engine] = {}
+_engines: dict[tuple, Engine] = {}
 _engines_lock = threading.Lock()
 
 
-def load_engine(model: str | None = None, *, device: str = "auto", dtype: str = "auto") -> Engine:
-    """Load (once) an inpainting pipeline by hub id or folder; later calls with the same arguments reuse it.
+def _apply_options(pipeline, options: EngineOptions, device: str) -> None:
+    """Put the pipeline on its device with the memory and speed options on."""
+    import torch
 
-    `model=None` uses `default_model()`. HF_HUB_OFFLINE is respected; folders never touch the network.
-    A model that is not available locally raises ModelNotFoundError saying how to get it.
+    if options.attention_slicing:
+        if not hasattr(pipeline, "enable_attention_slicing"):
+            raise InputError(f"{type(pipeline).__name__} has no attention slicing; leave the option off")
+        pipeline.enable_attention_slicing()
+    if options.vae_tiling:
+        pipeline.vae.enable_tiling()
+    denoiser = getattr(pipeline, "unet", None) or getattr(pipeline, "transformer", None)
+    if options.channels_last:
+        for module in (getattr(pipeline, "unet", None), pipeline.vae):
+            if module is not None:  # convolutions benefit; FLUX's transformer has none
+                module.to(memory_format=torch.channels_last)
+    if options.cpu_offload == "model":
+        pipeline.enable_model_cpu_offload(device=device)
+    elif options.cpu_offload == "sequential":
+        pipeline.enable_sequential_cpu_offload(device=device)
+    else:
+        pipeline.to(device)
+    if options.compile:
+        denoiser.compile()  # in place: the pipeline keeps its module (and its config)
+
+
+def _load_pipeline(model: str, *, model_config: str | None, torch_dtype) -> tuple[Any, str | None, str | None]:
+    """Load `model` as an inpainting pipeline; return it, its local folder (or None) and its weights file or folder."""
+    import diffusers
+
+    single_file = is_single_file(model)
+    if single_file:
+        source, local_only = _single_file_config(model, model_config), True
+    else:
+        source, local_only = _resolve_model(model)
+    class_name = check_components(source) if Path(source).is_dir() else ""
+    with warnings.catch_warnings(), quiet_loading():
+        # diffusers >= 0.36 renames torch_dtype to dtype; older releases only know torch_dtype.
+        warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+        try:
+            if single_file:
+                own = getattr(diffusers, class_name, None)
+                if own is None or not hasattr(own, "from_single_file"):
+                    raise ModelNotFoundError(f"{class_name or 'this pipeline'} in {source} cannot load single-file "
+                                             "checkpoints; convert the checkpoint to a diffusers folder")
+                pipeline = own.from_single_file(str(Path(model).expanduser()), config=source, local_files_only=True,
+                                                torch_dtype=torch_dtype)
+                if _pipeline_class(class_name) is diffusers.AutoPipelineForInpainting:
+                    pipeline = diffusers.AutoPipelineForInpainting.from_pipe(pipeline)
+            else:
+                pipeline = _pipeline_class(class_name).from_pretrained(source, torch_dtype=torch_dtype,
+                                                                       local_files_only=local_only)
+        except (OSError, ValueError, KeyError, *_hub_errors()) as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            if single_file:
+                raise ModelNotFoundError(f"could not load the checkpoint {model} with the configuration in {source}: "
+                                         f"{reason}") from None
+            if local_only and Path(source).is_dir():
+                raise ModelNotFoundError(f"could not load the pipeline in {source}: {reason}") from None
+            raise ModelNotFoundError(
+                f"diffusers pipeline {model!r} could not be downloaded; {_how_to_get(model)}"
+            ) from None
+    if single_file:
+        return pipeline, source, str(Path(model).expanduser())
+    folder = source if Path(source).is_dir() else _cached_snapshot(model)
+    return pipeline, folder, folder
+
+
+def load_engine(model: str | None = None, *, device: str = "auto", dtype: str = "auto",
+                options: EngineOptions | None = None, model_config: str | None = None) -> Engine:
+    """Load (once) an inpainting pipeline; later calls with the same arguments reuse it.
+
+    Args:
+        model: a pipeline folder, a hub id, or a single-file checkpoint (.safetensors/.ckpt, original layout) read
+            with the configuration in the local folder `model_config`. None uses `default_model()`.
+        device, dtype: see `resolve_device` and `resolve_dtype`.
+        options: memory and speed options (attention slicing, VAE tiling, CPU offload, channels-last, compile).
+
+    HF_HUB_OFFLINE is respected; folders and files never touch the network. A model that is not available locally
+    raises ModelNotFoundError saying how to get it; a folder missing a component, or whose denoiser is neither an
+    inpainting nor a text-to-image one, raises it saying what is wrong.
     """
     model = model or default_model()
     device = resolve_device(device)
     torch_dtype = resolve_dtype(device, dtype)
-    key = (model, device, str(torch_dtype))
+    options = options or EngineOptions()
+    options.check(device)
+    key = (model, device, str(torch_dtype), options, model_config)
     with _engines_lock:
         if key in _engines:
             return _engines[key]
-        source, local_only = _resolve_model(model)
-        from diffusers import AutoPipelineForInpainting
-
-        try:
-            with warnings.catch_warnings(), quiet_loading():
-                # diffusers >= 0.36 renames torch_dtype to dtype; older releases only know torch_dtype.
-                warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
-                pipeline = AutoPipelineForInpainting.from_pretrained(
-                    source, torch_dtype=torch_dtype, local_files_only=local_only
-                )
-        except (OSError, ValueError, *_hub_errors()) as error:
-            if local_only and Path(source).is_dir():
-                raise ModelNotFoundError(
-                    f"could not load the pipeline in {source}: {str(error).splitlines()[0]}"
-                ) from None
-            raise ModelNotFoundError(
-                f"diffusers pipeline {model!r} could not be downloaded; {_how_to_get(model)}"
-            ) from None
-        pipeline.to(device)
+        pipeline, folder, weights = _load_pipeline(model, model_config=model_config, torch_dtype=torch_dtype)
+        _apply_options(pipeline, options, device)
         pipeline.set_progress_bar_config(disable=True)
-        folder = source if Path(source).is_dir() else _cached_snapshot(model)
-        engine = Engine(pipeline, model, folder=folder, device=device, dtype=torch_dtype)
+        engine = Engine(pipeline, model, folder=folder, device=device, dtype=torch_dtype, weights=weights,
+                        options=options)
         _engines[key] = engine
         return engine

@@ -75,6 +75,8 @@ class Recipe:
     lora: dict[str, Any] | None = None  # {"path": str, "scale": float, "hash": str}
     size: tuple[int, int] | None = None  # final creative (width, height) in pixels
     model_size: tuple[int, int] | None = None  # (width, height) the model painted at, in pixels
+    inpaint_method: str | None = None  # "inpainting-model", or "mask-blending" for a text-to-image model
+    engine_options: str = ""  # memory and speed options that were on, e.g. "vae-tiling,cpu-offload=model"
     studio_version: str = field(default=__version__)
 
     def to_json(self) -> str:
@@ -109,7 +111,8 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "model": (str,), "weights_hash": (str, type(None)), "prompt": (str,), "negative_prompt": (str,), "seed": (int,),
     "steps": (int,), "scheduler": (str,), "guidance": (int, float), "strength": (int, float), "mode": (str,),
     "placement": (str,), "random_init": (bool,), "lora": (dict, type(None)), "size": (list, type(None)),
-    "model_size": (list, type(None)), "studio_version": (str,),
+    "model_size": (list, type(None)), "studio_version": (str,), "inpaint_method": (str, type(None)),
+    "engine_options": (str,),
 }
 
 
