@@ -175,3 +175,23 @@ def test_the_reduced_flux_keeps_the_real_widths(tmp_path):
     assert (config.num_layers, config.num_single_layers) == (1, 1)
     assert (config.num_attention_heads * config.attention_head_dim, config.in_channels) == (3072, 384)
     assert (pipeline.text_encoder_2.config.d_model, pipeline.text_encoder_2.config.num_layers) == (4096, 1)
+
+
+def test_auto_precision_is_bf16_for_flux_on_a_gpu(tiny_pipeline_dir, tmp_path, monkeypatch):
+    """fp16 overflows in FLUX's T5 encoder, so "auto" on a GPU means bf16 there (fp16 elsewhere)."""
+    from studio.imaging import engine
+
+    asked: list[tuple[str, str]] = []
+
+    def record(device, dtype="auto"):
+        asked.append((device, dtype))
+        raise InputError("recorded")  # stop before anything loads: this machine has no GPU
+
+    monkeypatch.setattr(engine, "resolve_dtype", record)
+    flux = shutil.copytree(tiny_pipeline_dir, tmp_path / "flux")
+    index = json.loads((flux / "model_index.json").read_text())
+    (flux / "model_index.json").write_text(json.dumps(dict(index, _class_name="FluxFillPipeline")))
+    for folder in (flux, tiny_pipeline_dir):
+        with pytest.raises(InputError, match="recorded"):
+            engine._load_pipeline(str(folder), model_config=None, device="cuda", dtype="auto")
+    assert asked == [("cuda", "bf16"), ("cuda", "auto")]

@@ -660,8 +660,9 @@ def _apply_options(pipeline, options: EngineOptions, device: str) -> None:
         denoiser.compile()  # in place: the pipeline keeps its module (and its config)
 
 
-def _load_pipeline(model: str, *, model_config: str | None, torch_dtype) -> tuple[Any, str | None, str | None]:
-    """Load `model` as an inpainting pipeline; return it, its local folder (or None) and its weights file or folder."""
+def _load_pipeline(model: str, *, model_config: str | None, device: str, dtype: str):
+    """Load `model` as an inpainting pipeline; return it, its torch dtype, its local folder (or None) and its
+    weights file or folder."""
     import diffusers
 
     single_file = is_single_file(model)
@@ -670,6 +671,9 @@ def _load_pipeline(model: str, *, model_config: str | None, torch_dtype) -> tupl
     else:
         source, local_only = _resolve_model(model)
     class_name = check_components(source) if Path(source).is_dir() else ""
+    if dtype == "auto" and device != "cpu" and class_name.startswith("Flux"):
+        dtype = "bf16"  # FLUX's T5 encoder overflows in fp16
+    torch_dtype = resolve_dtype(device, dtype)
     with warnings.catch_warnings(), quiet_loading():
         # diffusers >= 0.36 renames torch_dtype to dtype; older releases only know torch_dtype.
         warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
@@ -697,9 +701,9 @@ def _load_pipeline(model: str, *, model_config: str | None, torch_dtype) -> tupl
                 f"diffusers pipeline {model!r} could not be downloaded; {_how_to_get(model)}"
             ) from None
     if single_file:
-        return pipeline, source, str(Path(model).expanduser())
+        return pipeline, torch_dtype, source, str(Path(model).expanduser())
     folder = source if Path(source).is_dir() else _cached_snapshot(model)
-    return pipeline, folder, folder
+    return pipeline, torch_dtype, folder, folder
 
 
 def load_engine(model: str | None = None, *, device: str = "auto", dtype: str = "auto",
@@ -709,7 +713,7 @@ def load_engine(model: str | None = None, *, device: str = "auto", dtype: str = 
     Args:
         model: a pipeline folder, a hub id, or a single-file checkpoint (.safetensors/.ckpt, original layout) read
             with the configuration in the local folder `model_config`. None uses `default_model()`.
-        device, dtype: see `resolve_device` and `resolve_dtype`.
+        device, dtype: see `resolve_device` and `resolve_dtype`; "auto" is bf16 for FLUX on a GPU.
         options: memory and speed options (attention slicing, VAE tiling, CPU offload, channels-last, compile).
 
     HF_HUB_OFFLINE is respected; folders and files never touch the network. A model that is not available locally
@@ -718,14 +722,15 @@ def load_engine(model: str | None = None, *, device: str = "auto", dtype: str = 
     """
     model = model or default_model()
     device = resolve_device(device)
-    torch_dtype = resolve_dtype(device, dtype)
+    resolve_dtype(device, dtype)  # a bad dtype fails before anything loads
     options = options or EngineOptions()
     options.check(device)
-    key = (model, device, str(torch_dtype), options, model_config)
+    key = (model, device, dtype, options, model_config)
     with _engines_lock:
         if key in _engines:
             return _engines[key]
-        pipeline, folder, weights = _load_pipeline(model, model_config=model_config, torch_dtype=torch_dtype)
+        pipeline, torch_dtype, folder, weights = _load_pipeline(model, model_config=model_config, device=device,
+                                                                dtype=dtype)
         _apply_options(pipeline, options, device)
         pipeline.set_progress_bar_config(disable=True)
         engine = Engine(pipeline, model, folder=folder, device=device, dtype=torch_dtype, weights=weights,
