@@ -18,14 +18,14 @@ def free_port() -> int:
 
 
 @contextlib.contextmanager
-def serve_app(out_dir: Path) -> Iterator[str]:
-    """Serve `build_app(out_dir)` on 127.0.0.1 and yield its URL; the server stops on exit."""
+def serve_app(out_dir: Path, **options) -> Iterator[str]:
+    """Serve `build_app(out_dir, **options)` on 127.0.0.1 and yield its URL; the server stops on exit."""
     if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))  # app.py lives at the repository root, beside the packages
     from app import build_app
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    app = build_app(out_dir).queue()
+    app = build_app(out_dir, **options).queue()
     port = free_port()
     app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
                allowed_paths=[str(out_dir)])

@@ -1,4 +1,5 @@
-"""The UI in a real browser (Debian's chromium driven by Playwright): upload a product, generate, see creatives."""
+"""The UI in a real browser (Debian's chromium driven by Playwright): upload a product, generate, see creatives with
+their predicted CTR, accept one into the campaign cache, read a known experiment."""
 
 import os
 import shutil
@@ -6,9 +7,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from app_server import serve_app
 from PIL import Image
 
-from app_server import serve_app
+from studio.jobs.cache import CreativeCache
+from studio.ui.create import predict_ctr
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -65,6 +68,8 @@ def test_a_marketer_uploads_a_product_paints_the_mask_generates_and_sees_creativ
         page.mouse.up()
 
         page.locator("#prompt textarea").fill("a wooden table in warm morning light")
+        page.locator("#token-count").get_by_text("tokens").wait_for()  # the live counter, against the model's limit
+        page.locator("#group-profile").get_by_text("Group 0").wait_for()  # the default group and its profile
         page.locator("#count input[type=number]").fill("1")
         page.locator("#count input[type=number]").press("Enter")
         # Advanced stays closed: the default path (its untouched model box sends None) must work as it is.
@@ -92,4 +97,115 @@ def test_a_marketer_uploads_a_product_paints_the_mask_generates_and_sees_creativ
         page.screenshot(path=str(tmp_path / "ui.png"), full_page=True)
         if os.environ.get("STUDIO_UI_SCREENSHOT"):  # keep a copy to look at
             shutil.copy(tmp_path / "ui.png", os.environ["STUDIO_UI_SCREENSHOT"])
+        page.close()
+
+
+def keep_screenshot(page, tmp_path: Path, name: str) -> None:
+    """A full-page screenshot as a test artefact (copied into $STUDIO_UI_SCREENSHOTS when set)."""
+    path = tmp_path / f"{name}.png"
+    page.screenshot(path=str(path), full_page=True)
+    if os.environ.get("STUDIO_UI_SCREENSHOTS"):
+        Path(os.environ["STUDIO_UI_SCREENSHOTS"]).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(os.environ["STUDIO_UI_SCREENSHOTS"]) / path.name)
+
+
+def test_a_marketer_picks_a_group_uses_a_suggestion_sees_predicted_ctr_and_accepts_into_the_campaign(browser, tmp_path):
+    photo = a_product_photo(tmp_path / "bottle.png")
+    with serve_app(tmp_path / "out") as url:
+        page = browser.new_page(viewport={"width": 1280, "height": 1100})
+        page.goto(url)
+        page.locator("#product-photo input[type=file]").set_input_files(str(photo))
+        page.locator("#mask-message").get_by_text("Product found").wait_for(timeout=30_000)
+        # Click-to-select: a click on the backdrop makes the product everything else, the bottle and its cap.
+        page.get_by_text("Select by click, or upload a mask").click()
+        page.get_by_label("I clicked the backdrop: the product is the rest").check()
+        image = page.locator("#click-select img").first
+        image.wait_for()
+        box = image.bounding_box()
+        page.mouse.click(box["x"] + 4, box["y"] + 4)
+        page.locator("#mask-message").get_by_text(f"Selected {110 * 40 + 15 * 16:,} pixels").wait_for(timeout=30_000)
+        page.locator("#title textarea").fill("cold brew")
+        page.locator("#product-id textarea").fill("sku-1")
+        page.locator("#category input").click()
+        page.get_by_role("option", name="beverage").click()
+
+        page.locator("#group input").click()  # the picker lists every group with its size and interests
+        page.get_by_role("option", name="Group 2").click()
+        page.locator("#group-profile").get_by_text("Group 2").wait_for()
+        page.locator("#suggest").click()
+        first = page.locator("#suggestions label").first
+        first.wait_for(timeout=30_000)
+        suggestion = first.inner_text().strip()
+        first.click()
+        page.wait_for_function("text => document.querySelector('#prompt textarea').value === text", arg=suggestion)
+        page.locator("#count input[type=number]").fill("2")
+        page.locator("#count input[type=number]").press("Enter")
+        page.locator("#generate").click()
+
+        # Creatives stream in: the first one's row shows before the second is painted.
+        for seed in (0, 1):
+            page.wait_for_function("s => document.querySelector('#scores').innerText.includes(s)",
+                                   arg=f"bottle-background-s{seed}-", timeout=120_000)
+        keep_screenshot(page, tmp_path, "ui-create")
+        written = sorted((tmp_path / "out").glob("bottle-background-*.png"))
+        assert len(written) == 2
+        ctr = predict_ctr(written, [suggestion] * 2, 2, "beverage")  # the reward model's own prediction
+        table = page.locator("#scores").inner_text()
+        for path, value in zip(written, ctr):
+            assert f"{value:.2%}" in table and path.name in table
+        best = written[max(range(2), key=lambda i: ctr[i])]
+
+        page.locator("#accept").click()  # nothing selected: the best-ranked creative
+        page.locator("#accepted").get_by_text("Accepted into the campaign cache").wait_for(timeout=30_000)
+        with CreativeCache(tmp_path / "out" / "cache") as cache:
+            (entry,) = cache.creatives("sku-1", group_id=2)
+            assert cache.read_png(entry.creative_id) == best.read_bytes() and entry.rank == 1
+
+        page.get_by_role("tab", name="Campaign").click()  # the accepted creative is in the group's contact sheet
+        page.locator("#sheet-group input").click()
+        page.get_by_role("option", name="Group 2").click()
+        page.locator("#show-sheet").click()
+        page.locator("#contact-sheet img").first.wait_for(state="attached", timeout=30_000)
+        assert page.locator("#contact-sheet img").count() == 1
+        keep_screenshot(page, tmp_path, "ui-campaign")
+        for tab in ("Audience", "Models"):
+            page.get_by_role("tab", name=tab).click()
+            page.wait_for_timeout(1500)
+            keep_screenshot(page, tmp_path, f"ui-{tab.lower()}")
+        page.close()
+
+
+def test_the_experiments_tab_shows_the_figures_of_a_known_event_log(browser, tmp_path):
+    import experiment_log
+    from fastapi.testclient import TestClient
+
+    from studio.serving.app import create_app
+
+    config, ids = experiment_log.build(tmp_path / "serving")
+    with TestClient(create_app(config)) as client:
+        report = client.get("/v1/report").json()
+    with serve_app(tmp_path / "out", cache=config.cache, serving=config) as url:
+        page = browser.new_page(viewport={"width": 1280, "height": 1400})
+        page.goto(url)
+        page.get_by_role("tab", name="Experiments").click()
+        page.locator("#refresh-experiment").click()
+        impressions = sum(cell["impressions"] for cell in report["cells"])
+        clicks = sum(cell["clicks"] for cell in report["cells"])
+        page.locator("#experiment-summary").get_by_text(f"{impressions:,} impressions, {clicks:,} clicks").wait_for(
+            timeout=30_000)
+        page.locator("#experiment-lift").get_by_text(f"{report['lift']['lift']:+.1%}").wait_for()
+        page.locator("#experiment-lift").get_by_text(
+            f"{report['lift']['ci_low']:+.1%} to {report['lift']['ci_high']:+.1%}").wait_for()
+        # The table's text: its title, the 7 headers, then the cells row by row.
+        text = page.locator("#experiment-cells").inner_text().split("ci_high", 1)[1].split()
+        shown = [text[i:i + 7] for i in range(0, len(text), 7)]
+        assert len(shown) == len(report["cells"])
+        for cell, row in zip(report["cells"], shown):
+            assert row[:4] == [cell["bucket"], str(cell["group_id"]), str(cell["impressions"]), str(cell["clicks"])]
+            assert [float(v) for v in row[4:]] == pytest.approx([cell["ctr"], cell["ci_low"], cell["ci_high"]],
+                                                                 abs=5e-5)  # shown to 4 decimals
+
+        page.locator("#why").click()  # group 0 is chosen: creative A wins it
+        page.locator("#why-text").get_by_text(f"creative {ids['A'][:12]} leads").wait_for(timeout=30_000)
+        keep_screenshot(page, tmp_path, "ui-experiments")
         page.close()
