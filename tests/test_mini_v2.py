@@ -1,0 +1,182 @@
+"""studio-mini v2: the CLIP BPE tokenizer, the training-data pipeline, the gate's independence and a training smoke."""
+
+from __future__ import annotations
+
+import inspect
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from studio.core.clip_bpe import clip_tokenizer, clip_vocabulary, count_clip_tokens
+from studio.training.mini import v2_data
+from studio.training.mini.v2_captions import STYLE_SHARES, training_caption, training_words
+from studio.training.mini.v2_data import (
+    GATE_SEED_BASE,
+    SCALE_RANGE,
+    V2Batches,
+    aspect_buckets,
+    band_mask,
+    place_cutout,
+    sample_example,
+)
+from studio.training.mini.v2_gate import (
+    COLOUR_SYNONYMS,
+    GATE_SENTENCES,
+    _high_pass_spread,
+    _seam_ratio,
+    gate_prompt,
+    gate_words,
+)
+from studio.training.mini.v2_heldout import heldout_cutouts, pixel_fingerprints
+
+ATTRIBUTES = {"colour": "teal", "material": "marble", "lighting": "soft", "layout": "studio", "product": "bottle"}
+
+
+def test_clip_bpe_gives_clips_own_token_ids(tmp_path):
+    # Stable Diffusion's tokenizer (openai/clip-vit-large-patch14) encodes "a photo of a cat" as these ids.
+    tokenizer = clip_tokenizer(tmp_path)
+    assert tokenizer("a photo of a cat").input_ids == [49406, 320, 1125, 539, 320, 2368, 49407]
+    assert len(clip_vocabulary()[0]) == len(tokenizer) == 49408
+    assert tokenizer.model_max_length == 77
+    assert count_clip_tokens("a photo of a cat") == 7
+
+
+def test_aspect_buckets_keep_ratio_and_pixel_budget():
+    nominal = {"1:1": 1.0, "4:5": 0.8, "16:9": 16 / 9, "9:16": 9 / 16}
+    for side in (64, 128):
+        buckets = aspect_buckets(side)
+        assert set(buckets) == set(nominal)
+        for name, (width, height) in buckets.items():
+            assert width % 8 == 0 and height % 8 == 0
+            assert abs(width / height / nominal[name] - 1) < 0.1
+            assert abs(width * height / side ** 2 - 1) < 0.1
+    assert aspect_buckets(64)["1:1"] == (64, 64)
+
+
+def test_placed_cutout_mask_is_the_cutout_at_its_scale():
+    backdrop = Image.new("RGB", (88, 48), (10, 20, 30))
+    square = Image.new("RGBA", (40, 40), (200, 0, 0, 255))  # fully opaque: its mask is the whole square
+    for scale in (0.05, 0.3, 0.7):
+        image, mask = place_cutout(backdrop, square, np.random.default_rng(1), scale, shadow=True)
+        side = max(4, round(48 * scale))
+        assert mask.sum() == side * side
+        assert (np.asarray(image)[mask] == (200, 0, 0)).all()
+        rows, cols = np.nonzero(mask)
+        assert rows.max() - rows.min() + 1 == side and cols.max() - cols.min() + 1 == side
+
+
+def test_band_masks_cover_the_asked_number_of_sides_and_keep_the_centre():
+    rng = np.random.default_rng(0)
+    for sides in (1, 2, 3, 4):
+        for _ in range(20):
+            mask = band_mask(88, 48, rng, sides)
+            edges = [mask[:, 0].all(), mask[:, -1].all(), mask[0].all(), mask[-1].all()]
+            touched = [mask[:, 0].any(), mask[:, -1].any(), mask[0].any(), mask[-1].any()]
+            assert sum(edges) == sides or (sides < 4 and sum(edges) >= sides)
+            assert sum(touched) >= sides
+            assert not mask[24, 44]  # bands are at most 45 % each: the centre is always kept
+
+
+def test_examples_cover_kinds_scales_and_keep_product_pixels():
+    rng = np.random.default_rng(3)
+    scales, kinds = [], set()
+    for index in range(60):
+        kind = ("renderer", "procedural", "outpaint")[index % 3]
+        example = sample_example(rng, 56, 72, kind)
+        kinds.add(example["kind"])
+        assert example["image"].shape == (72, 56, 3) and example["mask"].shape == (72, 56)
+        assert example["attributes"]["seed"] < GATE_SEED_BASE
+        scales.append(example["attributes"]["scale"])
+        if kind != "outpaint":  # the repaint mask is everything but the product
+            assert 0 < (~example["mask"]).sum() < example["mask"].size
+        else:
+            assert example["mask"][:, 0].any() or example["mask"][0].any() or example["mask"][-1].any() \
+                or example["mask"][:, -1].any()
+    assert kinds == {"renderer", "procedural", "outpaint"}
+    assert SCALE_RANGE[0] <= min(scales) < 0.2 and 0.55 < max(scales) <= SCALE_RANGE[1]
+
+
+def test_batches_are_one_bucket_and_seeded():
+    stream = V2Batches(64, 4, seed=5)
+    first, again, other = stream.batch(0, 7), stream.batch(0, 7), stream.batch(1, 7)
+    width, height = stream.buckets[first["bucket"]]
+    assert first["pixels"].shape == (4, 3, height, width) and first["masks"].shape == (4, 1, height, width)
+    assert set(np.unique(first["masks"].numpy())) <= {0.0, 1.0}
+    assert float(first["pixels"].min()) >= -1 and float(first["pixels"].max()) <= 1
+    assert (first["pixels"] == again["pixels"]).all() and first["captions"] == again["captions"]
+    assert not (first["pixels"].shape == other["pixels"].shape and (first["pixels"] == other["pixels"]).all())
+    buckets = {stream.batch(0, index)["bucket"] for index in range(40)}
+    assert buckets == {"1:1", "4:5", "16:9", "9:16"}
+
+
+def test_training_captions_fit_clip_and_mix_in_unknown_words():
+    rng = np.random.default_rng(0)
+    captions = [training_caption(ATTRIBUTES, "candle", rng, dropout=0.0) for _ in range(300)]
+    assert max(count_clip_tokens(caption) for caption in captions) <= 77
+    vocabulary = {"teal", "marble", "soft", "studio", "bottle", "candle"}
+    outside = [caption for caption in captions if set(caption.replace(",", " ").split()) - vocabulary - {"a"}]
+    assert len(outside) > 0.5 * len(captions)  # most captions carry words beyond the scene attributes
+    assert abs(sum(STYLE_SHARES.values()) - 1) < 1e-9
+
+
+def test_gate_is_disjoint_from_training():
+    trained = training_words()
+    assert not gate_words() & trained
+    assert not set(COLOUR_SYNONYMS) & trained
+    for index in range(len(GATE_SENTENCES)):
+        words = set(gate_prompt("natural", "teal", index, "wood").replace(",", " ").replace(":", " ").split())
+        assert len(words - trained) >= 2  # each natural sentence holds gate-only words
+    # The data pipeline reads no files, so the held-out photos cannot reach training.
+    source = inspect.getsource(v2_data)
+    assert "v2_heldout" not in source and "open(" not in source
+    cutouts = heldout_cutouts()
+    assert len(cutouts) >= 4  # matplotlib's and gradio's sample images are installed in the dev environment
+    rng = np.random.default_rng(0)
+    training = [Image.fromarray(sample_example(rng, 64, 64)["image"]) for _ in range(50)]
+    assert not pixel_fingerprints(cutouts.values()) & pixel_fingerprints(training)
+
+
+def test_seam_and_ghost_metrics_on_known_images():
+    ramp = np.repeat(np.repeat(np.arange(0, 192, 3, dtype=np.uint8)[None, :, None], 64, 0), 3, 2)
+    mask = np.zeros((64, 64), bool)
+    mask[:, 48:] = True
+    assert _seam_ratio(ramp, ramp, mask) == pytest.approx(1.0)  # a perfect continuation jumps like the photo
+    hard = ramp.copy()
+    hard[:, 48:] = 255
+    assert _seam_ratio(ramp, hard, mask) > 10
+    flat = np.full((64, 64, 3), 120, np.uint8)
+    assert _high_pass_spread(flat, ~mask) == 0.0
+    noisy = np.random.default_rng(0).integers(0, 255, (64, 64, 3)).astype(np.uint8)
+    assert _high_pass_spread(noisy, ~mask) > 20
+
+
+@pytest.mark.slow
+def test_v2_trains_saves_packs_and_loads_through_the_engine(tmp_path):
+    import io
+    import tarfile
+
+    from studio.imaging.engine import load_engine
+    from studio.training.mini.v2_run import V2Recipe, train_v2
+
+    recipe = V2Recipe(batch_size=4, decoder_share=0.05)  # 3 s of decoder fine-tuning, then 3 UNet steps
+    report = train_v2(tmp_path / "run", device="cpu", minutes=1, recipe=recipe, max_steps=3, gate=False,
+                      threads=1, pack=True, progress=False)
+    assert report["steps"] == 3 and report["decoder"]["steps"] >= 1
+    assert max(report["files_mb"].values()) <= 16 and report["model_mb"] <= 40
+    parts = sorted((tmp_path / "run").glob("studio-mini-v2.tar.*"))
+    assert [part.name for part in parts] == report["packed"] and len(parts) == 3
+    assert all(part.stat().st_size <= 16 * 2**20 for part in parts)
+    assert not (tmp_path / "run" / "model").exists()
+    with tarfile.open(fileobj=io.BytesIO(b"".join(part.read_bytes() for part in parts))) as archive:
+        archive.extractall(tmp_path / "unpacked", filter="data")
+    engine = load_engine(str(tmp_path / "unpacked" / "model"), device="cpu")
+    assert engine.pipeline.tokenizer.model_max_length == 77
+    prompt = ("our gift on a teal marble tabletop in a sunlit kitchen with soft light, a clean premium look for the "
+              "summer campaign, highly detailed, sharp focus, product centered, warm and calm mood")
+    assert 32 < count_clip_tokens(prompt) <= 77
+    width, height = aspect_buckets(64)["9:16"]
+    scene = Image.new("RGB", (width, height), (120, 120, 120))
+    mask = Image.new("L", (width, height), 255)
+    image = engine.generate(scene, mask, prompt=prompt, seed=0)
+    assert image.size == (width, height)
