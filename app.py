@@ -204,7 +204,7 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT, *, cache: str | os.PathL
 
     @_reports_errors([], [], None, None, [])
     def generate(path, editor, detected, prompt, negative_prompt, mode, placement, directions, amount, count, seed,
-                 steps, guidance, model, group, category, scale, request: gr.Request,
+                 steps, guidance, model, group, category, scale, position_x, position_y, request: gr.Request,
                  progress=gr.Progress(track_tqdm=True)):  # noqa: B008 -- Gradio injects it by this default
         # An untouched Textbox (e.g. inside the closed Advanced panel) sends None, not "".
         prompt, negative_prompt, model = prompt or "", negative_prompt or "", (model or "").strip()
@@ -216,7 +216,8 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT, *, cache: str | os.PathL
         extend = outpaint_extension(directions, amount) if mode == "outpaint" else None
         settings = CreativeSettings(mode=mode, placement=placement, extend=extend, steps=int(steps),
                                     guidance=float(guidance), negative_prompt=negative_prompt,
-                                    scale=float(scale) if scale else CreativeSettings.scale)
+                                    scale=float(scale) if scale else CreativeSettings.scale,
+                                    position=(float(position_x), float(position_y)))
         cancel = cancel_flags.start(request.session_hash)
         shown: list = []
         try:
@@ -272,6 +273,13 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT, *, cache: str | os.PathL
                 f"group {entry.key.group_id}, {entry.key.placement}, predicted CTR {entry.predicted_ctr:.2%}, "
                 f"rank {entry.rank}."),)
 
+    @_reports_errors(gr.skip(), gr.skip())
+    def favourite(favourites: list[dict], made: list[dict], selected: int | None):
+        if not made or selected is None or not 0 <= selected < len(made):
+            raise InputError("click a creative first, then mark it as a favourite")
+        favourites = create_ui.toggle_favourite(favourites, made[selected])
+        return favourites, [(item["path"], create_ui.ScoredCreative(**item).caption()) for item in favourites]
+
     @_reports_errors(None)
     def download(made: list[dict]):
         folder = out_dir / "zips"
@@ -280,10 +288,10 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT, *, cache: str | os.PathL
     # --- Campaign ----------------------------------------------------------------------------------------------------
 
     @_reports_errors(gr.skip(), gr.skip())
-    def run_catalogue(csv, images, placements, prompts_per_group, steps, request: gr.Request,
+    def run_catalogue(csv, images, placements, prompts_per_group, steps, folder_files, request: gr.Request,
                       bar=gr.Progress()):  # noqa: B008 -- Gradio injects it by this default
         folder = out_dir / "campaigns" / time.strftime("%Y%m%d-%H%M%S")
-        catalogue = campaign_ui.gather_catalogue(csv, images or [], folder)
+        catalogue = campaign_ui.gather_catalogue(csv, [*(images or []), *(folder_files or [])], folder)
         config = BatchConfig(catalogue=str(catalogue), cache=cache_dir, out=str(folder),
                              placements=tuple(placements or ["1:1"]), prompts_per_group=int(prompts_per_group),
                              steps=int(steps), reward_model=reward_model, size=512, progress=False)
@@ -341,7 +349,7 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT, *, cache: str | os.PathL
 
     # --- Experiments -------------------------------------------------------------------------------------------------
 
-    @_reports_errors(*[gr.skip()] * 7)
+    @_reports_errors(*[gr.skip()] * 8)
     def show_experiment(db: str, cache_path: str, audience_path: str):
         config = dataclasses.replace(serving, db=(db or "").strip() or serving.db,
                                      cache=(cache_path or "").strip() or serving.cache,
@@ -353,9 +361,10 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT, *, cache: str | os.PathL
         keys = sorted({(p, pl) for p, pl in zip(found.arms["product_id"], found.arms["placement"])})
         key_choices = [f"{p} · {pl}" for p, pl in keys]
         over_time = found.over_time.assign(time=pd.to_datetime(found.over_time["ts"], unit="s"))
+        regret = found.regret.assign(time=pd.to_datetime(found.regret["ts"], unit="s"))
         summary = f"**{found.impressions:,} impressions, {found.clicks:,} clicks** in `{config.db}`"
         arms = found.arms.drop(columns=["prompt"]).assign(creative_id=found.arms["creative_id"].str[:12])
-        return (summary, found.cells.round(4), found.lift_text(), over_time, arms.round(4),
+        return (summary, found.cells.round(4), found.lift_text(), over_time, regret, arms.round(4),
                 gr.update(choices=key_choices, value=key_choices[0] if key_choices else None),
                 found.arms.to_dict("records"))
 
@@ -444,6 +453,11 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT, *, cache: str | os.PathL
                                              label="Placement (channel)", elem_id="placement")
                         scale = gr.Slider(0.2, 0.95, value=CreativeSettings.scale, step=0.05,
                                           label="Product scale (share of the frame)")
+                        with gr.Row():  # where the product's centre goes, as shares of the frame
+                            position_x = gr.Slider(0, 1, value=CreativeSettings.position[0], step=0.05,
+                                                   label="Product position: left to right", elem_id="position-x")
+                            position_y = gr.Slider(0, 1, value=CreativeSettings.position[1], step=0.05,
+                                                   label="Product position: top to bottom", elem_id="position-y")
                         with gr.Row(visible=False) as outpaint_options:
                             directions = gr.CheckboxGroup(DIRECTIONS, value=["left", "right"], label="Extend towards")
                             amount = gr.Slider(16, 1024, value=256, step=16, label="Extend by (pixels per side)")
@@ -464,9 +478,14 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT, *, cache: str | os.PathL
                                       interactive=False)
                 with gr.Row():
                     accept_button = gr.Button("Accept the selected creative into the campaign", elem_id="accept")
+                    favourite_button = gr.Button("☆ Favourite (again to remove)", elem_id="favourite")
                     zip_button = gr.Button("Download all as a zip", elem_id="download")
                     zip_file = gr.File(label="Zip", interactive=False, elem_id="zip")
                 accepted = gr.Markdown(elem_id="accepted")
+                favourites = gr.State([])
+                favourite_gallery = gr.Gallery(label="Favourites (this session)", columns=8, height=160,
+                                               object_fit="contain", preview=False, elem_id="favourites")
+                favourite_zip_button = gr.Button("Download the favourites as a zip", elem_id="download-favourites")
                 disclosed = gr.Markdown(elem_id="ai-badge")  # "AI-generated" and the credentials of the selection
                 recipe = gr.JSON(label="AI-generated · disclosure and recipe of the selected creative (also inside "
                                        "its PNG)")
@@ -479,12 +498,14 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT, *, cache: str | os.PathL
                 history = gr.State([])  # this session's recent runs, latest first
 
             with gr.Tab("Campaign", id="campaign"):
-                gr.Markdown("Upload a catalogue (CSV: image, product_id, title, category; images by file name) to "
-                            "make ranked creatives for every group into the campaign cache. **Cancel** stops after the "
-                            "product being made; running again resumes.")
+                gr.Markdown("Upload a catalogue (CSV: image, product_id, title, category; images by file name), or a "
+                            "folder holding it beside its photos, to make ranked creatives for every group into the "
+                            "campaign cache. **Cancel** stops after the product being made; running again resumes.")
                 with gr.Row():
                     catalogue = gr.File(label="Catalogue CSV", file_types=[".csv"], type="filepath",
                                         elem_id="catalogue")
+                    catalogue_folder = gr.File(label="…or a whole folder (the CSV beside its photos)",
+                                               file_count="directory", type="filepath", elem_id="catalogue-folder")
                     catalogue_images = gr.File(label="Product photos", file_count="multiple", file_types=["image"],
                                                type="filepath", elem_id="catalogue-images")
                 with gr.Row():
@@ -537,6 +558,9 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT, *, cache: str | os.PathL
                 lift = gr.Markdown(elem_id="experiment-lift")
                 over_time = gr.LinePlot(x="time", y="ctr", color="bucket", label="Cumulative CTR over time",
                                         elem_id="experiment-ctr")
+                regret_plot = gr.LinePlot(x="time", y="regret", color="bucket", elem_id="experiment-regret",
+                                          label="Cumulative regret in expected clicks (hindsight: the bandit's "
+                                                "estimates of the best creative per group minus the one served)")
                 arms_table = gr.Dataframe(label="Each arm's LinUCB estimate, uncertainty and score per group",
                                           interactive=False, elem_id="experiment-arms")
                 with gr.Row():
@@ -577,13 +601,14 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT, *, cache: str | os.PathL
                       trigger_mode="always_last")
         app.load(count_tokens, [prompt, model], tokens, api_name=False)
         results = [gallery, recipes, recipe, scores, made, status]
-        run_settings = [prompt, negative_prompt, group, category, placement, scale, count, seed, steps, guidance, model]
+        run_settings = [prompt, negative_prompt, group, category, placement, scale, count, seed, steps, guidance, model,
+                        position_x, position_y]
         generate_button.click(  # clear the last run's creatives first, so none linger under a new prompt
             lambda: ([], [], None, None, [], "Generating…"), None, results, queue=False, api_name=False,
         ).then(
             generate,
             [photo, editor, detected, prompt, negative_prompt, mode, placement, directions, amount, count, seed, steps,
-             guidance, model, group, category, scale],
+             guidance, model, group, category, scale, position_x, position_y],
             results,
             api_name="generate",
         ).then(
@@ -595,8 +620,12 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT, *, cache: str | os.PathL
         recipe.change(badge, recipe, disclosed, api_name=False)
         accept_button.click(accept, [made, selected, product_id], [accepted, status], api_name="accept")
         zip_button.click(download, made, [zip_file, status], api_name="download")
+        favourite_button.click(favourite, [favourites, made, selected], [favourites, favourite_gallery, status],
+                               api_name="favourite")
+        favourite_zip_button.click(download, favourites, [zip_file, status], api_name="download_favourites")
 
-        job = run_button.click(run_catalogue, [catalogue, catalogue_images, job_placements, job_prompts, job_steps],
+        job = run_button.click(run_catalogue, [catalogue, catalogue_images, job_placements, job_prompts, job_steps,
+                                               catalogue_folder],
                                [job_progress, storage, status], api_name="run_catalogue")
         stop_button.click(cancel_catalogue, None, None, api_name="cancel_catalogue")
         job.then(show_sheet, [sheet_group, sheet_status], [sheet, storage, status], api_name=False)
@@ -608,7 +637,8 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT, *, cache: str | os.PathL
         recluster_button.click(recluster, [user_table, n_groups], [audience_groups, audience_plot, audience_note,
                                                                    status], api_name="recluster")
 
-        experiment_outputs = [experiment_summary, cells, lift, over_time, arms_table, why_key, arms_state, status]
+        experiment_outputs = [experiment_summary, cells, lift, over_time, regret_plot, arms_table, why_key, arms_state,
+                              status]
         refresh_button.click(show_experiment, [db, experiment_cache, experiment_audience], experiment_outputs,
                              api_name="experiment")
         timer.tick(show_experiment, [db, experiment_cache, experiment_audience], experiment_outputs, api_name=False,

@@ -266,8 +266,8 @@ def test_bad_input_in_the_other_tabs_is_one_clear_line_each(client, product, tmp
 
     catalogue = tmp_path / "catalogue.csv"
     catalogue.write_text("image,product_id,title,category\nproduct.png,sku 1,Bottle,beverage\n")
-    _, _, status = client.predict(handle_file(str(catalogue)), [handle_file(str(path))], ["1:1"], 1, 2,
-                                         api_name="/run_catalogue")
+    _, _, status = client.predict(handle_file(str(catalogue)), [handle_file(str(path))], ["1:1"], 1, 2, None,
+                                  api_name="/run_catalogue")
     assert status.startswith("**Error:** ") and "sku 1" in status and "\n" not in status
 
     *_, status = client.predict(str(tmp_path / "no-such.db"), "", "", api_name="/experiment")
@@ -278,7 +278,9 @@ def test_a_catalogue_job_fills_the_cache_and_its_contact_sheet_can_retire_a_crea
     path, _, _ = product
     catalogue = tmp_path / "catalogue.csv"
     catalogue.write_text("image,product_id,title,category\nproduct.png,sku-7,Striped box,kitchen\n")
-    progress, storage, status = client.predict(handle_file(str(catalogue)), [handle_file(str(path))], ["9:16"], 1, 1,
+    # A whole folder: the CSV beside its photo, in the folder upload
+    progress, storage, status = client.predict(None, [], ["9:16"], 1, 1,
+                                               [handle_file(str(catalogue)), handle_file(str(path))],
                                                api_name="/run_catalogue")
     assert status == "" and progress.startswith("**Done:** 1 of 1 products, 4 creatives made")  # 4 groups x 1
     assert storage["by_product"]["sku-7"]["creatives"] == 4

@@ -292,3 +292,15 @@ def test_outpaint_canvas_matches_what_generate_uses(photo):
     canvas = outpaint_canvas(photo, left=40, right=24)
     assert canvas.size == (184, 160) and canvas.box == (40, 0, 160, 160) and canvas.placement == "left=40,right=24"
     assert build_canvas(photo, fast(mode="outpaint", extend={"right": 24, "left": 40})).placement == canvas.placement
+
+
+def test_position_puts_the_products_centre_where_asked(product_photo):
+    from studio.imaging.creatives import CreativeSettings, build_canvas
+    from studio.imaging.images import load_image
+
+    photo = load_image(product_photo)
+    canvas = build_canvas(photo, CreativeSettings(size=400, scale=0.3, position=(0.25, 0.7)))
+    left, top, right, bottom = canvas.box
+    assert abs((left + right) / 2 - 100) <= 1 and abs((top + bottom) / 2 - 280) <= 1
+    centred = build_canvas(photo, CreativeSettings(size=400, scale=0.3))  # the default: centre, a little low
+    assert abs(sum(centred.box[0::2]) / 2 - 200) <= 1 and abs(sum(centred.box[1::2]) / 2 - 220) <= 1

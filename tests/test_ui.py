@@ -10,6 +10,7 @@ from pathlib import Path
 
 import experiment_log
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -225,7 +226,8 @@ def test_a_cancelled_stream_keeps_what_it_yielded(tmp_path):
 
 
 def test_recent_runs_keep_the_latest_first_and_give_their_settings_back():
-    run = dict(zip(create.HISTORY_FIELDS, ("a teal table", "", "2", "beverage", "4:5", 0.6, 2, 7, 30, 7.5, "")))
+    run = dict(zip(create.HISTORY_FIELDS, ("a teal table", "", "2", "beverage", "4:5", 0.6, 2, 7, 30, 7.5, "",
+                                           0.3, 0.7), strict=True))
     history = create.remember([], run)
     history = create.remember(history, {**run, "seed": 8})
     history = create.remember(history, run)  # a repeat moves to the top, not in twice
@@ -340,6 +342,20 @@ def test_a_catalogue_with_a_bad_row_is_one_clear_error(tmp_path):
     assert "sku 1" in str(error.value) and "\n" not in str(error.value)
 
 
+def test_a_whole_folder_is_a_catalogue_when_it_holds_one_csv(tmp_path):
+    uploaded = tmp_path / "upload"
+    uploaded.mkdir()
+    product_photo().save(uploaded / "bottle.png")
+    (uploaded / "shop.csv").write_text("image,product_id,title,category\nbottle.png,sku-1,Bottle,beverage\n")
+    files = [str(uploaded / "bottle.png"), str(uploaded / "shop.csv")]
+    target = campaign.gather_catalogue(None, files, tmp_path / "job")
+    assert target.read_text() == (uploaded / "shop.csv").read_text()
+    assert (tmp_path / "job" / "bottle.png").read_bytes() == (uploaded / "bottle.png").read_bytes()
+    (uploaded / "other.csv").write_text("image,product_id,title,category\n")
+    with pytest.raises(InputError, match=r"exactly one CSV .*other.csv, shop.csv"):
+        campaign.gather_catalogue(None, [*files, str(uploaded / "other.csv")], tmp_path / "job2")
+
+
 @pytest.mark.slow
 def test_a_catalogue_job_fills_the_cache_and_stops_when_cancelled(tmp_path):
     torch.set_num_threads(1)
@@ -401,3 +417,29 @@ def test_placement_presets_name_each_channels_aspect_and_paint_at_it():
         CreativeSettings(placement=aspect).check()
         ratio = parse_aspect(aspect)  # width / height
         assert (ratio > 1) == label.startswith("Banner") and (ratio < 1) == (aspect in ("4:5", "9:16"))
+
+
+def test_regret_is_the_gap_to_the_best_estimated_arm_accumulated_over_time():
+    from studio.ui.experiments import ARM_COLUMNS, regret_over_time
+
+    arms = pd.DataFrame([("p", "1:1", 0, "A", 0.20, 0.01, 0.21, 100, None, ""),
+                         ("p", "1:1", 0, "B", 0.05, 0.01, 0.06, 100, None, ""),
+                         ("p", "1:1", 1, "A", 0.02, 0.01, 0.03, 100, None, ""),
+                         ("p", "1:1", 1, "B", 0.10, 0.01, 0.11, 100, None, "")], columns=ARM_COLUMNS)
+    events = pd.DataFrame({"ts": [1.0, 2.0, 3.0, 4.0, 4.0], "bucket": ["treatment"] * 3 + ["control"] * 2,
+                           "product_id": "p", "placement": "1:1", "group_id": [0, 0, 1, 1, 0],
+                           "creative_id": ["A", "B", "A", "B", "Z"]})  # Z: no estimate, counts 0
+    regret = regret_over_time(events, arms, windows=3)
+    treatment = regret[regret["bucket"] == "treatment"]
+    assert treatment["ts"].tolist() == [2.0, 3.0, 4.0]
+    assert np.allclose(treatment["regret"], [0.15, 0.15 + 0.08, 0.15 + 0.08])
+    control = regret[regret["bucket"] == "control"]
+    assert control["ts"].tolist() == [4.0] and np.allclose(control["regret"], [0.0])
+
+
+def test_favourites_toggle_by_path_and_keep_their_order():
+    a, b = {"path": "/x/a.png", "seed": 0}, {"path": "/x/b.png", "seed": 1}
+    favourites = create.toggle_favourite([], a)
+    favourites = create.toggle_favourite(favourites, b)
+    assert favourites == [a, b]
+    assert create.toggle_favourite(favourites, dict(a)) == [b]  # marking it again removes it

@@ -20,6 +20,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -39,6 +40,7 @@ from studio.imaging.canvas import (
 )
 from studio.imaging.engine import CancelHook, Engine, GenerationSettings, LoraSpec, load_engine
 from studio.imaging.images import ImageSource, load_image
+from studio.imaging.personal import check_category, load_history
 from studio.imaging.provenance import Recipe, save_png, weights_hash
 
 MODES = ("background", "outpaint")
@@ -53,18 +55,26 @@ class CreativeSettings(GenerationSettings):
     The sampler settings are `GenerationSettings`' own (steps, guidance, strength, scheduler, negative_prompt); added:
 
     mode:      "background" places the cut-out product on a new frame of aspect `placement` ("1:1", "4:5", "16:9",
-               "9:16"), `size` pixels on the long side, the product `scale` of the frame; "outpaint" extends the
+               "9:16"), `size` pixels on the long side, the product `scale` of the frame with its centre at
+               `position` (x, y fractions of the frame); "outpaint" extends the
                photo's frame by `extend` ({"left": 256} or "left=256,right=256"), or to aspect `placement` when
                `extend` is None.
     lora:      a LoRA weights file or folder and its strength, or None for the bare model.
+    history:   the creatives a group clicked (a folder, a list of images or a `studio.imaging.personal.History`),
+               guided by `history_guidance`; None paints from the text alone. category: the product category,
+               guided by `category_guidance`. history_adapter: the history adapter folder (None: the model's own).
     """
 
     mode: str = "background"
     placement: str = "1:1"
     size: int = 1024
     scale: float | None = 0.6
+    position: tuple[float, float] = (0.5, 0.55)
     extend: dict[str, int] | str | None = None
     lora: LoraSpec | None = None
+    history: Any = None
+    category: str | None = None
+    history_adapter: str | None = None
 
     def check(self) -> None:
         """Raise InputError for settings that cannot make a creative (before any photo is decoded or model loads)."""
@@ -75,6 +85,9 @@ class CreativeSettings(GenerationSettings):
             self.lora.check()
             if not Path(self.lora.path).expanduser().exists():
                 raise InputError(f"LoRA {str(self.lora.path)!r} does not exist; pass a LoRA weights file or folder")
+        check_category(self.category)
+        if self.history is not None:
+            self.history = load_history(self.history)  # decoded once, here
 
 
 @dataclass
@@ -118,7 +131,8 @@ def build_canvas(
     settings.check()
     if settings.mode == "background":
         found = product_mask(image, mask)
-        return place_product(image, found, aspect=settings.placement, size=settings.size, scale=settings.scale)
+        return place_product(image, found, aspect=settings.placement, size=settings.size, scale=settings.scale,
+                             anchor=tuple(settings.position))
     if settings.extend is None:
         return extend_to_aspect(image, settings.placement)
     amounts = parse_extend(settings.extend) if isinstance(settings.extend, str) else dict(settings.extend)
@@ -156,7 +170,23 @@ def make_recipe(engine: Engine, canvas: Canvas, settings: CreativeSettings, *, p
         model_size=model_size,
         inpaint_method=engine.inpaint_method,
         engine_options=engine.options.describe(),
+        **personal_record(engine, settings),
     )
+
+
+def personal_record(engine: Engine, settings: CreativeSettings) -> dict:
+    """The recipe's personal-condition fields: what was applied, and the text-only fallback when no history came."""
+    history_guidance = float(settings.history_guidance) if settings.history is not None else 0.0
+    category_guidance = float(settings.category_guidance) if settings.category is not None else 0.0
+    if settings.history is not None:
+        history = settings.history.record(engine.history_method(settings.history_adapter) if history_guidance else
+                                          "unused (history guidance 0)")
+    elif float(settings.history_guidance) > 0:
+        history = {"source": None, "note": "no history given: painted from the text alone"}
+    else:
+        history = None
+    return {"history": history, "history_guidance": history_guidance, "category": settings.category,
+            "category_guidance": category_guidance}
 
 
 def generate_creatives(
@@ -280,7 +310,8 @@ def generate_creatives(
                 started = time.perf_counter()
                 generated = engine.generate(
                     model_image, model_mask, prompt=prompt, seed=seed + index, settings=settings, lora=lora,
-                    cancel=cancel,
+                    cancel=cancel, history=settings.history, category=settings.category,
+                    history_adapter=settings.history_adapter,
                 )
                 seconds = time.perf_counter() - started
                 pending.append(finisher.submit(finish, generated, recipe_for(seed + index), seconds))

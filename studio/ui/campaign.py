@@ -40,15 +40,25 @@ class JobProgress:
                 + (f"; {len(self.failures)} failed:{failed}" if self.failures else ""))
 
 
-def gather_catalogue(csv: str | os.PathLike, images: list[str | os.PathLike], folder: str | os.PathLike) -> Path:
+def gather_catalogue(csv: str | os.PathLike | None, images: list[str | os.PathLike],
+                     folder: str | os.PathLike) -> Path:
     """Copy an uploaded catalogue CSV and its images into one folder, so the CSV's image paths (file names) resolve;
-    returns the CSV's new path, checked by `read_catalogue` (a bad row is one clear error before any work)."""
+    returns the CSV's new path, checked by `read_catalogue` (a bad row is one clear error before any work).
+
+    `csv` None takes the one CSV among `images`: a whole uploaded folder (the CSV beside its photos)."""
+    files = [Path(item) for item in images or []]
     if not csv:
-        raise InputError("upload the catalogue CSV (columns image, product_id, title, category)")
+        tables = [item for item in files if item.suffix.lower() == ".csv"]
+        if len(tables) != 1:
+            found = ", ".join(sorted(t.name for t in tables)) or "none"
+            raise InputError("upload the catalogue CSV (columns image, product_id, title, category), or a folder "
+                             f"holding exactly one CSV beside its photos (CSV files found: {found})")
+        csv = tables[0]
+        files.remove(csv)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    for image in images or []:
-        shutil.copyfile(image, folder / Path(image).name)
+    for image in files:
+        shutil.copyfile(image, folder / image.name)
     target = folder / "catalogue.csv"
     shutil.copyfile(csv, target)
     read_catalogue(target)

@@ -262,6 +262,12 @@ def zip_creatives(creatives: list[ScoredCreative], out: str | os.PathLike) -> Pa
     return out
 
 
+def toggle_favourite(favourites: list[dict[str, Any]] | None, creative: dict[str, Any]) -> list[dict[str, Any]]:
+    """The favourites with `creative` added, or removed if it was one already (matched by its PNG path)."""
+    kept = [item for item in favourites or [] if item["path"] != creative["path"]]
+    return kept if len(kept) < len(favourites or []) else [*kept, creative]
+
+
 def from_dicts(items: list[dict[str, Any]] | None) -> list[ScoredCreative]:
     """ScoredCreatives back from the plain dicts a UI keeps in its session state."""
     return [ScoredCreative(**item) for item in items or []]
@@ -271,7 +277,7 @@ def from_dicts(items: list[dict[str, Any]] | None) -> list[ScoredCreative]:
 
 # The settings a run is remembered by, in the order "reuse settings" gives them back.
 HISTORY_FIELDS = ("prompt", "negative_prompt", "group", "category", "placement", "scale", "count", "seed", "steps",
-                  "guidance", "model")
+                  "guidance", "model", "position_x", "position_y")
 HISTORY_LIMIT = 10
 
 

@@ -2,7 +2,8 @@
 `studio serve` uses).
 
     read_experiment(config) -> Experiment: CTR per bucket and group (Wilson 95 % intervals), the lift of treatment
-        over control (delta-method interval), CTR over time per bucket, and each arm's LinUCB score per group
+        over control (delta-method interval), CTR and estimated regret over time per bucket, and each arm's LinUCB
+        score per group
     why_wins(experiment.arms, product, placement, group) -> one paragraph in plain words
 
 The CTR cells and the lift are computed as `GET /v1/report` computes them (`studio.learning.abtest.bucket_stats`
@@ -39,6 +40,7 @@ class Experiment:
     lift: dict | None  # {"lift", "ci_low", "ci_high", "p_value"}; None until both buckets have clicks
     over_time: pd.DataFrame  # bucket, ts (end of a window, unix seconds), impressions, ctr (cumulative)
     arms: pd.DataFrame  # ARM_COLUMNS, one row per (product, placement, group, arm)
+    regret: pd.DataFrame  # bucket, ts, regret (cumulative, in expected clicks, by the bandit's hindsight estimates)
     impressions: int
     clicks: int
 
@@ -61,7 +63,8 @@ def read_experiment(config: ServeConfig, windows: int = 20) -> Experiment:
         policy = rebuild_policy(config, log, cache)
         entries = {entry.creative_id: entry for entry in cache.all_creatives()}
     cells, lift = ctr_cells(rows)
-    return Experiment(cells, lift, ctr_over_time(events, windows), arm_scores(policy, entries),
+    arms = arm_scores(policy, entries)
+    return Experiment(cells, lift, ctr_over_time(events, windows), arms, regret_over_time(events, arms, windows),
                       int(cells["impressions"].sum()) if len(cells) else 0,
                       int(cells["clicks"].sum()) if len(cells) else 0)
 
@@ -105,6 +108,35 @@ def ctr_over_time(events: pd.DataFrame, windows: int = 20) -> pd.DataFrame:
         frames.append(pd.DataFrame({"bucket": str(bucket), "ts": edges[keep], "impressions": shown,
                                     "ctr": clicks[shown - 1] / shown}))
     return pd.concat(frames, ignore_index=True)[columns]
+
+
+def regret_over_time(events: pd.DataFrame, arms: pd.DataFrame, windows: int = 20) -> pd.DataFrame:
+    """Cumulative estimated regret per bucket at the end of each of `windows` equal time windows.
+
+    A live log has no oracle, so each impression's regret is judged in hindsight by the bandit's current estimates:
+    the best arm's estimated CTR for the impression's group (product, placement) minus the served arm's; impressions
+    of arms without an estimate count 0. A learning treatment bucket flattens out; uniform control keeps climbing."""
+    columns = ["bucket", "ts", "regret"]
+    if events.empty or arms.empty:
+        return pd.DataFrame(columns=columns)
+    keys = ["product_id", "placement", "group_id"]
+    estimates = arms.set_index([*keys, "creative_id"])["estimate"]
+    best = arms.groupby(keys)["estimate"].max()
+    frame = events.assign(group_id=events["group_id"].fillna(COLD_START_GROUP).astype(int))
+    index = list(zip(frame["product_id"], frame["placement"], frame["group_id"], frame["creative_id"]))
+    served = estimates.reindex(index).to_numpy()
+    top = best.reindex([key[:3] for key in index]).to_numpy()
+    frame = frame.assign(regret=np.where(np.isnan(served) | np.isnan(top), 0.0, top - served))
+    start, end = float(frame["ts"].min()), float(frame["ts"].max())
+    edges = np.linspace(start, end, windows + 1)[1:] if end > start else np.array([end])
+    parts = []
+    for bucket, part in frame.groupby(frame["bucket"].fillna("none"), sort=True):
+        part = part.sort_values("ts", kind="stable")
+        total = np.cumsum(part["regret"].to_numpy())
+        seen = np.searchsorted(part["ts"].to_numpy(), edges, side="right")
+        keep = seen > 0
+        parts.append(pd.DataFrame({"bucket": str(bucket), "ts": edges[keep], "regret": total[seen[keep] - 1]}))
+    return pd.concat(parts, ignore_index=True)[columns]
 
 
 def arm_scores(policy, entries: dict) -> pd.DataFrame:
