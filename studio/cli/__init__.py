@@ -25,6 +25,7 @@ COMMAND_MODULES: list[str] = [
     "studio.cli.batch",
     "studio.cli.campaign",
     "studio.cli.generate",
+    "studio.cli.loop",
     "studio.cli.prompts",
     "studio.cli.reward",
     "studio.cli.serve",

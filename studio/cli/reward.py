@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from studio.cli.output import emit
+from studio.core.db import is_postgres_url
 from studio.core.errors import InputError
 
 TRAINING_NAME = "training.json"
@@ -21,7 +22,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     commands = parser.add_subparsers(dest="reward_command", metavar="ACTION", required=True)
 
     train = commands.add_parser("train", help="train a reward model on an event log")
-    train.add_argument("--log", required=True, help="events.db of a run folder (studio simulate writes one)")
+    train.add_argument("--log", required=True, help="events.db of a run folder (studio simulate writes one), or with "
+                       "--cache a serving event log: a SQLite path or a postgresql:// URL")
+    train.add_argument("--cache", default=None, help="the creative cache `studio serve` served from (folder or "
+                       "postgresql:// URL): its creatives are the log's catalogue")
+    train.add_argument("--blobs", default=None, help="where the cache's PNGs are (with a PostgreSQL --cache)")
+    train.add_argument("--audience", default=None, help="the audience folder the server used (default: beside a "
+                       "--cache folder)")
     train.add_argument("--out", default=None, help="model folder to write (default: <log folder>/reward)")
     train.add_argument("--image-encoder", default="embedded", help="'embedded' or a transformers id / folder")
     train.add_argument("--text-encoder", default="embedded", help="'embedded' or a transformers id / folder")
@@ -57,10 +64,23 @@ def run_reward_train(args: argparse.Namespace) -> int:
     from studio.learning.log_dataset import load_log_dataset
 
     torch.set_num_threads(1)  # one full-batch step of small ops per epoch: extra threads only contend
+    served = args.cache is not None
+    if is_postgres_url(args.log) and not (served and args.out):
+        raise InputError("a postgresql:// --log is a serving log: pass --cache (the creative cache it served from) "
+                         "and --out (where to write the model)")
     out = Path(args.out) if args.out else Path(args.log).parent / "reward"
     model_config = RewardConfig(image_encoder=args.image_encoder, text_encoder=args.text_encoder)
     config = TrainingConfig(max_epochs=args.max_epochs, seed=args.seed, model=model_config, progress=not args.json)
-    dataset = load_log_dataset(args.log, image_size=model_config.image_size)
+    if served:
+        from studio.jobs.serving_log import load_serving_dataset
+
+        if args.audience is None and is_postgres_url(args.cache):
+            raise InputError("with a PostgreSQL --cache, pass --audience (the audience folder the server used)")
+        audience = args.audience or Path(args.cache).parent / "audience"
+        dataset = load_serving_dataset(args.log, args.cache, audience, blobs=args.blobs,
+                                       image_size=model_config.image_size)
+    else:
+        dataset = load_log_dataset(args.log, image_size=model_config.image_size)
     trainer = RewardTrainer(config).fit(dataset)
     trainer.model_.save_pretrained(out)
     split = trainer.split_
@@ -69,11 +89,23 @@ def run_reward_train(args: argparse.Namespace) -> int:
     report = {"model": str(out), "epochs": trainer.n_epochs_, "best_epoch": trainer.best_epoch_,
               "prior_alpha": trainer.prior_.alpha, "prior_beta": trainer.prior_.beta,
               **{f"test_{k}": v for k, v in test.items()}}
-    training = {"log": str(Path(args.log).resolve()), "seed": config.seed, "creatives": split.to_dict(),
+    training = {"log": _log_name(args.log), "seed": config.seed, "creatives": split.to_dict(),
                 "history": trainer.history_, "report": report}
     write_file(out / TRAINING_NAME, lambda path: path.write_text(json.dumps(training, indent=2) + "\n"))
     emit(report, args.json)
     return 0
+
+
+def _log_name(log: str) -> str:
+    """What training.json records as the log: the resolved path, or the URL without its password."""
+    if not is_postgres_url(log):
+        return str(Path(log).resolve())
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(log)
+    host = parts.hostname or ""
+    netloc = (f"{parts.username}@" if parts.username else "") + host + (f":{parts.port}" if parts.port else "")
+    return urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
 
 
 def run_reward_eval(args: argparse.Namespace) -> int:

@@ -1,0 +1,87 @@
+"""Closed-loop benchmark: `studio loop --rounds 3` on several seeds, against the issue's goals.
+
+    python benchmarks/loop.py --seeds 0 1 2 [--out out/bench-loop] [--rounds 3]
+
+Each seed runs `studio.jobs.loop.run_loop` with the CLI defaults into OUT/seed-S (a seed whose folder already holds a
+finished `loop.json` is read, not run again, so seeds can run in separate processes and be summarised after). Prints,
+per seed: the true CTR (the simulator's oracle) of the served treatment at round 0 and the last round, the loop's gain
+over round 0 and over the no-loop baseline (the bandit over the fixed round-0 pool, same requests), the
+prompts-only arm against both, the hacking gap per round, the least distinct prompts per group, and the wall time;
+then the medians over seeds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def run_seed(out: Path, seed: int, rounds: int) -> dict:
+    from studio.jobs.loop import LoopConfig, run_loop
+
+    report = out / "loop.json"
+    if report.is_file():
+        data = json.loads(report.read_text())
+        if data.get("finished"):
+            return data
+    return run_loop(LoopConfig(rounds=rounds, seed=seed), out, progress=True).to_dict()
+
+
+def row(seed: int, report: dict) -> dict:
+    rounds, comparisons = report["rounds"], report["comparisons"]
+    loop = rounds["loop"]
+    return {
+        "seed": seed,
+        "ctr_round_0": loop[0]["true_ctr"]["mean"],
+        "ctr_loop_last": loop[-1]["true_ctr"]["mean"],
+        "ctr_prompts_only_last": rounds["prompts_only"][-1]["true_ctr"]["mean"],
+        "ctr_no_loop_last": rounds["no_loop"][-1]["true_ctr"]["mean"],
+        **{name: comparisons[name] for name in ("loop_vs_round_0", "loop_vs_no_loop", "prompts_only_vs_no_loop",
+                                                 "loop_vs_prompts_only", "no_loop_vs_round_0")},
+        "hacking_gap_points": [r["hacking"]["gap_points"] for r in loop if "hacking" in r],
+        "new_arm_share_last": loop[-1]["origin"]["new_arm_share"],
+        "distinct_prompts": [r["diversity"]["mean_distinct_prompts"] for r in loop],
+        "goals": report["goals"],
+        "seconds": report["seconds"],
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", default="out/bench-loop")
+    args = parser.parse_args()
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    rows = [row(seed, run_seed(Path(args.out) / f"seed-{seed}", seed, args.rounds)) for seed in args.seeds]
+
+    def gain(value: dict) -> str:
+        return f"{value['gain']:+.1%} [{value['ci'][0]:+.1%}, {value['ci'][1]:+.1%}]"
+
+    for r in rows:
+        print(f"seed {r['seed']}: true CTR round 0 {r['ctr_round_0']:.4f} -> loop {r['ctr_loop_last']:.4f}, prompts "
+              f"only {r['ctr_prompts_only_last']:.4f}, no loop {r['ctr_no_loop_last']:.4f}")
+        print(f"  loop vs round 0 {gain(r['loop_vs_round_0'])}; loop vs no-loop {gain(r['loop_vs_no_loop'])}; "
+              f"prompts-only vs no-loop {gain(r['prompts_only_vs_no_loop'])}; loop vs prompts-only "
+              f"{gain(r['loop_vs_prompts_only'])}; no-loop vs its round 0 {gain(r['no_loop_vs_round_0'])}")
+        print(f"  hacking gap (points) {', '.join(f'{g:+.1f}' for g in r['hacking_gap_points'])}; distinct prompts "
+              f"per group {r['distinct_prompts']}; new-arm share of treatment {r['new_arm_share_last']:.0%}; "
+              f"{r['seconds']:.0f} s")
+        print(f"  goals: {r['goals']}")
+    if len(rows) > 1:
+        print(f"median over {len(rows)} seeds: loop vs round 0 "
+              f"{statistics.median(r['loop_vs_round_0']['gain'] for r in rows):+.1%}, loop vs no-loop "
+              f"{statistics.median(r['loop_vs_no_loop']['gain'] for r in rows):+.1%}, loop vs prompts-only "
+              f"{statistics.median(r['loop_vs_prompts_only']['gain'] for r in rows):+.1%}, wall "
+              f"{statistics.median(r['seconds'] for r in rows):.0f} s")
+    print(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()

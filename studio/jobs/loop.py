@@ -1,0 +1,888 @@
+"""The closed loop (CG4CTR's self-cyclic loop) on the audience simulator: `run_loop(LoopConfig(...), out)`.
+
+Round 0 serves a pool the base prompt model wrote and studio-mini painted. Every later round r, per arm:
+
+1. retrain the reward model on every round served so far (0..r-1): the ranker never sees the round it ranks;
+2. retire losers: pool creatives that are not among the best few of any audience group by logged (smoothed) CTR;
+3. the prompt model proposes many prompts per group, the generator paints them (with the arm's LoRA), the reward
+   model ranks them for that group, and the top-k per group become new arms (cached in the arm's creative cache);
+4. the bandit (`studio.learning.policy.ServingPolicy`, as `studio serve` runs it) gets the new arms and drops the
+   retired ones, then serves round r's traffic and logs it to the arm's event log;
+5. weighted SFT of the prompt model toward the top-ranked and clicked prompts, anchored by the base model's own
+   prompts; LoRA fine-tuning of the generator on the top-k creatives so far (arm "loop" only). Both take effect in
+   round r+1.
+
+Three arms share the world, the traffic and the round-0 pool: "loop", "prompts_only" (no generator fine-tuning) and
+"no_loop" (the bandit over the fixed round-0 pool). The simulator's oracle -- never shown to the loop -- gives the true
+CTR of what was served, the true gain against the reward model's predicted gain (the hacking gap), and the diversity
+of what the prompt model proposes. Each finished round is a staged folder and `loop.json` is rewritten after it, so
+a killed run keeps every finished round.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from studio.core.atomic import check_output_folder, remove_stale_staging, staged_folder, write_file
+from studio.core.errors import InputError
+from studio.core.vocabulary import CATEGORIES, PRODUCTS
+from studio.jobs import loop_report
+from studio.learning.policy import CONTROL, TREATMENT, ServingPolicy
+
+ARMS = ("loop", "prompts_only", "no_loop")
+REPORT_NAME = "loop.json"
+CATALOGUE_NAME = "catalogue.json"
+PLACEMENT = "1:1"
+
+
+@dataclass
+class LoopConfig:
+    """Settings of one closed-loop run (defaults: one seed in a few minutes on a 2-core CPU).
+
+    rounds: rounds after round 0. users, segments, groups (None: chosen by silhouette), products: the world.
+    impressions: requests served per round. initial_per_group: round-0 creatives per group. candidates_per_group:
+    prompts proposed (and painted) per group each round. top_k: new arms per group each round. keep_per_group: pool
+    creatives kept per group by logged CTR (others retire). steps, guidance: denoising. reward_epochs: cap of each
+    reward retrain. prompt_steps, prompt_learning_rate, anchor_weight: the prompt model's weighted SFT (the anchor is
+    the base model's own prompts at this share of the positive weight). lora_steps, lora_rank,
+    lora_learning_rate, lora_scale: the generator's LoRA. alpha: LinUCB exploration. arms: which arms to run.
+    """
+
+    rounds: int = 3
+    seed: int = 0
+    users: int = 5_000
+    segments: int = 4
+    groups: int | None = None
+    products: int = 1
+    impressions: int = 40_000
+    initial_per_group: int = 3
+    candidates_per_group: int = 12
+    top_k: int = 2
+    keep_per_group: int = 2
+    steps: int = 15
+    guidance: float = 7.5
+    reward_epochs: int = 300
+    prompt_steps: int = 40
+    prompt_learning_rate: float = 5e-4
+    anchor_weight: float = 0.5
+    lora_steps: int = 20
+    lora_rank: int = 4
+    lora_learning_rate: float = 1e-3
+    lora_scale: float = 1.0
+    alpha: float = 0.25
+    generator: str | None = None
+    prompt_model: str | None = None
+    arms: tuple[str, ...] = ARMS
+    batch_size: int = 256
+
+    def check(self) -> None:
+        """Raise InputError for settings that cannot run."""
+        limits = {"rounds": 1, "users": 50, "segments": 1, "products": 1, "impressions": 100, "initial_per_group": 1,
+                  "candidates_per_group": 1, "top_k": 1, "keep_per_group": 1, "steps": 1, "reward_epochs": 1,
+                  "prompt_steps": 1, "lora_steps": 1, "lora_rank": 1, "batch_size": 1}
+        for name, low in limits.items():
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise InputError(f"{name} must be a whole number >= {low}, got {value!r}")
+        if not isinstance(self.seed, int) or self.seed < 0:
+            raise InputError(f"seed must be a whole number >= 0, got {self.seed!r}")
+        if self.groups is not None and (not isinstance(self.groups, int) or not 1 <= self.groups <= 16):
+            raise InputError(f"groups must be None (chosen by silhouette) or 1 to 16, got {self.groups!r}")
+        if self.products > len(PRODUCTS):
+            raise InputError(f"products must be at most {len(PRODUCTS)}, got {self.products}")
+        if self.candidates_per_group > 64 or self.initial_per_group > 64:
+            raise InputError("candidates_per_group and initial_per_group must be at most 64 (prompts per brief)")
+        if self.top_k > self.candidates_per_group:
+            raise InputError(f"top_k ({self.top_k}) cannot exceed candidates_per_group ({self.candidates_per_group})")
+        if not self.arms or any(arm not in ARMS for arm in self.arms) or len(set(self.arms)) != len(self.arms):
+            raise InputError(f"arms must be distinct names from {', '.join(ARMS)}, got {self.arms!r}")
+        if not (self.alpha >= 0 and self.anchor_weight >= 0 and self.prompt_learning_rate > 0
+                and self.lora_learning_rate > 0):
+            raise InputError("alpha and anchor_weight must be >= 0, learning rates > 0")
+
+
+@dataclass
+class LoopReport:
+    """What a run measured. rounds: arm -> one record per round (see `_round_record`). comparisons: relative gains
+    with 95 % intervals (each arm's last round vs round 0; arm vs arm on the same requests). goals: the issue's goals
+    read out. files: where things are."""
+
+    config: dict
+    seconds: float
+    world: dict
+    rounds: dict[str, list[dict]]
+    comparisons: dict = field(default_factory=dict)
+    goals: dict = field(default_factory=dict)
+    files: dict = field(default_factory=dict)
+    finished: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ------------------------------------------------------------------------------------------------------------ world
+
+
+class _World:
+    """The simulator, its users and groups, one canvas per product, the traffic of each round, and the painter."""
+
+    def __init__(self, config: LoopConfig, out: Path):
+        from prompts.loading import load_prompt_model
+        from studio.imaging.creatives import CreativeSettings, build_canvas
+        from studio.imaging.engine import default_model, load_engine
+        from studio.learning.audience import AudienceClustering
+        from studio.sim.renderer import render_product
+        from studio.sim.simulator import AudienceSimulator
+
+        self.config = config
+        self.simulator = AudienceSimulator(n_segments=config.segments, seed=config.seed)
+        self.users = self.simulator.sample_users(config.users)
+        k_range = (config.groups, config.groups) if config.groups else (2, 8)
+        self.clustering = AudienceClustering(n_groups=config.groups, k_range=k_range, seed=config.seed,
+                                             columns=["age", "region", "device"]).fit(self.users)
+        self.clustering.save_pretrained(out / "audience")
+        self.group_of_user = self.clustering.labels_
+        self.profiles = [profile.to_dict() for profile in self.clustering.profiles_]
+        self.group_ids = [str(p["group_id"]) for p in self.profiles]
+        self.group_vectors = {str(p.group_id): np.asarray(p.vector, dtype=np.float32)
+                              for p in self.clustering.profiles_}
+        self.salt = f"loop-{config.seed}"
+        bucketer = ServingPolicy(self.clustering.group_vectors(), salt=self.salt)
+        self.treated = np.array([bucketer.bucket(int(u)) == TREATMENT for u in self.users["user_id"]])
+        self.visit = self.users["activity"].to_numpy() + 0.1
+
+        # one product photo per product, its canvas and its product mask (saved: the oracle needs it)
+        self.generator = config.generator or default_model()
+        self.settings = CreativeSettings(size=64, steps=config.steps, guidance=config.guidance)
+        self.products = []
+        for index in range(config.products):
+            kind = PRODUCTS[index]
+            product_id = f"{kind}-{index}"
+            canvas = build_canvas(render_product(kind, seed=config.seed * 1000 + index, size=128), self.settings)
+            mask_path = out / "products" / f"{product_id}.mask.png"
+            from PIL import Image
+
+            write_file(mask_path, lambda path, keep=canvas.keep: Image.fromarray(
+                (keep * 255).astype(np.uint8)).save(path, format="PNG"))
+            self.products.append({"product_id": product_id, "kind": kind, "category": CATEGORIES[kind],
+                                  "canvas": canvas, "mask_path": str(mask_path)})
+        self.engine = load_engine(self.generator)
+        self.base_writer = load_prompt_model(config.prompt_model)
+        self.painted: dict[tuple, tuple[Path, int]] = {}  # (prompt, negative, seed, lora, product) -> (png, sim index)
+
+    # -- traffic ---------------------------------------------------------------------------------------------------
+    def traffic(self, round_index: int) -> dict[str, np.ndarray]:
+        """Round `round_index`'s requests, the same for every arm (common random numbers: paired comparisons)."""
+        config = self.config
+        rng = np.random.default_rng([config.seed, 1000 + round_index])
+        n = config.impressions
+        user = rng.choice(config.users, size=n, p=self.visit / self.visit.sum())
+        product = rng.integers(config.products, size=n)
+        return {"user": user, "product": product, "group": self.group_of_user[user], "treated": self.treated[user],
+                "draw": rng.random(n)}
+
+    def group_true_ctr(self, sim_indices: list[int]) -> np.ndarray:
+        """Oracle: (groups, len(sim_indices)) click probability of each group's users, weighted by how often they
+        visit (as the traffic weighs them)."""
+        table = self.simulator.expected_ctr(np.arange(self.config.users), np.asarray(sim_indices, dtype=np.int64))
+        out = np.zeros((len(self.group_ids), len(sim_indices)))
+        for g in range(len(self.group_ids)):
+            mine = self.group_of_user == g
+            weights = self.visit[mine]
+            out[g] = (weights[:, None] * table[mine]).sum(axis=0) / weights.sum()
+        return out
+
+    # -- prompts and painting --------------------------------------------------------------------------------------
+    def brief(self, product: dict, group: int):
+        from prompts.brief import Brief
+
+        return Brief.from_dict({"audience": self.profiles[group],
+                                "product": {"title": product["kind"], "category": product["category"]}})
+
+    def propose(self, writer, product: dict, group: int, n: int, seed: int) -> list:
+        """Up to `n` distinct prompts of `writer` for one group (a shortfall is reported by the diversity figure)."""
+        from prompts.backends import FewerPromptsWarning
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FewerPromptsWarning)
+            return writer.suggest(self.brief(product, group), n=n, seed=seed)
+
+    def paint(self, product: dict, prompt, seed: int, lora: str | None, folder: Path, name: str) -> tuple[Path, int]:
+        """One creative in `folder` (a PNG with its recipe) registered with the simulator; returns (png, sim index).
+
+        The same (prompt, seed, LoRA, product) painted before is copied, not painted again (arms share round 0 and,
+        before their LoRA differs, their proposals)."""
+        from PIL import Image
+
+        from studio.imaging.creatives import generate_creatives
+        from studio.imaging.engine import LoraSpec
+
+        key = (prompt.positive, prompt.negative, seed, lora, product["product_id"])
+        folder.mkdir(parents=True, exist_ok=True)
+        if key in self.painted:
+            source, index = self.painted[key]
+            target = folder / source.name
+            shutil.copyfile(source, target)
+            return target, index
+        settings = replace(self.settings, negative_prompt=prompt.negative,
+                           lora=None if lora is None else LoraSpec(lora, self.config.lora_scale))
+        creative = generate_creatives(product["canvas"], prompt.positive, settings=settings, n=1, seed=seed,
+                                      engine=self.engine, out_dir=folder, name=name, progress=False)[0]
+        # the simulator measures the PNG as written: what a server would serve
+        with Image.open(creative.path) as opened:
+            pixels = np.asarray(opened.convert("RGB"))
+        index = self.simulator.add_creative(pixels, product["canvas"].keep, product["category"])
+        self.painted[key] = (creative.path, index)
+        return creative.path, index
+
+    def remember(self, staged: Path, final: Path) -> None:
+        """After a staged folder moved into place, point the paint memo at the final files."""
+        for key, (path, index) in list(self.painted.items()):
+            if staged in path.parents:
+                self.painted[key] = (final / path.relative_to(staged), index)
+
+
+# ------------------------------------------------------------------------------------------------------------- arms
+
+
+@dataclass
+class _Creative:
+    creative_id: str
+    product_id: str
+    category: str
+    group: int  # the group it was made for
+    round: int
+    prompt: str
+    negative: str
+    image: str  # PNG path (final location)
+    sim_index: int
+    predicted_ctr: float | None = None  # the ranker's, capped to its trust region (see _propose_and_rank)
+    raw_predicted_ctr: float | None = None  # the ranker's, uncapped
+
+
+class _Arm:
+    """One arm's state: its serving policy, event log, pool, prompt model, LoRA, cache and catalogue."""
+
+    def __init__(self, name: str, world: _World, out: Path):
+        from prompts.loading import load_prompt_model
+
+        self.name, self.world, self.out = name, world, out / name
+        self.out.mkdir(parents=True, exist_ok=True)
+        config = world.config
+        self.policy = ServingPolicy(world.clustering.group_vectors(), alpha=config.alpha, salt=world.salt,
+                                    seed=config.seed, rng=np.random.default_rng([config.seed, 7]))
+        self.log_path = self.out / "events.db"
+        self.catalogue: dict[str, _Creative] = {}
+        self.pool: dict[str, list[str]] = {p["product_id"]: [] for p in world.products}
+        self.writer = load_prompt_model(config.prompt_model) if name != "no_loop" else None
+        self.lora: str | None = None
+        self.lora_examples: list[_Creative] = []
+        self.cache_ids: dict[str, str] = {}  # loop creative id -> cache id (the PNG's SHA-256)
+        self.served: list[np.ndarray] = []  # per round: true CTR of each treatment request
+        self.served_by: list[dict] = []  # per round: (product, group) -> {creative_id: count} in treatment
+
+    def add(self, creatives: list[_Creative]) -> None:
+        for creative in creatives:
+            self.catalogue[creative.creative_id] = creative
+            self.pool[creative.product_id].append(creative.creative_id)
+
+    def write_catalogue(self) -> None:
+        rows = [{"creative_id": c.creative_id, "product_id": c.product_id, "category": c.category,
+                 "prompt": c.prompt, "negative_prompt": c.negative, "image": c.image, "group": c.group,
+                 "round": c.round, "predicted_ctr": c.predicted_ctr} for c in self.catalogue.values()]
+        write_file(self.out / CATALOGUE_NAME, lambda path: path.write_text(json.dumps(rows, indent=1) + "\n"))
+
+
+# ------------------------------------------------------------------------------------------------------------- run
+
+
+def run_loop(config: LoopConfig, out_dir: str | os.PathLike, progress: bool = True) -> LoopReport:
+    """Run the closed loop and its two baselines for `config.rounds` rounds; write everything under `out_dir`.
+
+    Files: ``loop.json`` (the report, rewritten after every finished round), ``loop.png`` (CTR per round),
+    ``audience/``, ``products/`` (product masks), ``pool-0/`` (the round-0 creatives), and per arm ``<arm>/``:
+    ``events.db`` (the event log), ``catalogue.json`` (every creative it served: prompt, image, round),
+    ``round-<r>/`` (that round's creatives, the ranker ``reward/``, the LoRA ``lora/``, ``round.json``),
+    ``cache/`` (the creative cache: each round's best) and ``prompt-model/`` (the fine-tuned prompt model).
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    # 1. Check inputs before any model loads or file is written
+    config.check()
+    final = check_output_folder(out_dir)
+    if final.exists() and any(final.iterdir()):
+        raise InputError(f"--out {final} is a folder that is not empty; choose a new folder (a loop writes a whole "
+                         "run folder)")
+    try:
+        final.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise InputError(f"cannot create {final} ({error.strerror}); choose another output folder") from None
+    remove_stale_staging(final)
+    started = time.perf_counter()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small models: one thread is fastest and leaves the other core to others
+    try:
+        # 2. The world, the round-0 pool every arm starts from, and the base model's proposals (diversity baseline)
+        world = _World(config, final)
+        pool0, base_proposals = _round_zero(world, final)
+        for product in world.products:
+            made = sum(c.product_id == product["product_id"] for c in pool0)
+            if made < 2:  # the ranker holds one creative out for early stopping and trains on the rest
+                raise InputError(f"the round-0 pool has {made} creative(s) of {product['product_id']}; the reward "
+                                 "model needs at least 2 per product: raise --initial or --groups")
+        arms = [_Arm(name, world, final) for name in config.arms]
+        for arm in arms:
+            arm.add([replace(c) for c in pool0])
+        report = LoopReport(config=_jsonable(asdict(config)), seconds=0.0, world=_world_summary(world),
+                            rounds={arm.name: [] for arm in arms},
+                            files={"report": str(final / REPORT_NAME), "plot": str(final / "loop.png")})
+        # 3. Rounds: every arm finishes round r before any starts r+1, so a killed run has comparable rounds
+        bar = tqdm(total=(config.rounds + 1) * len(arms), desc="loop", unit="round", disable=not progress)
+        for round_index in range(config.rounds + 1):
+            traffic = world.traffic(round_index)
+            for arm in arms:
+                bar.set_postfix(arm=arm.name, round=round_index)
+                record = _run_round(world, arm, round_index, traffic, base_proposals)
+                report.rounds[arm.name].append(record)
+                report.seconds = round(time.perf_counter() - started, 1)
+                report.comparisons, report.goals = _compare(arms, report, config)
+                write_file(final / REPORT_NAME, lambda path: path.write_text(json.dumps(report.to_dict(), indent=2)))
+                bar.update(1)
+        bar.close()
+        # 4. The prompt models, the plot, the final report
+        for arm in arms:
+            if arm.writer is not None:
+                arm.writer.save_pretrained(arm.out / "prompt-model")
+        report.files["plot"] = str(final / "loop.png") if loop_report.plot(final / "loop.png", report.rounds) else \
+            "not written: matplotlib is not installed"
+        report.seconds = round(time.perf_counter() - started, 1)
+        report.comparisons, report.goals = _compare(arms, report, config)
+        report.finished = True
+        write_file(final / REPORT_NAME, lambda path: path.write_text(json.dumps(report.to_dict(), indent=2)))
+        return report
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _round_zero(world: _World, out: Path) -> tuple[list[_Creative], dict]:
+    """The round-0 pool (base prompt model x studio-mini, unranked: there is no log yet) and the base model's
+    `candidates_per_group` proposals per (product, group), the diversity every later round is compared with."""
+    config = world.config
+    pool, proposals = [], {}
+    staged_dir = out / "pool-0"
+    with staged_folder(staged_dir) as staging:
+        for product in world.products:
+            for g in range(len(world.group_ids)):
+                proposals[(product["product_id"], g)] = world.propose(
+                    world.base_writer, product, g, config.candidates_per_group, seed=_seed(config, 0, g, 1))
+                prompts = proposals[(product["product_id"], g)][: config.initial_per_group]
+                for i, prompt in enumerate(prompts):
+                    path, index = world.paint(product, prompt, _seed(config, 0, g, 100 + i), None,
+                                              staging / "creatives", f"r0-g{g}-{i}")
+                    pool.append(_Creative(f"r0/{product['product_id']}/g{g}-{i}", product["product_id"],
+                                          product["category"], g, 0, prompt.positive, prompt.negative,
+                                          str(staged_dir / "creatives" / path.name), index))
+    world.remember(staging, staged_dir)
+    return pool, proposals
+
+
+def _seed(config: LoopConfig, round_index: int, group: int, salt: int) -> int:
+    return int(config.seed) * 1_000_003 + round_index * 10_007 + group * 101 + salt
+
+
+def _run_round(world: _World, arm: _Arm, round_index: int, traffic: dict, base_proposals: dict) -> dict:
+    """One round of one arm inside a staged round folder; returns the round's record."""
+    started = time.perf_counter()
+    final = arm.out / f"round-{round_index}"
+    record: dict[str, Any] = {"round": round_index}
+    with staged_folder(final) as staging:
+        if round_index == 0:
+            record["diversity"] = _diversity(world, base_proposals, None)
+        elif arm.name != "no_loop":
+            record.update(_evolve(world, arm, round_index, staging))
+        added, removed = [], []
+        for product in world.products:
+            a, r = arm.policy.sync_arms(product["product_id"], arm.pool[product["product_id"]])
+            added += a
+            removed += r
+        record["pool_size"] = sum(len(p) for p in arm.pool.values())
+        record["added"], record["removed"] = sorted(map(str, added)), sorted(map(str, removed))
+        record.update(_serve(world, arm, round_index, traffic))
+        record["seconds"] = round(time.perf_counter() - started, 1)
+        (staging / "round.json").write_text(json.dumps(_jsonable(record), indent=2) + "\n")
+    world.remember(staging, final)
+    for creative in arm.catalogue.values():
+        if creative.image.startswith(str(staging)):
+            creative.image = str(final / Path(creative.image).relative_to(staging))
+    if arm.lora is not None and arm.lora.startswith(str(staging)):
+        arm.lora = str(final / Path(arm.lora).relative_to(staging))
+    arm.write_catalogue()
+    return _jsonable(record)
+
+
+# ------------------------------------------------------------------------------------------------------ serving
+
+
+def _serve(world: _World, arm: _Arm, round_index: int, traffic: dict) -> dict:
+    """Serve one round through the serving policy (decide, click, learn in mini-batches) and log it."""
+    import pandas as pd
+
+    from studio.learning.abtest import bucket_stats
+    from studio.learning.eventlog import EventLog
+
+    config = world.config
+    n = config.impressions
+    product_ids = np.array([p["product_id"] for p in world.products], dtype=object)[traffic["product"]]
+    buckets = np.where(traffic["treated"], TREATMENT, CONTROL)
+    chosen = np.empty(n, dtype=object)
+    propensity = np.zeros(n)
+    true_ctr = np.zeros(n)
+    clicked = np.zeros(n, dtype=bool)
+    for start in range(0, n, config.batch_size):
+        rows = np.arange(start, min(start + config.batch_size, n))
+        chosen[rows], propensity[rows] = arm.policy.decide(product_ids[rows], traffic["group"][rows], buckets[rows])
+        sims = np.array([arm.catalogue[c].sim_index for c in chosen[rows]])
+        true_ctr[rows] = world.simulator.click_probability(traffic["user"][rows], sims)
+        clicked[rows] = traffic["draw"][rows] < true_ctr[rows]
+        treat = rows[traffic["treated"][rows]]
+        for key in np.unique(product_ids[treat]):
+            mine = treat[product_ids[treat] == key]
+            arm.policy.learn(key, traffic["group"][mine], list(chosen[mine]), clicked[mine].astype(float))
+    ids = np.array([f"r{round_index}-{i}" for i in range(n)])
+    with EventLog(arm.log_path) as log:
+        for start in range(0, n, 8192):
+            part = slice(start, start + 8192)
+            log.log_impressions(pd.DataFrame({
+                "impression_id": ids[part], "ts": round_index * n + np.arange(n)[part].astype(float),
+                "user_id": traffic["user"][part].astype(str), "group_id": traffic["group"][part],
+                "product_id": product_ids[part].astype(str), "creative_id": chosen[part].astype(str),
+                "arm": chosen[part].astype(str), "propensity": propensity[part],
+                "policy": np.where(traffic["treated"][part], "linucb", "uniform"), "bucket": buckets[part],
+                "model_version": f"{arm.name}-round-{round_index}",
+            }), clicked=ids[part][clicked[part]].tolist(),
+                click_ts=round_index * n + np.flatnonzero(clicked[part]).astype(float) + start + 0.5)
+    treated = traffic["treated"]
+    arm.served.append(true_ctr[treated])
+    served_by: dict = {}
+    for product, group, creative in zip(product_ids[treated], traffic["group"][treated], chosen[treated]):
+        counts = served_by.setdefault((product, int(group)), {})
+        counts[creative] = counts.get(creative, 0) + 1
+    arm.served_by.append(served_by)
+    by_group = {world.group_ids[g]: loop_report.mean_ci(true_ctr[treated & (traffic["group"] == g)])
+                for g in range(len(world.group_ids))}
+    realised = bucket_stats(TREATMENT, int(clicked[treated].sum()), int(treated.sum()))
+    # where the gain comes from: treatment traffic on creatives the loop made vs on the round-0 pool
+    made = np.array([arm.catalogue[c].round > 0 for c in chosen]) & treated
+    origin = {"new_arm_share": float(made.sum() / max(1, treated.sum())),
+              "new_arms_true_ctr": loop_report.mean_ci(true_ctr[made]),
+              "round_0_arms_true_ctr": loop_report.mean_ci(true_ctr[treated & ~made])}
+    return {"true_ctr": loop_report.mean_ci(true_ctr[treated]), "true_ctr_by_group": by_group, "origin": origin,
+            "control_true_ctr": loop_report.mean_ci(true_ctr[~treated]),
+            "realised_treatment_ctr": {"ctr": realised.ctr, "ci": [realised.ci_low, realised.ci_high],
+                                       "clicks": realised.clicks, "impressions": realised.impressions}}
+
+
+# ------------------------------------------------------------------------------------------------------ evolving
+
+
+def _evolve(world: _World, arm: _Arm, round_index: int, staging: Path) -> dict:
+    """Retrain the ranker, retire losers, propose + paint + rank new arms, cache them, fine-tune the prompt model
+    (and, for the "loop" arm, the generator). Returns this part of the round's record."""
+    config = world.config
+    record: dict[str, Any] = {}
+
+    # 1. the ranker, on every round served so far (never on the round it ranks: that round is not served yet)
+    trainer, dataset = _retrain_ranker(world, arm, round_index)
+    trainer.model_.save_pretrained(staging / "reward")
+    trained = set(trainer.split_.train) | set(trainer.split_.validation)
+    seen_rounds = sorted({int(v.rsplit("-", 1)[1]) for v in dataset.impressions["model_version"].unique()})
+    record["ranker"] = {"trained_creatives": sorted(trained), "trained_rounds": seen_rounds,
+                        "epochs": trainer.n_epochs_, "best_epoch": trainer.best_epoch_}
+
+    # 2. retire losers by logged CTR (smoothed with the ranker's Beta prior)
+    retired = _retire(arm, dataset, trainer.prior_, config.keep_per_group, len(world.group_ids))
+
+    # 3. propose, paint, rank; the top-k per group join the pool
+    ranked, proposals, caps = _propose_and_rank(world, arm, trainer.model_, dataset, round_index, staging)
+    overlap = sorted({c.creative_id for c in ranked} & trained)
+    if overlap:  # the guard against reward hacking: never rank what the ranker trained on
+        raise RuntimeError(f"the ranker trained on {len(overlap)} creatives it now ranks, e.g. {overlap[0]}")
+    record["ranker"].update({"ranked_creatives": sorted(c.creative_id for c in ranked), "overlap": overlap,
+                             "trust_region_caps": caps})
+    selected = []
+    for product in world.products:
+        for g in range(len(world.group_ids)):
+            mine = [c for c in ranked if c.product_id == product["product_id"] and c.group == g]
+            selected += sorted(mine, key=_rank_key)[: config.top_k]
+    record["hacking"] = _hacking(world, arm, trainer.model_, dataset, selected)
+    record["diversity"] = _diversity(world, proposals, ranked)
+    record["generator_drift"] = _generator_drift(world, arm, proposals, round_index)
+    arm.add(selected)
+    record["selected"] = [c.creative_id for c in selected]
+    record["retired"] = retired
+    _cache(arm, selected, retired, round_index, staging)
+
+    # 4. fine-tune for the next round: the prompt model (both loop arms), the generator (loop only)
+    record["prompt_model"] = _fine_tune_prompts(world, arm, ranked, dataset, trainer.prior_, round_index)
+    if arm.name == "loop":
+        arm.lora_examples += selected
+        record["lora"] = _fine_tune_generator(world, arm, round_index, staging)
+    return record
+
+
+def _retrain_ranker(world: _World, arm: _Arm, round_index: int):
+    import pandas as pd
+
+    from reward.data import RewardDataset, load_pixels
+    from reward.training import RewardTrainer, TrainingConfig
+    from studio.learning.log_dataset import read_impressions
+
+    config = world.config
+    impressions = read_impressions(arm.log_path)
+    ids = sorted(impressions["creative_id"].unique())
+    creatives = pd.DataFrame([{"creative_id": c, "product_id": arm.catalogue[c].product_id,
+                               "category": arm.catalogue[c].category, "prompt": arm.catalogue[c].prompt}
+                              for c in ids]).set_index("creative_id")
+    pixels, errors = load_pixels([arm.catalogue[c].image for c in ids], 64)
+    if any(errors):
+        raise InputError(f"a served creative cannot be read: {next(e for e in errors if e)}")
+    dataset = RewardDataset(creatives, pixels, world.group_vectors, impressions)
+    trainer = RewardTrainer(TrainingConfig(max_epochs=config.reward_epochs, patience=max(10, config.reward_epochs // 4),
+                                           validation_fraction=0.2, test_fraction=0.0,
+                                           seed=config.seed + round_index, progress=False)).fit(dataset)
+    return trainer, dataset
+
+
+def _smoothed_ctr(dataset, prior) -> Any:
+    """Beta-smoothed CTR per (product, group, creative) over the whole log."""
+    from reward.data import aggregate, label
+
+    return label(aggregate(dataset.impressions), prior)
+
+
+def _retire(arm: _Arm, dataset, prior, keep: int, n_groups: int) -> list[str]:
+    """Pool creatives that are not among the `keep` best of any group by smoothed CTR leave the pool."""
+    table = _smoothed_ctr(dataset, prior)
+    retired = []
+    for product, pool in arm.pool.items():
+        best: set[str] = set()
+        for g in range(n_groups):
+            rows = table[(table["product_id"] == product) & (table["group_id"] == str(g))]
+            scores = {c: prior.mean for c in pool} | dict(zip(rows["creative_id"], rows["label"]))
+            best |= set(sorted(pool, key=lambda c: -scores[c])[:keep])
+        retired += [c for c in pool if c not in best]
+        arm.pool[product] = [c for c in pool if c in best]
+    return retired
+
+
+def _rank_key(creative: _Creative) -> tuple[float, float]:
+    """Best first: by the capped prediction, ties (candidates at the cap) by the uncapped one."""
+    return -creative.predicted_ctr, -creative.raw_predicted_ctr
+
+
+def _propose_and_rank(world: _World, arm: _Arm, ranker, dataset, round_index: int, staging: Path):
+    """Each group's proposals painted and scored by the ranker for that group. The trust region: a candidate's
+    predicted CTR is capped at the highest the ranker predicts for any logged creative of the product in that group,
+    so the loop never believes (or fine-tunes toward) a CTR beyond what its evidence reached; the uncapped score
+    only breaks ties. Returns (ranked creatives, proposals per (product, group), caps)."""
+    import pandas as pd
+
+    from reward.data import load_pixels
+    from reward.training import predict_pairs
+
+    config = world.config
+    ranked, proposals, caps = [], {}, {}
+    for product in world.products:
+        logged = dataset.creatives.index[dataset.creatives["product_id"] == product["product_id"]].tolist()
+        for g in range(len(world.group_ids)):
+            pairs = pd.DataFrame({"creative_id": logged, "group_id": [world.group_ids[g]] * len(logged)})
+            cap = float(predict_pairs(ranker, dataset, pairs).max()) if logged else 1.0
+            caps[f"{product['product_id']}/{world.group_ids[g]}"] = cap
+            prompts = world.propose(arm.writer, product, g, config.candidates_per_group,
+                                    seed=_seed(config, round_index, g, 1))
+            proposals[(product["product_id"], g)] = prompts
+            batch = []
+            for i, prompt in enumerate(prompts):
+                path, index = world.paint(product, prompt, _seed(config, round_index, g, 100 + i), arm.lora,
+                                          staging / "creatives", f"r{round_index}-g{g}-{i}")
+                batch.append(_Creative(f"r{round_index}/{product['product_id']}/g{g}-{i}", product["product_id"],
+                                       product["category"], g, round_index, prompt.positive, prompt.negative,
+                                       str(path), index))
+            if not batch:
+                continue
+            pixels, _ = load_pixels([c.image for c in batch], ranker.config.image_size)
+            scores = ranker.predict_ctr(pixels, [c.prompt for c in batch], [world.group_ids[g]] * len(batch),
+                                        [c.category for c in batch])
+            for creative, value in zip(batch, scores):
+                creative.raw_predicted_ctr = float(value)
+                creative.predicted_ctr = min(float(value), cap)
+            ranked += batch
+    return ranked, proposals, caps
+
+
+def _hacking(world: _World, arm: _Arm, ranker, dataset, selected: list[_Creative]) -> dict:
+    """The ranker's predicted relative gain of the new arms over what the last round served, per group, against
+    the oracle's true gain; gap_points = 100 x (predicted - true), with the trust-region (capped) predictions the loop
+    acts on, and uncapped_gap_points with the ranker's raw ones."""
+    import pandas as pd
+
+    from reward.training import predict_pairs
+
+    last = arm.served_by[-1]
+    by_group, pred_new, raw_new, pred_old, true_new, true_old, weights = {}, [], [], [], [], [], []
+    for (product, g), counts in sorted(last.items()):
+        mine = [c for c in selected if c.product_id == product and c.group == g]
+        if not mine:
+            continue
+        served = list(counts)
+        share = np.array([counts[c] for c in served], dtype=float)
+        share /= share.sum()
+        pairs = pd.DataFrame({"creative_id": served, "group_id": [world.group_ids[g]] * len(served)})
+        old_pred = float(share @ predict_pairs(ranker, dataset, pairs))
+        new_pred = float(np.mean([c.predicted_ctr for c in mine]))
+        new_raw = float(np.mean([c.raw_predicted_ctr for c in mine]))
+        truth = world.group_true_ctr([arm.catalogue[c].sim_index for c in served] + [c.sim_index for c in mine])[g]
+        old_true, new_true = float(share @ truth[: len(served)]), float(truth[len(served):].mean())
+        by_group[f"{product}/{world.group_ids[g]}"] = {
+            "predicted_gain": new_pred / old_pred - 1, "uncapped_predicted_gain": new_raw / old_pred - 1,
+            "true_gain": new_true / old_true - 1}
+        pred_new.append(new_pred)
+        raw_new.append(new_raw)
+        pred_old.append(old_pred)
+        true_new.append(new_true)
+        true_old.append(old_true)
+        weights.append(sum(counts.values()))
+    w = np.asarray(weights, dtype=float) / max(1.0, float(np.sum(weights)))
+    predicted = float(w @ pred_new / (w @ pred_old) - 1) if len(w) else float("nan")
+    uncapped = float(w @ raw_new / (w @ pred_old) - 1) if len(w) else float("nan")
+    true = float(w @ true_new / (w @ true_old) - 1) if len(w) else float("nan")
+    return {"predicted_gain": predicted, "true_gain": true, "gap_points": 100 * (predicted - true),
+            "uncapped_predicted_gain": uncapped, "uncapped_gap_points": 100 * (uncapped - true),
+            "by_group": by_group}
+
+
+def _diversity(world: _World, proposals: dict, ranked: list[_Creative] | None) -> dict:
+    """Distinct prompts the prompt model proposed per (product, group), and the spread of the painted backgrounds
+    (mean pairwise distance of the simulator's standardised background measurements; None before round 1)."""
+    from studio.sim.simulator import FEATURE_SCALE
+
+    distinct = {f"{product}/{world.group_ids[g]}": len({p.positive for p in prompts})
+                for (product, g), prompts in proposals.items()}
+    spread = None
+    if ranked:
+        values = []
+        for (product, g) in proposals:
+            mine = [c.sim_index for c in ranked if c.product_id == product and c.group == g]
+            if len(mine) > 1:
+                z = world.simulator.creative_features_[mine] / FEATURE_SCALE
+                values.append(float(np.mean([np.linalg.norm(a - b) for i, a in enumerate(z) for b in z[i + 1:]])))
+        spread = float(np.mean(values)) if values else None
+    return {"distinct_prompts": distinct, "mean_distinct_prompts": float(np.mean(list(distinct.values()))),
+            "asked": world.config.candidates_per_group, "background_spread": spread}
+
+
+def _generator_drift(world: _World, arm: _Arm, proposals: dict, round_index: int) -> float | None:
+    """Mean absolute background difference (0-255) between the arm's LoRA and the base generator on the first
+    proposal of each group at one seed; None without a LoRA."""
+    if arm.lora is None:
+        return None
+    from studio.imaging.creatives import generate_creatives
+    from studio.imaging.engine import LoraSpec
+
+    differences = []
+    for product in world.products:
+        keep = product["canvas"].keep
+        for g in range(len(world.group_ids)):
+            prompts = proposals.get((product["product_id"], g))
+            if not prompts:
+                continue
+            images = []
+            for lora in (None, LoraSpec(arm.lora, world.config.lora_scale)):
+                settings = replace(world.settings, negative_prompt=prompts[0].negative, lora=lora)
+                creative = generate_creatives(product["canvas"], prompts[0].positive, settings=settings, n=1,
+                                              seed=_seed(world.config, round_index, g, 7), engine=world.engine,
+                                              progress=False)[0]
+                images.append(np.asarray(creative.image.convert("RGB"), dtype=float))
+            differences.append(float(np.abs(images[0] - images[1])[~keep].mean()))
+    return float(np.mean(differences)) if differences else None
+
+
+def _cache(arm: _Arm, selected: list[_Creative], retired: list[str], round_index: int, staging: Path) -> None:
+    """The new round's best into the arm's creative cache (accepted); retired cached creatives are marked so."""
+    from studio.jobs.cache import CacheKey, CreativeCache
+
+    generator = "studio-mini" if arm.lora is None else f"studio-mini+{Path(arm.lora).parent.name}-lora"
+    with CreativeCache(arm.out / "cache") as cache:
+        items, order = [], sorted(selected, key=lambda c: (c.product_id, c.group, -c.predicted_ctr))
+        for c in order:
+            rank = 1 + sum(o.predicted_ctr > c.predicted_ctr for o in order
+                           if o.product_id == c.product_id and o.group == c.group)
+            key = CacheKey(c.product_id, c.group, PLACEMENT, c.prompt, generator, f"{arm.name}-round-{round_index}")
+            items.append((Path(c.image).read_bytes(), key, c.predicted_ctr, rank, "accepted"))
+        stored = cache.put_unit(f"{arm.name}-round-{round_index}", items, keep_existing=True)
+        arm.cache_ids.update({c.creative_id: s.creative_id for c, s in zip(order, stored)})
+        for creative_id in retired:
+            if creative_id in arm.cache_ids:
+                cache.set_status(arm.cache_ids[creative_id], "retired")
+
+
+def _fine_tune_prompts(world: _World, arm: _Arm, ranked: list[_Creative], dataset, prior, round_index: int) -> dict:
+    """Reward-weighted SFT toward the top quarter of each group's ranked proposals and the prompts of creatives
+    that earned above-average clicks in that group; the base model's own proposals anchor it against drift. Returns
+    the example counts, the loss and the drift (a per-token estimate of KL(new || base) on the new model's samples)."""
+    from prompts.brief import Prompt
+    from prompts.training import TrainingConfig
+
+    config = world.config
+    table = _smoothed_ctr(dataset, prior)
+    briefs, prompts, weights, counts = [], [], [], {"ranked": 0, "clicked": 0, "anchor": 0}
+    for product in world.products:
+        for g in range(len(world.group_ids)):
+            brief = world.brief(product, g)
+            mine = sorted((c for c in ranked if c.product_id == product["product_id"] and c.group == g),
+                          key=_rank_key)
+            positive: list[tuple[Prompt, float]] = []
+            if mine:
+                mean = np.mean([c.predicted_ctr for c in mine])
+                positive += [(Prompt(c.prompt, c.negative), c.predicted_ctr / mean)
+                             for c in mine[: max(1, len(mine) // 4)]]
+                counts["ranked"] += max(1, len(mine) // 4)
+            rows = table[(table["product_id"] == product["product_id"]) & (table["group_id"] == world.group_ids[g])]
+            if len(rows):
+                mean = rows["label"].mean()
+                for creative_id, value in zip(rows["creative_id"], rows["label"]):
+                    if value > mean:
+                        c = arm.catalogue[creative_id]
+                        positive.append((Prompt(c.prompt, c.negative), value / mean))
+                        counts["clicked"] += 1
+            if not positive:
+                continue
+            anchor = config.anchor_weight * float(np.mean([w for _, w in positive]))
+            base = world.propose(world.base_writer, product, g, max(1, len(positive)),
+                                 seed=_seed(config, round_index, g, 3))
+            for prompt, weight in positive + [(p, anchor) for p in base if anchor > 0]:
+                briefs.append(brief)
+                prompts.append(prompt)
+                weights.append(weight)
+            counts["anchor"] += len(base) if anchor > 0 else 0
+    if not prompts:
+        return {"examples": counts, "trained": False}
+    arm.writer.fit(briefs, prompts, np.asarray(weights), TrainingConfig(
+        steps=config.prompt_steps, batch_size=16, learning_rate=config.prompt_learning_rate, warmup_steps=5,
+        seed=config.seed + round_index))
+    # drift: E_new[log p_new - log p_base] per answer token on fresh samples of the new model
+    sample_briefs, samples = [], []
+    for product in world.products:
+        for g in range(len(world.group_ids)):
+            fresh = world.propose(arm.writer, product, g, 8, seed=_seed(config, round_index, g, 5))
+            sample_briefs += [world.brief(product, g)] * len(fresh)
+            samples += fresh
+    drift = None
+    if samples:
+        drift = float(np.mean(arm.writer.log_likelihood(sample_briefs, samples)
+                              - world.base_writer.log_likelihood(sample_briefs, samples)))
+    return {"examples": counts, "trained": True, "final_loss": float(np.mean(arm.writer.loss_history_[-5:])),
+            "drift_kl_per_token": drift}
+
+
+def _fine_tune_generator(world: _World, arm: _Arm, round_index: int, staging: Path) -> dict:
+    """A fresh LoRA on every creative selected so far (reward-ranked fine-tuning), captioned with its prompt; used
+    to paint the next round's proposals."""
+    from PIL import Image
+
+    from studio.training.trainer import (
+        Components,
+        FolderData,
+        InpaintingTrainer,
+        TrainConfig,
+        encode_dataset,
+        load_pipeline,
+    )
+
+    config = world.config
+    examples = arm.lora_examples
+    with tempfile.TemporaryDirectory(dir=staging) as scratch:
+        shots = Path(scratch) / "shots"
+        shots.mkdir()
+        for i, creative in enumerate(examples):
+            shutil.copyfile(creative.image, shots / f"{i}.png")
+            (shots / f"{i}.txt").write_text(creative.prompt)
+            keep = world.products[[p["product_id"] for p in world.products].index(creative.product_id)]["canvas"].keep
+            Image.fromarray((keep * 255).astype(np.uint8)).save(shots / f"{i}.mask.png")
+        pipeline = load_pipeline(world.generator)
+        pipeline.set_progress_bar_config(disable=True)
+        train = TrainConfig(steps=config.lora_steps, batch_size=min(8, len(examples)),
+                            learning_rate=config.lora_learning_rate, lora=True, lora_rank=config.lora_rank,
+                            checkpoint_every=config.lora_steps, caption_dropout=0.0, snr_gamma=None,
+                            mask_modes={"product": 1.0}, seed=config.seed + round_index)
+        data = encode_dataset(Components.from_pipeline(pipeline), FolderData(shots), train, progress=False)
+        trainer = InpaintingTrainer(pipeline, train).fit(data, Path(scratch) / "run", progress=False)
+        saved = trainer.save(staging / "lora")
+    arm.lora = str(saved)
+    return {"examples": len(examples), "steps": config.lora_steps, "first_loss": float(trainer.losses_[0]),
+            "final_loss": float(np.mean(trainer.losses_[-5:]))}
+
+
+# ------------------------------------------------------------------------------------------------------ read-out
+
+
+def _compare(arms: list[_Arm], report: LoopReport, config: LoopConfig) -> tuple[dict, dict]:
+    """Gains with intervals: each arm's last finished round vs its round 0, and arm vs arm on the same requests."""
+    comparisons: dict[str, Any] = {}
+    done = min(len(arm.served) for arm in arms)
+    if done == 0:
+        return {}, {}
+    last = done - 1
+    comparisons["round"] = last
+    for arm in arms:
+        if last > 0:
+            comparisons[f"{arm.name}_vs_round_0"] = loop_report.relative_gain(arm.served[last], arm.served[0])
+    by_name = {arm.name: arm for arm in arms}
+    for new, old in (("loop", "no_loop"), ("prompts_only", "no_loop"), ("loop", "prompts_only")):
+        if new in by_name and old in by_name and last > 0:
+            comparisons[f"{new}_vs_{old}"] = loop_report.relative_gain(by_name[new].served[last],
+                                                                       by_name[old].served[last], paired=True)
+    goals: dict[str, Any] = {}
+    if "loop" in by_name and last > 0:
+        gain = comparisons["loop_vs_round_0"]
+        goals["loop_gain_at_least_10_percent_ci_excludes_0"] = gain["gain"] >= 0.10 and gain["ci"][0] > 0
+        if "loop_vs_no_loop" in comparisons:
+            versus = comparisons["loop_vs_no_loop"]
+            goals["loop_beats_no_loop_ci_excludes_0"] = versus["ci"][0] > 0
+        gaps = [r["hacking"]["gap_points"] for r in report.rounds["loop"] if "hacking" in r]
+        goals["hacking_gap_at_most_5_points"] = bool(gaps) and max(abs(g) for g in gaps) <= 5
+        first = report.rounds["loop"][0]["diversity"]["mean_distinct_prompts"]
+        least = min(r["diversity"]["mean_distinct_prompts"] for r in report.rounds["loop"])
+        goals["diversity_at_least_half_of_round_0"] = least >= 0.5 * first
+    goals["under_30_minutes"] = report.seconds <= 1800
+    return _jsonable(comparisons), goals
+
+
+def _world_summary(world: _World) -> dict:
+    return {"groups": len(world.group_ids), "profiles": world.profiles, "users": world.config.users,
+            "products": [p["product_id"] for p in world.products], "generator": str(world.generator),
+            "treatment_share": float(world.treated.mean())}
+
+
+def _jsonable(value: Any) -> Any:
+    """Plain JSON types (numpy scalars, tuples, NaN -> None)."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value

@@ -1,0 +1,217 @@
+"""The closed loop (`studio loop`, `studio.jobs.loop`): invariants checked against the event logs, the files and an
+independently rebuilt simulator, on a tiny world (a few hundred users, two groups, two rounds)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from studio.cli import main
+from studio.core.errors import InputError
+from studio.jobs.loop import LoopConfig, run_loop
+
+TINY = ["--rounds", "2", "--seed", "3", "--users", "300", "--groups", "2", "--impressions", "2000", "--initial", "2",
+        "--candidates", "4", "--top-k", "1", "--steps", "2", "--lora-steps", "2", "--reward-epochs", "20",
+        "--prompt-steps", "3"]
+
+
+# -- bad input: one clear error, nothing written ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("rounds", [0, -1])
+def test_rounds_below_one_are_refused(tmp_path, rounds):
+    with pytest.raises(InputError, match="rounds must be a whole number >= 1"):
+        run_loop(LoopConfig(rounds=rounds), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unwritable_and_non_empty_out_are_refused(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("x")
+    with pytest.raises(InputError, match="not writable|is a file"):
+        run_loop(LoopConfig(rounds=1), blocker / "out", progress=False)
+    full = tmp_path / "full"
+    full.mkdir()
+    (full / "keep.txt").write_text("mine")
+    with pytest.raises(InputError, match="not empty"):
+        run_loop(LoopConfig(rounds=1), full, progress=False)
+    assert [p.name for p in full.iterdir()] == ["keep.txt"]
+
+
+def test_cli_bad_input_is_one_line(tmp_path, capsys):
+    assert main(["loop", "--rounds", "0", "--out", str(tmp_path / "o")]) == 2
+    (tmp_path / "f").write_text("x")
+    assert main(["loop", "--rounds", "1", "--out", str(tmp_path / "f" / "o")]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("studio: error")]
+    assert len(errors) == 2 and all("Traceback" not in e for e in errors)
+
+
+# -- one tiny run through the CLI, checked against what it wrote --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    import contextlib
+    import io
+
+    out = tmp_path_factory.mktemp("loop") / "run"
+    stdout = io.StringIO()
+    with contextlib.redirect_stdout(stdout):
+        code = main(["loop", *TINY, "--out", str(out), "--json"])
+    return code, json.loads(stdout.getvalue()), out
+
+
+def _log(out: Path, arm: str):
+    from studio.learning.eventlog import EventLog
+
+    with EventLog(out / arm / "events.db") as log:
+        frame = log.read()
+    frame["round"] = frame["model_version"].str.rsplit("-", n=1).str[1].astype(int)
+    return frame
+
+
+@pytest.mark.slow
+def test_cli_exit_code_json_and_files(run):
+    code, report, out = run
+    assert code == 0
+    assert report["finished"] is True
+    assert json.loads((out / "loop.json").read_text()) == report
+    assert (out / "loop.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for arm in ("loop", "prompts_only", "no_loop"):
+        assert [r["round"] for r in report["rounds"][arm]] == [0, 1, 2]
+        assert [p.name for p in sorted((out / arm).glob("round-*"))] == ["round-0", "round-1", "round-2"]
+    assert (out / "loop" / "round-1" / "lora" / "pytorch_lora_weights.safetensors").is_file()
+    assert not (out / "prompts_only" / "round-1" / "lora").exists()
+    assert not list(out.rglob(".studio-staging-*"))
+
+
+@pytest.mark.slow
+def test_ranker_never_trained_on_the_round_it_ranks(run):
+    _, report, out = run
+    for arm in ("loop", "prompts_only"):
+        log = _log(out, arm)
+        for record in report["rounds"][arm][1:]:
+            r, ranker = record["round"], record["ranker"]
+            earlier = set(log.loc[log["round"] < r, "creative_id"])
+            assert ranker["trained_rounds"] == list(range(r))
+            assert set(ranker["trained_creatives"]) <= earlier
+            ranked = set(ranker["ranked_creatives"])
+            assert ranked and all(c.startswith(f"r{r}/") for c in ranked)
+            assert not ranked & earlier and ranker["overlap"] == []
+            # the saved ranker knows exactly the groups of this world
+            saved = json.loads((out / arm / f"round-{r}" / "reward" / "config.json").read_text())
+            assert sorted(saved["group_ids"]) == ["0", "1"]
+
+
+@pytest.mark.slow
+def test_new_arms_enter_the_bandit_and_losers_leave(run):
+    _, report, out = run
+    log = _log(out, "loop")
+    pool = set(log.loc[log["round"] == 0, "creative_id"])
+    for record in report["rounds"]["loop"][1:]:
+        r = record["round"]
+        assert sorted(record["added"]) == sorted(record["selected"]) and len(record["selected"]) == 2  # top-1 x 2
+        assert sorted(record["removed"]) == sorted(record["retired"])
+        pool = (pool - set(record["retired"])) | set(record["selected"])
+        served = set(log.loc[log["round"] == r, "creative_id"])
+        assert served == pool  # every pool arm is served (uniform control), nothing else
+        assert not served & set(record["retired"])
+        assert record["pool_size"] == len(pool)
+    from studio.jobs.cache import CreativeCache
+
+    with CreativeCache(out / "loop" / "cache") as cache:
+        entries = cache.all_creatives()
+    assert len(entries) == 4  # 2 groups x top-1 x 2 rounds
+    assert {e.key.reward_version for e in entries} == {"loop-round-1", "loop-round-2"}
+    retired = {c for record in report["rounds"]["loop"][1:] for c in record["retired"]}
+    assert sum(e.status == "retired" for e in entries) == len(retired & {c for rec in report["rounds"]["loop"][1:]
+                                                                          for c in rec["selected"]})
+
+
+@pytest.mark.slow
+def test_no_loop_pool_stays_the_round_zero_pool(run):
+    _, report, out = run
+    log = _log(out, "no_loop")
+    pool = set(log.loc[log["round"] == 0, "creative_id"])
+    assert len(pool) == 4 and all(c.startswith("r0/") for c in pool)
+    for r in (1, 2):
+        assert set(log.loc[log["round"] == r, "creative_id"]) == pool
+        assert report["rounds"]["no_loop"][r]["added"] == [] and report["rounds"]["no_loop"][r]["removed"] == []
+    assert {c["creative_id"] for c in json.loads((out / "no_loop" / "catalogue.json").read_text())} == pool
+
+
+@pytest.mark.slow
+def test_true_ctr_matches_an_independently_rebuilt_oracle(run):
+    from studio.sim.simulator import AudienceSimulator
+
+    _, report, out = run
+    config = report["config"]
+    simulator = AudienceSimulator(n_segments=config["segments"], seed=config["seed"])
+    simulator.sample_users(config["users"])
+    mask = np.asarray(Image.open(out / "products" / "bottle-0.mask.png")) > 127
+    truth = {}
+    for arm in ("loop", "prompts_only", "no_loop"):
+        index = {}
+        for creative in json.loads((out / arm / "catalogue.json").read_text()):
+            pixels = np.asarray(Image.open(creative["image"]).convert("RGB"))
+            index[creative["creative_id"]] = simulator.add_creative(pixels, mask, creative["category"])
+        log = _log(out, arm)
+        treated = log[log["bucket"] == "treatment"]
+        per_round = []
+        for record in report["rounds"][arm]:
+            rows = treated[treated["round"] == record["round"]]
+            p = simulator.click_probability(rows["user_id"].astype(int).to_numpy(),
+                                            rows["creative_id"].map(index).to_numpy())
+            assert record["true_ctr"]["mean"] == pytest.approx(p.mean(), rel=1e-9)
+            assert record["true_ctr"]["n"] == len(rows)
+            per_round.append(p)
+        truth[arm] = per_round
+    # the same requests reach every arm (paired comparisons), and the paired gain is recomputed from the oracle
+    logs = {arm: _log(out, arm) for arm in ("loop", "no_loop")}
+    assert (logs["loop"]["user_id"].to_numpy() == logs["no_loop"]["user_id"].to_numpy()).all()
+    gain = truth["loop"][2].mean() / truth["no_loop"][2].mean() - 1
+    assert report["comparisons"]["loop_vs_no_loop"]["gain"] == pytest.approx(gain, rel=1e-9)
+    assert report["comparisons"]["loop_vs_round_0"]["gain"] == pytest.approx(
+        truth["loop"][2].mean() / truth["loop"][0].mean() - 1, rel=1e-9)
+
+
+@pytest.mark.slow
+def test_a_killed_run_keeps_every_finished_round(tmp_path, monkeypatch):
+    from studio.jobs import loop
+
+    serve = loop._serve
+
+    def killed_in_round_2(world, arm, round_index, traffic):
+        if round_index == 2 and arm.name == "prompts_only":
+            raise KeyboardInterrupt  # what SIGTERM becomes in the CLI
+        return serve(world, arm, round_index, traffic)
+
+    monkeypatch.setattr(loop, "_serve", killed_in_round_2)
+    config = LoopConfig(rounds=2, seed=3, users=300, groups=2, impressions=2000, initial_per_group=2,
+                        candidates_per_group=4, top_k=1, steps=2, lora_steps=2, reward_epochs=20, prompt_steps=3)
+    with pytest.raises(KeyboardInterrupt):
+        run_loop(config, tmp_path / "run", progress=False)
+    report = json.loads((tmp_path / "run" / "loop.json").read_text())
+    assert report["finished"] is False
+    assert {arm: [r["round"] for r in records] for arm, records in report["rounds"].items()} == {
+        "loop": [0, 1, 2], "prompts_only": [0, 1], "no_loop": [0, 1]}
+    assert sorted(p.name for p in (tmp_path / "run" / "prompts_only").glob("round-*")) == ["round-0", "round-1"]
+    assert (tmp_path / "run" / "loop" / "round-2" / "round.json").is_file()
+    assert not list((tmp_path / "run").rglob(".studio-staging-*"))
+    # every creative the finished rounds name is on disk
+    for arm in ("loop", "prompts_only"):
+        for creative in json.loads((tmp_path / "run" / arm / "catalogue.json").read_text()):
+            assert Path(creative["image"]).is_file()
+
+
+@pytest.mark.slow
+def test_a_pool_too_small_to_rank_is_one_clear_error(tmp_path):
+    config = LoopConfig(rounds=1, users=100, groups=1, impressions=100, initial_per_group=1, candidates_per_group=1, top_k=1,
+                        steps=1)
+    with pytest.raises(InputError, match="at least 2 per product"):
+        run_loop(config, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "loop.json").exists()
