@@ -390,6 +390,13 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT, *, cache: str | os.PathL
             raise InputError(f"no diffusers pipeline folder (with model_index.json) in {root}")
         return (gr.update(choices=found, value=found[0]),)
 
+    @_reports_errors(None, None)
+    def show_loop(folder: str | None):
+        if not (folder or "").strip():
+            raise InputError("give the --out folder of a `studio loop` run")
+        rounds, gains = models_ui.loop_rounds(folder.strip())
+        return rounds.round(4), gains.round(4)
+
     @_reports_errors(gr.skip(), gr.skip())
     def use_generator(choice: str | None):
         described = models_ui.describe("generator", choice)  # one line when unavailable; no download, no retries
@@ -582,6 +589,15 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT, *, cache: str | os.PathL
                     model_choice = gr.Dropdown([], label="Generator (a folder, or type a hub id)",
                                                allow_custom_value=True, elem_id="model-choice")
                     use_button = gr.Button("Use this generator", elem_id="use-model")
+                with gr.Row():
+                    loop_folder = gr.Textbox(label="A closed-loop run (the --out folder of `studio loop`)",
+                                             placeholder="out/loop", elem_id="loop-folder")
+                    loop_button = gr.Button("Show its rounds", elem_id="show-loop")
+                loop_table = gr.Dataframe(label="Rounds per arm: true CTR (simulator oracle) with 95 % interval, "
+                                                "creatives added and retired, hacking gap, the round's LoRA",
+                                          interactive=False, elem_id="loop-rounds")
+                loop_gains = gr.Dataframe(label="Measured gains (relative, 95 % interval)", interactive=False,
+                                          elem_id="loop-gains")
 
         # --- events ------------------------------------------------------------------------------------------------
         photo.change(open_photo, [photo, tinted], [editor, click_view, mask_message, detected, status],
@@ -649,6 +665,7 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT, *, cache: str | os.PathL
         app.load(show_models, model, [models_table, status], api_name=False)
         list_button.click(list_folders, models_root, [model_choice, status], api_name=False)
         use_button.click(use_generator, model_choice, [model, models_table, status], api_name="use_model")
+        loop_button.click(show_loop, loop_folder, [loop_table, loop_gains, status], api_name="loop_rounds")
     return app
 
 

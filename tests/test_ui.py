@@ -443,3 +443,23 @@ def test_favourites_toggle_by_path_and_keep_their_order():
     favourites = create.toggle_favourite(favourites, b)
     assert favourites == [a, b]
     assert create.toggle_favourite(favourites, dict(a)) == [b]  # marking it again removes it
+
+
+def test_a_loop_runs_rounds_and_gains_are_read_from_its_report(tmp_path):
+    report = {"rounds": {"loop": [
+        {"round": 0, "true_ctr": {"mean": 0.05, "ci": [0.04, 0.06], "n": 1000}, "added": ["a", "b"], "retired": []},
+        {"round": 1, "true_ctr": {"mean": 0.06, "ci": [0.05, 0.07], "n": 1000}, "added": ["c"], "retired": ["a"],
+         "hacking": {"gap_points": 2.5}, "lora": {"final_loss": 0.8}}]},
+        "comparisons": {"round": 1, "loop_vs_round_0": {"gain": 0.2, "ci": [0.1, 0.3], "paired": False}}}
+    (tmp_path / "loop.json").write_text(json.dumps(report))
+    (tmp_path / "loop" / "round-1" / "lora").mkdir(parents=True)
+    rounds, gains = models.loop_rounds(tmp_path)
+    assert rounds[["arm", "round", "true_ctr", "ci_low", "impressions", "new_creatives", "retired"]].values.tolist() \
+        == [["loop", 0, 0.05, 0.04, 1000, 2, 0], ["loop", 1, 0.06, 0.05, 1000, 1, 1]]
+    assert rounds["lora"].tolist() == ["", str(tmp_path / "loop" / "round-1" / "lora")]
+    assert gains.values.tolist() == [["loop_vs_round_0", 0.2, 0.1, 0.3, False]]
+    with pytest.raises(InputError, match="no loop report"):
+        models.loop_rounds(tmp_path / "elsewhere")
+    (tmp_path / "loop.json").write_text("[]")
+    with pytest.raises(InputError, match="is not a loop report"):
+        models.loop_rounds(tmp_path)

@@ -1,11 +1,15 @@
 """The Models tab's work: which generator, prompt model and reward model the studio uses (ids, versions, sizes),
-the local model folders to choose from, and checking a choice at once (offline: one line, no download, no retries).
+the local model folders to choose from, checking a choice at once (offline: one line, no download, no retries), and
+a closed-loop run's rounds with their LoRAs and measured gains.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+
+import pandas as pd
 
 from studio.core import hub
 from studio.core.errors import InputError
@@ -64,3 +68,34 @@ def offline_note() -> str:
 
 def _default_name(role: str) -> str:
     return {"generator": "studio-mini", "prompt model": "prompts-mini", "reward model": "reward-mini"}[role]
+
+
+LOOP_COLUMNS = ["arm", "round", "true_ctr", "ci_low", "ci_high", "impressions", "new_creatives", "retired",
+                "hacking_gap_points", "lora", "lora_final_loss"]
+
+
+def loop_rounds(folder: str | os.PathLike) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A `studio loop` run's rounds (per arm: true CTR with its interval, arms added and retired, the hacking gap,
+    the round's LoRA folder and loss) and its gains (each comparison with its 95 % interval), from `loop.json`."""
+    path = Path(folder).expanduser() / "loop.json"
+    try:
+        report = json.loads(path.read_text(encoding="utf-8"))
+        arms = report["rounds"]
+    except FileNotFoundError:
+        raise InputError(f"no loop report at {path}; give the --out folder of a `studio loop` run") from None
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise InputError(f"{path} is not a loop report ({type(error).__name__}: {error})") from None
+    rows = []
+    for arm, records in arms.items():
+        for record in records:
+            number = int(record["round"])
+            ctr = record.get("true_ctr") or {}
+            lora = Path(folder).expanduser() / arm / f"round-{number}" / "lora"
+            rows.append((arm, number, ctr.get("mean"), *(ctr.get("ci") or (None, None)), ctr.get("n"),
+                         len(record.get("added") or []), len(record.get("retired") or []),
+                         (record.get("hacking") or {}).get("gap_points"), str(lora) if lora.is_dir() else "",
+                         (record.get("lora") or {}).get("final_loss")))
+    gains = [(name, value.get("gain"), *(value.get("ci") or (None, None)), value.get("paired"))
+             for name, value in (report.get("comparisons") or {}).items() if isinstance(value, dict)]
+    return (pd.DataFrame(rows, columns=LOOP_COLUMNS),
+            pd.DataFrame(gains, columns=["comparison", "gain", "ci_low", "ci_high", "paired"]))
