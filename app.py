@@ -518,8 +518,8 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT, *, cache: str | os.PathL
                 with gr.Row():
                     job_placements = gr.CheckboxGroup(list(create_ui.PLACEMENT_PRESETS.items()), value=["1:1"],
                                                       label="Placements")
-                    job_prompts = gr.Slider(1, 8, value=2, step=1, label="Creatives per group")
-                    job_steps = gr.Slider(1, 50, value=20, step=1, label="Steps")
+                    job_prompts = gr.Slider(1, 8, value=2, step=1, label="Creatives per group", elem_id="job-prompts")
+                    job_steps = gr.Slider(1, 50, value=20, step=1, label="Steps", elem_id="job-steps")
                 with gr.Row():
                     run_button = gr.Button("Run the batch job", variant="primary", elem_id="run-job")
                     stop_button = gr.Button("Cancel", variant="stop", elem_id="cancel-job")

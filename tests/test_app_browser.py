@@ -175,6 +175,47 @@ def test_a_marketer_picks_a_group_uses_a_suggestion_sees_predicted_ctr_and_accep
         page.close()
 
 
+def test_a_catalogue_job_runs_in_the_browser_and_cancel_stops_it_between_products(browser, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    bad = photos / "bad.csv"
+    bad.write_text("image,product_id,title,category\nbottle-0.png,sku 0,Bottle,beverage\n")
+    good = photos / "catalogue.csv"
+    good.write_text("image,product_id,title,category\n" + "".join(
+        f"bottle-{i}.png,sku-{i},Bottle {i},beverage\n" for i in range(4)))
+    for i in range(4):
+        a_product_photo(photos / f"bottle-{i}.png")
+    with serve_app(tmp_path / "out") as url:
+        page = browser.new_page(viewport={"width": 1280, "height": 1100})
+        page.goto(url)
+        page.get_by_role("tab", name="Campaign").click()
+        for name, value in (("job-prompts", "1"), ("job-steps", "2")):
+            page.locator(f"#{name} input[type=number]").fill(value)
+            page.locator(f"#{name} input[type=number]").press("Enter")
+        page.locator("#catalogue-images input[type=file]").set_input_files([str(photos / f"bottle-{i}.png")
+                                                                            for i in range(4)])
+        page.locator("#catalogue-images").get_by_text("bottle-3", exact=True).wait_for(timeout=30_000)
+        page.locator("#catalogue input[type=file]").set_input_files(str(bad))  # a bad row: one line, no work
+        page.locator("#catalogue").get_by_text("bad", exact=True).wait_for(timeout=30_000)  # uploaded
+        page.locator("#run-job").click()
+        page.locator("#status").get_by_text("sku 0").wait_for(timeout=60_000)
+        (error,) = [line for line in page.locator("#status").inner_text().splitlines() if "Error" in line]
+        assert error.startswith("Error: catalogue bad.csv row 2: product_id 'sku 0'")
+
+        page.locator("#catalogue button[aria-label='Clear']").click()
+        page.locator("#catalogue input[type=file]").set_input_files(str(good))
+        page.locator("#catalogue").get_by_text("catalogue", exact=True).wait_for(timeout=30_000)
+        page.locator("#run-job").click()
+        page.locator("#job-progress").get_by_text("Running: 1 of 4 products").wait_for(timeout=180_000)
+        page.locator("#cancel-job").click()
+        page.locator("#job-progress").get_by_text("Cancelled:").wait_for(timeout=180_000)
+        done = int(page.locator("#job-progress").inner_text().split("Cancelled:", 1)[1].split()[0])
+        assert 1 <= done < 4
+        with CreativeCache(tmp_path / "out" / "cache") as cache:  # exactly the products made before the cancel
+            assert sorted(cache.storage_report()["by_product"]) == [f"sku-{i}" for i in range(done)]
+        page.close()
+
+
 def test_the_experiments_tab_shows_the_figures_of_a_known_event_log(browser, tmp_path):
     import experiment_log
     from fastapi.testclient import TestClient

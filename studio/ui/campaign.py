@@ -61,7 +61,10 @@ def gather_catalogue(csv: str | os.PathLike | None, images: list[str | os.PathLi
         shutil.copyfile(image, folder / image.name)
     target = folder / "catalogue.csv"
     shutil.copyfile(csv, target)
-    read_catalogue(target)
+    try:
+        read_catalogue(target)
+    except InputError as error:  # name the file the marketer uploaded, not the job folder's copy
+        raise InputError(str(error).replace(str(target), Path(csv).name)) from None
     return target
 
 
