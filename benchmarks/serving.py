@@ -56,10 +56,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+SQLITE_SYNC = "full"  # --sqlite-sync
+
+
 def start_server(world: Path, db: str, port: int, snapshot: Path | None = None) -> subprocess.Popen:
     command = [sys.executable, "-m", "studio.cli", "serve", "--cache", str(world / "cache"), "--audience",
                str(world / "audience"), "--db", db, "--workers", "2", "--port", str(port),
-               "--attribution-window", "1", "--sync-seconds", "0.5"]
+               "--attribution-window", "1", "--sync-seconds", "0.5", "--sqlite-sync", SQLITE_SYNC]
     if snapshot is not None:
         command += ["--snapshot", str(snapshot)]
     server = subprocess.Popen(command, env={**os.environ, "STUDIO_API_TOKEN": TOKEN, "OMP_NUM_THREADS": "1"})
@@ -181,14 +184,23 @@ def main() -> None:
     parser.add_argument("--postgres", default=os.environ.get("STUDIO_TEST_POSTGRES_URL"))
     parser.add_argument("--kill-seconds", type=float, default=9.0)
     parser.add_argument("--rate", type=float, default=1000.0, help="offered rate of the paced runs (requests/s)")
+    parser.add_argument("--sqlite-sync", choices=["full", "normal"], default="full",
+                        help="studio serve --sqlite-sync (full: fsync per commit; normal: survives kill -9, not a "
+                             "power cut)")
+    parser.add_argument("--no-postgres", action="store_true", help="SQLite only")
     args = parser.parse_args()
+    global SQLITE_SYNC
+    SQLITE_SYNC = args.sqlite_sync
+    if args.no_postgres:
+        args.postgres = None
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is missing: apt-get install -y wrk")
     root = Path(tempfile.mkdtemp(prefix="studio-serving-bench-"))
     world = root / "world"
     summary = prepare_world(ExperimentConfig(products=4, arms=6, users=4000, seed=0), world)
     products = summary["products"]
-    report = {"cpus": os.cpu_count(), "connections": args.connections, "seconds": args.seconds, "runs": args.runs}
+    report = {"cpus": os.cpu_count(), "connections": args.connections, "seconds": args.seconds, "runs": args.runs,
+              "sqlite_sync": args.sqlite_sync}
     engines = [("sqlite", lambda name: str(root / f"{name}.db"))]
     schemas: list[str] = []
     if args.postgres:

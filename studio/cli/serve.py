@@ -35,6 +35,9 @@ def register(subparsers) -> None:
                        help="seconds a click counts after its impression; later, no click teaches reward 0")
     serve.add_argument("--sync-seconds", type=float, default=1.0, help="catch up from the shared log this often")
     serve.add_argument("--snapshot", default=None, help="folder for atomic bandit snapshots")
+    serve.add_argument("--sqlite-sync", choices=["full", "normal"], default="full",
+                       help="full: an acknowledged event is fsynced (survives a power cut); normal: it survives any "
+                            "crash or kill of the server, not an OS crash or power cut, and commits skip the fsync")
     serve.add_argument("--print-config", action="store_true", help="print the worker config as JSON and exit")
     serve.set_defaults(func=run_serve)
 
@@ -48,7 +51,7 @@ def run_serve(args: argparse.Namespace) -> int:
     config = ServeConfig(db=db, cache=args.cache, cache_blobs=args.cache_blobs, audience=args.audience,
                          salt=args.salt, treatment_share=args.treatment_share, control=args.control,
                          alpha=args.alpha, epsilon=args.epsilon, attribution_window=args.attribution_window,
-                         sync_seconds=args.sync_seconds, snapshot=args.snapshot,
+                         sync_seconds=args.sync_seconds, snapshot=args.snapshot, sqlite_sync=args.sqlite_sync,
                          token=os.environ.get(TOKEN_ENV) or None)
     config.check()
     if args.workers < 1 or not 0 < args.port < 65536:

@@ -99,6 +99,7 @@ class LinUCB(BaseEstimator):
     def set_params(self, **params: Any) -> "LinUCB":
         """Set hyper-parameters; an invalid value raises InputError and changes nothing."""
         before = self.get_params(deep=False)
+        self._served = {}
         super().set_params(**params)
         try:
             self._check_params()
@@ -116,6 +117,7 @@ class LinUCB(BaseEstimator):
             raise InputError(f"arm keys must be hashable (a creative id such as a str or int), got {type(key).__name__}") from None
         if not hasattr(self, "arms_"):
             self._start()
+        self._served = {}
         if key in self._arm_index:
             raise InputError(f"arm {key!r} already exists; arm keys must be unique")
         self._arm_index[key] = len(self.arms_)
@@ -131,6 +133,7 @@ class LinUCB(BaseEstimator):
     def remove_arm(self, key: Hashable) -> "LinUCB":
         """Remove an arm and everything learned about it; returns ``self``."""
         index = self._index_of(key)
+        self._served = {}
         del self.arms_[index]
         self._arm_index = {arm: i for i, arm in enumerate(self.arms_)}
         if self.n_features_in_ is not None:
@@ -178,6 +181,7 @@ class LinUCB(BaseEstimator):
     def _learn(self, X: np.ndarray, arms: Sequence[Hashable], rewards: np.ndarray) -> "LinUCB":
         indices = np.array([self._index_of(arm) for arm in arms], dtype=np.intp)  # before any change
         self._ensure_state(X.shape[1])
+        self._served = {}
         if len(X) == 1:
             self._update_index(X[0], int(indices[0]), float(rewards[0]))
             return self
@@ -209,6 +213,7 @@ class LinUCB(BaseEstimator):
         """Recompute every cached inverse and coefficient exactly from ``A_`` and ``b_``; returns ``self``."""
         if not hasattr(self, "arms_"):
             raise NotFittedError(NO_ARMS)
+        self._served = {}
         if self.n_features_in_ is not None and self.arms_:
             self.A_inv_ = np.linalg.inv(self.A_)
             self.theta_ = np.einsum("kij,kj->ki", self.A_inv_, self.b_)
@@ -249,19 +254,34 @@ class LinUCB(BaseEstimator):
         chosen = draw_arms(probabilities, self._rng)
         return self._keys(chosen), probabilities[np.arange(len(chosen)), chosen]
 
-    def select_one(self, x: Any) -> tuple[Hashable, float]:
-        """Serve one event: context ``(d,)`` in, ``(arm key, propensity)`` out; same policy as :meth:`sample`."""
+    def select_one(self, x: Any, context_key: Hashable | None = None) -> tuple[Hashable, float]:
+        """Serve one event: context ``(d,)`` in, ``(arm key, propensity)`` out; same policy as :meth:`sample`.
+
+        `context_key` names the context (e.g. an audience group, when contexts are group vectors): its serving
+        distribution is computed once and reused until the bandit next learns, gains or loses an arm, or changes a
+        hyper-parameter. The draws are the same as without it.
+        """
         self._require_arms()
-        x = self._check_x(x)
-        self._ensure_state(len(x))
-        scores = self.theta_ @ x + self.alpha * np.sqrt(np.maximum((self.A_inv_ @ x) @ x, 0.0))
-        if self.epsilon == 0.0 and self.softmax_temperature is None:
-            # Deterministic policy: skip building the distribution (this is the hot serving path).
-            best = np.flatnonzero(scores == scores.max())
+        served = getattr(self, "_served", None)
+        cached = served.get(context_key) if served is not None and context_key is not None else None
+        if cached is None:
+            x = self._check_x(x)
+            self._ensure_state(len(x))
+            scores = self.theta_ @ x + self.alpha * np.sqrt(np.maximum((self.A_inv_ @ x) @ x, 0.0))
+            if self.epsilon == 0.0 and self.softmax_temperature is None:
+                # Deterministic policy: no distribution to build (this is the hot serving path).
+                cached = (np.flatnonzero(scores == scores.max()), None, None)
+            else:
+                probabilities = self._probabilities(scores[None])[0]
+                cached = (None, probabilities, np.cumsum(probabilities))
+            if context_key is not None:
+                if served is None:
+                    served = self._served = {}
+                served[context_key] = cached
+        best, probabilities, cumulative = cached
+        if best is not None:
             chosen = int(best[0]) if len(best) == 1 else int(best[self._rng.integers(len(best))])
             return self.arms_[chosen], 1.0 / len(best)
-        probabilities = self._probabilities(scores[None])[0]
-        cumulative = np.cumsum(probabilities)
         chosen = min(int(np.searchsorted(cumulative, self._rng.random() * cumulative[-1], side="right")),
                      len(probabilities) - 1)
         return self.arms_[chosen], float(probabilities[chosen])
@@ -336,6 +356,7 @@ class LinUCB(BaseEstimator):
         self._arm_index: dict[Hashable, int] = {}
         self._updates_since_refresh = 0
         self._rng = np.random.default_rng(self.seed)
+        self._served: dict[Hashable, tuple] = {}  # select_one's distributions per named context, until a change
 
     def _check_params(self) -> None:
         if not (_is_real(self.alpha) and self.alpha >= 0):
@@ -354,6 +375,7 @@ class LinUCB(BaseEstimator):
             raise InputError(f"seed must be an int >= 0 or None, got {self.seed!r}")
 
     def _update_index(self, x: np.ndarray, k: int, reward: float) -> None:
+        self._served = {}
         A_inv = self.A_inv_[k]
         A_inv_x = A_inv @ x
         # Sherman-Morrison: (A + x x^T)^-1 = A^-1 - (A^-1 x)(A^-1 x)^T / (1 + x^T A^-1 x), A symmetric.

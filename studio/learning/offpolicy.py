@@ -25,6 +25,7 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable, Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -158,6 +159,35 @@ def snips(
     if weights.sum() == 0:
         raise InputError("snips: every importance weight is 0 (the target never picks a logged arm); use more events")
     return inputs.estimate("snips", weights * log.rewards, weights, _ess(weights))
+
+
+def snips_from_sums(target: Any, weight: Any, click_weight: Any, weight_sq: Any, click_weight_sq: Any, n: int,
+                    confidence: float = 0.95) -> PolicyEstimate:
+    """SNIPS from per-cell sums, for logs whose target probability depends only on the cell (e.g. a policy that sees
+    the audience group), with a delta-method interval instead of the bootstrap.
+
+    Each cell is a (context, logged arm) pair; over its events ``weight = sum 1/mu``, ``click_weight = sum r/mu``,
+    ``weight_sq = sum 1/mu^2``, ``click_weight_sq = sum r/mu^2`` (rewards 0/1), and ``target`` is ``pi(arm|context)``.
+    Then ``sum w = sum target * weight``, ``sum w r = sum target * click_weight``, ``sum w^2 = sum target^2 *
+    weight_sq``, ``sum w^2 r = sum target^2 * click_weight_sq``: the point estimate is exactly `snips` on the events,
+    and ``Var = sum w^2 (r - estimate)^2 / (sum w)^2`` needs nothing else. `n` is the number of logged events.
+    """
+    target, weight, click_weight, weight_sq, click_weight_sq = (
+        _as_float(value, name).reshape(-1) for value, name in (
+            (target, "target"), (weight, "weight"), (click_weight, "click_weight"), (weight_sq, "weight_sq"),
+            (click_weight_sq, "click_weight_sq")))
+    if not all(len(a) == len(target) for a in (weight, click_weight, weight_sq, click_weight_sq)):
+        raise InputError("target and the four sums must have one entry per cell")
+    total = float(target @ weight)
+    if not total > 0:
+        raise InputError("snips: every importance weight is 0 (the target never picks a logged arm); use more events")
+    estimate = float(target @ click_weight) / total
+    squares, click_squares = float(target**2 @ weight_sq), float(target**2 @ click_weight_sq)
+    # r is 0/1, so sum w^2 (r - e)^2 = sum w^2 r (1 - 2e) + e^2 sum w^2
+    variance = max(click_squares * (1 - 2 * estimate) + estimate**2 * squares, 0.0) / total**2
+    half = NormalDist().inv_cdf(0.5 + confidence / 2) * math.sqrt(variance)
+    return PolicyEstimate("snips", estimate, max(0.0, estimate - half), min(1.0, estimate + half), int(n),
+                          total**2 / squares if squares > 0 else 0.0)
 
 
 def doubly_robust(

@@ -111,7 +111,11 @@ class ServingPolicy:
         """The creative for one request (the serving hot path)."""
         bandit = self._bandit(key)
         if bucket == TREATMENT:
-            arm, propensity = bandit.select_one(self.context(group))
+            if not (isinstance(group, (int, np.integer)) and COLD_START_GROUP <= group < self.n_groups):
+                self.context(group)  # raises the one clear error
+            row = self.n_groups if group == COLD_START_GROUP else int(group)
+            # Contexts are one per group: the bandit keeps each group's distribution until it next changes.
+            arm, propensity = bandit.select_one(self.contexts[row], context_key=row)
             return Decision(arm, float(propensity), TREATMENT, "linucb")
         arms = bandit.arms_
         if self.control == "first":

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from studio.core.errors import InputError
+from studio.learning.eventlog import SQLITE_SYNC
 from studio.learning.policy import CONTROL_POLICIES
 
 
@@ -20,7 +21,9 @@ class ServeConfig:
     it an impression without a click teaches the bandit reward 0. sync_seconds: how often a worker catches up from
     the shared log and re-reads the cache's creatives. snapshot: folder for atomic snapshots of the bandit state
     (None: none; a worker always rebuilds from the log anyway). token: API token for the write endpoints (None: open).
-    max_body_bytes: larger requests are refused with 413.
+    max_body_bytes: larger requests are refused with 413. sqlite_sync: "full" (an acknowledged event is on disk and
+    survives a power cut) or "normal" (it survives any crash or kill -9 of the server, not an OS crash or power cut;
+    `studio.learning.eventlog.EventLog`).
     """
 
     db: str
@@ -40,6 +43,7 @@ class ServeConfig:
     token: str | None = None
     max_body_bytes: int = 65_536
     seed: int | None = None
+    sqlite_sync: str = "full"
 
     def check(self) -> None:
         if self.control not in CONTROL_POLICIES:
@@ -47,6 +51,8 @@ class ServeConfig:
         for name in ("attribution_window", "sync_seconds", "snapshot_seconds"):
             if not getattr(self, name) > 0:
                 raise InputError(f"{name} must be > 0 seconds, got {getattr(self, name)!r}")
+        if self.sqlite_sync not in SQLITE_SYNC:
+            raise InputError(f"sqlite_sync must be one of {', '.join(SQLITE_SYNC)}, got {self.sqlite_sync!r}")
         if not 0 < self.treatment_share < 1:
             raise InputError(f"treatment_share must be in (0, 1), got {self.treatment_share!r}")
         if self.token is not None and len(self.token) < 8:

@@ -8,8 +8,9 @@ creative cache and an audience folder the server reads::
     studio simulate --via-http http://127.0.0.1:8000 --world out/world --impressions 20000
 
 The driver rebuilds the same simulator from ``world.json`` (everything is seeded), asks the server for a creative
-per simulated request, lets the simulator decide the click and sends it, then reports the lift and the oracle ratio
-as `studio simulate` does. It only talks to loopback addresses, and stops at a request count and a time limit.
+per simulated request (with every feature the world's audience clustering was fitted on, interest tags included),
+lets the simulator decide the click and sends it, then reports the lift and the oracle ratio as `studio simulate`
+does. It only talks to loopback addresses, and stops at a request count and a time limit.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from studio.core.atomic import write_file
 from studio.core.errors import InputError
 from studio.jobs.cache import CacheKey, CreativeCache
 from studio.learning.abtest import bucket_stats, compare
-from studio.learning.audience import AudienceClustering
+from studio.learning.audience import AudienceClustering, split_tags
 from studio.sim.experiment import ExperimentConfig, make_creatives
 from studio.sim.simulator import AudienceSimulator
 
@@ -91,6 +92,29 @@ def load_world(folder: str | Path) -> World:
         return build_world(config, Path(scratch))
 
 
+def user_features(users, clustering: AudienceClustering) -> list[dict]:
+    """Each user's request features: every column the clustering was fitted on, the interest tags included.
+
+    A request without a column the clustering knows is still grouped (a missing tag column reads as "no
+    interests"), but into the wrong group for many users; sending the same columns as in `fit` puts every user where
+    the clustering put them.
+    """
+    columns = [*clustering.numeric_, *clustering.categorical_]
+    tags = clustering.tag_column if clustering.tags_ and clustering.tag_column in users.columns else None
+    payloads = []
+    for row in users.itertuples(index=False):
+        values = row._asdict()
+        features = {name: (values[name].item() if hasattr(values[name], "item") else values[name])
+                    for name in clustering.numeric_}
+        features.update({name: str(values[name]) for name in clustering.categorical_})
+        if tags is not None:
+            features[tags] = split_tags(values[tags])
+        payloads.append(features)
+    if not columns and tags is None:
+        raise InputError("the audience clustering has no feature columns to send")
+    return payloads
+
+
 def check_loopback(url: str) -> str:
     """The base URL, if it points at this machine; the driver never sends simulated traffic elsewhere."""
     parts = urlsplit(url)
@@ -104,15 +128,17 @@ def check_loopback(url: str) -> str:
     return url.rstrip("/")
 
 
-async def _drive(url: str, world: World, requests: int, seconds: float, concurrency: int, token: str | None,
-                 seed: int) -> dict:
+async def _drive(url: str, world: World, world_folder: Path, requests: int, seconds: float, concurrency: int,
+                 token: str | None, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     users, config = world.users, world.config
+    payloads = user_features(users, AudienceClustering.from_pretrained(world_folder / "audience"))
     visit = users["activity"].to_numpy() + 0.1
     who = rng.choice(len(users), size=requests, p=visit / visit.sum())
     products = sorted({c["product_id"] for c in world.creatives})
     product = rng.integers(len(products), size=requests)
     index_of = {c["cache_id"]: i for i, c in enumerate(world.creatives)}
+    user_ids = [str(int(u)) for u in users["user_id"]]
     oracle = world.simulator.expected_ctr(np.arange(len(users)))  # (users, creatives)
     arms = config.arms
     served = np.full(requests, -1)
@@ -125,9 +151,8 @@ async def _drive(url: str, world: World, requests: int, seconds: float, concurre
 
     async def one(client: httpx.AsyncClient, i: int) -> None:
         u = int(who[i])
-        row = users.iloc[u]
-        body = {"user_id": str(int(row["user_id"])), "product_id": products[product[i]], "placement": PLACEMENT,
-                "features": {name: (int(row[name]) if name == "age" else str(row[name])) for name in FEATURES}}
+        body = {"user_id": user_ids[u], "product_id": products[product[i]], "placement": PLACEMENT,
+                "features": payloads[u]}
         reply = await client.post("/v1/creative", json=body)
         if reply.status_code != 200:
             errors[str(reply.status_code)] = errors.get(str(reply.status_code), 0) + 1
@@ -190,7 +215,7 @@ def drive(url: str, world_folder: str | Path, requests: int = 20_000, seconds: f
     if not (1 <= requests <= 10_000_000 and 0 < seconds <= 86_400 and 1 <= concurrency <= 256):
         raise InputError("requests must be in 1..10^7, seconds in (0, 86400] and concurrency in 1..256")
     world = load_world(world_folder)
-    return asyncio.run(_drive(url, world, requests, seconds, concurrency, token, seed))
+    return asyncio.run(_drive(url, world, Path(world_folder), requests, seconds, concurrency, token, seed))
 
 
 async def _acknowledged_load(url: str, products: list[str], seconds: float, concurrency: int, click_rate: float,

@@ -14,6 +14,26 @@ FeatureValue = Union[Annotated[str, Field(max_length=256)], Annotated[float, Fie
 MAX_FEATURES = 32
 
 
+class DecisionQuery(BaseModel):
+    """The query of ``GET /v1/creative`` (checked in one step; its fields are the operation's documented parameters)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    user_id: Id
+    product_id: Id
+    placement: Placement = "feed"
+    features: Annotated[str, Field(max_length=4096, description="user features as a JSON object, e.g. "
+                                                                 "{\"age\": 34}")] | None = None
+
+    @classmethod
+    def openapi_parameters(cls) -> list[dict]:
+        """The fields as OpenAPI query parameters."""
+        schema = cls.model_json_schema()
+        return [{"name": name, "in": "query", "required": name in schema.get("required", []), "schema": field,
+                 **({"description": field["description"]} if "description" in field else {})}
+                for name, field in schema["properties"].items()]
+
+
 class DecisionRequest(BaseModel):
     """Who asks for which product where; `features` (optional) place the user in an audience group."""
 

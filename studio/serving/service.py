@@ -36,7 +36,7 @@ from studio.learning.abtest import bucket_stats, compare
 from studio.learning.audience import AudienceClustering
 from studio.learning.bandit import LinUCB
 from studio.learning.eventlog import EventLog
-from studio.learning.offpolicy import BanditLog, snips
+from studio.learning.offpolicy import snips_from_sums
 from studio.learning.policy import COLD_START_GROUP, CONTROL, TREATMENT, ServingPolicy
 from studio.serving.config import ServeConfig
 from studio.serving.schemas import (BucketGroupCTR, ClickResponse, DecisionRequest, DecisionResponse, Health,
@@ -82,7 +82,7 @@ class Store:
 
     def _run(self, config: ServeConfig, opened: Future) -> None:
         try:
-            log = EventLog(config.db)
+            log = EventLog(config.db, sqlite_sync=config.sqlite_sync)
             cache = CreativeCache(config.cache, config.cache_blobs)
         except BaseException as error:
             opened.set_exception(error)
@@ -96,6 +96,9 @@ class Store:
                         items.append(self._queue.get_nowait())
                     except queue.Empty:
                         break
+                # A request cancelled while it waited (its client or the server went away) is dropped: it was never
+                # acknowledged. The others can no longer be cancelled, so setting their results cannot fail.
+                items = [item for item in items if item[0] == "stop" or item[2].set_running_or_notify_cancel()]
                 impressions = [item for item in items if item[0] == "impression"]
                 if impressions:
                     try:
@@ -327,14 +330,19 @@ class Service:
         return await self._run(work)
 
     async def report(self) -> Report:
-        """CTR per bucket and group (Wilson), lift of treatment over control, and OPE of the treatment policy."""
-        rows, control = await self._run(lambda log, cache: (log.summary(), log.read(bucket=CONTROL)))
+        """CTR per bucket and group (Wilson), lift of treatment over control, and OPE of the treatment policy.
+
+        Everything comes from the log's running sums per (bucket, group, product, placement, arm) (`report_cells`):
+        the cost is the number of cells, not the length of the log.
+        """
+        sums = await self._run(lambda log, cache: log.report_cells())
         cells, totals = [], {}
-        for bucket, group, impressions, clicks in rows:
+        by_group = sums.groupby(["bucket", "group_id"], sort=True)[["impressions", "clicks"]].sum()
+        for (bucket, group), (impressions, clicks) in by_group.iterrows():
             stats = bucket_stats(str(bucket), int(clicks), int(impressions))
-            cells.append(BucketGroupCTR(bucket=str(bucket), group_id=-1 if group is None else int(group),
-                                        impressions=stats.impressions, clicks=stats.clicks, ctr=stats.ctr,
-                                        ci_low=stats.ci_low, ci_high=stats.ci_high))
+            cells.append(BucketGroupCTR(bucket=str(bucket), group_id=int(group), impressions=stats.impressions,
+                                        clicks=stats.clicks, ctr=stats.ctr, ci_low=stats.ci_low,
+                                        ci_high=stats.ci_high))
             total = totals.setdefault(str(bucket), [0, 0])
             total[0] += int(impressions)
             total[1] += int(clicks)
@@ -344,32 +352,33 @@ class Service:
                              bucket_stats(TREATMENT, totals[TREATMENT][1], totals[TREATMENT][0]))
             lift = LiftReport(lift=_finite(result.lift), ci_low=_finite(result.lift_ci_low),
                               ci_high=_finite(result.lift_ci_high), p_value=_finite(result.p_value))
-        return Report(cells=cells, lift=lift, off_policy=self._off_policy(control), watermark=self.watermark)
+        return Report(cells=cells, lift=lift, off_policy=self._off_policy(sums[sums["bucket"] == CONTROL]),
+                      watermark=self.watermark)
 
     def _off_policy(self, control: pd.DataFrame) -> OffPolicyReport | None:
-        """SNIPS of today's treatment policy from the control bucket's log (arms it no longer has weigh 0)."""
+        """SNIPS of today's treatment policy from the control bucket's sums (arms it no longer has weigh 0).
+
+        The treatment policy's probability of an arm depends only on (product, placement, group), so per-cell sums
+        of 1/propensity give the same estimate as the events one by one (`snips_from_sums`).
+        """
         if control.empty:
             return None
         target = np.zeros(len(control))
-        for (product, placement), part in control.groupby(["product_id", control["placement"].fillna("")]):
+        for (product, placement), part in control.groupby(["product_id", "placement"], sort=False):
             key = (product, placement)
             arms = self.policy.arms(key)
             if not arms:
                 continue
-            groups = part["group_id"].fillna(COLD_START_GROUP).astype(np.int64).to_numpy()
-            probabilities = self.policy.probabilities(key, groups)
+            probabilities = self.policy.probabilities(key, part["group_id"].to_numpy())
             column = {arm: i for i, arm in enumerate(arms)}
             index = part["arm"].map(column)
             known = index.notna().to_numpy()
-            rows = np.flatnonzero(control.index.isin(part.index))
+            rows = control.index.get_indexer(part.index)
             target[rows[known]] = probabilities[np.flatnonzero(known), index[known].astype(int).to_numpy()]
-        if target.sum() == 0:
+        if target @ control["weight"].to_numpy() <= 0:
             return None
-        log = BanditLog(contexts=np.zeros((len(control), 1)), arms=np.zeros(len(control), dtype=object),
-                        rewards=control["clicked"].to_numpy(dtype=np.float64),
-                        propensities=control["propensity"].to_numpy(dtype=np.float64))
-        # Two pseudo-arms, "the logged one" (0) and "any other" (1): the weight is pi(logged arm | x) / mu(logged arm | x).
-        estimate = snips(log, np.column_stack([target, 1.0 - target]), [0, 1], n_bootstrap=200)
+        estimate = snips_from_sums(target, control["weight"], control["click_weight"], control["weight_sq"],
+                                   control["click_weight_sq"], n=int(control["impressions"].sum()))
         return OffPolicyReport(method="snips", estimate=estimate.estimate, ci_low=estimate.ci_low,
                                ci_high=estimate.ci_high, n=estimate.n,
                                effective_sample_size=estimate.effective_sample_size)
