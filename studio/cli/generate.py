@@ -48,6 +48,22 @@ def register(subparsers) -> None:
     generate.add_argument("--dtype", default="auto", help="auto, fp32, fp16 or bf16")
     generate.add_argument("--threads", type=arguments.whole(1, 256), default=None,
                           help="torch CPU threads (default: 1 for small models such as studio-mini, else all cores)")
+    personal = generate.add_argument_group("personal conditions (DiFashion-style; each is recorded in the recipe)")
+    source = personal.add_mutually_exclusive_group()
+    source.add_argument("--history", metavar="DIR", default=None,
+                        help="a folder of creatives a group clicked: paint for that group's taste")
+    source.add_argument("--history-group", metavar="G", default=None,
+                        help="the clicked creatives of group G of the simulated world (see --history-world)")
+    personal.add_argument("--history-world", metavar="DIR", default=None,
+                          help="the simulated world for --history-group (default: a seeded one in the user cache)")
+    personal.add_argument("--history-guidance", type=arguments.number(0, 20), default=0.0,
+                          help="guidance scale of the history condition (0: text only)")
+    personal.add_argument("--category", default=None, help="product category condition, e.g. beverage")
+    personal.add_argument("--category-guidance", type=arguments.number(0, 20), default=0.0,
+                          help="guidance scale of the category condition (0: left out)")
+    personal.add_argument("--history-adapter", metavar="DIR", default=None,
+                          help="history adapter: a PersonalConditioner (studio-mini) or an IP-Adapter folder "
+                               "(ip-adapter.safetensors + image_encoder/); default: the model's own")
     speed = generate.add_argument_group("memory and speed (each is recorded in the recipe)")
     speed.add_argument("--attention-slicing", action="store_true", help="attention in slices: less peak memory")
     speed.add_argument("--vae-tiling", action="store_true", help="VAE tile by tile: bounded memory on large canvases")
@@ -95,6 +111,11 @@ def run_generate(args: argparse.Namespace) -> int:
         scheduler=args.scheduler,
         negative_prompt=args.negative_prompt,
         lora=LoraSpec(args.lora, args.lora_scale) if args.lora else None,
+        history=_history(args),
+        history_guidance=args.history_guidance,
+        category=args.category,
+        category_guidance=args.category_guidance,
+        history_adapter=args.history_adapter,
     )
     settings.check()
     check_output_folder(args.out)
@@ -122,6 +143,10 @@ def run_generate(args: argparse.Namespace) -> int:
         "random_init": first.random_init,
         "inpaint_method": first.inpaint_method,
         "engine_options": first.engine_options,
+        "history": first.history,
+        "history_guidance": first.history_guidance,
+        "category": first.category,
+        "category_guidance": first.category_guidance,
         "note": RANDOM_INIT_NOTE if first.random_init else None,
         "creatives": [
             {"path": str(c.path), "seed": c.recipe.seed, "size": list(c.image.size), "timings_s": c.timings}
@@ -135,6 +160,17 @@ def run_generate(args: argparse.Namespace) -> int:
         print("studio: note: a text-to-image model (4-channel UNet): painted with mask blending, which matches the "
               "product's surroundings less well than an inpainting model", file=sys.stderr)
     return 0
+
+
+def _history(args: argparse.Namespace):
+    """The history the flags name: a folder, a simulated group's clicks, or None."""
+    if args.history is not None:
+        return args.history
+    if args.history_group is None:
+        return None
+    from studio.sim.histories import history_for_group
+
+    return history_for_group(args.history_group, args.history_world)
 
 
 def run_inspect(args: argparse.Namespace) -> int:

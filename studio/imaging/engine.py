@@ -9,6 +9,7 @@ is the one generation path; it reads top to bottom as numbered steps, like the d
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 import math
@@ -84,9 +85,16 @@ class GenerationSettings:
     strength: float = 1.0
     scheduler: str | None = None
     negative_prompt: str = ""
+    # Personal conditions (studio.imaging.personal): a guidance scale per condition; 0 leaves it out.
+    history_guidance: float = 0.0
+    category_guidance: float = 0.0
 
     def check(self) -> None:
         """Raise InputError for settings no sampler can run."""
+        from studio.imaging.personal import check_scale
+
+        check_scale("history_guidance", self.history_guidance)
+        check_scale("category_guidance", self.category_guidance)
         if not isinstance(self.steps, int) or not 1 <= self.steps <= 1000:
             raise InputError(f"steps must be a whole number from 1 to 1000, got {self.steps!r}")
         if not 0.0 <= float(self.guidance) <= 50.0:
@@ -373,6 +381,7 @@ class Engine:
         self._call_parameters = set(inspect.signature(pipeline.__call__).parameters)
         self._lock = threading.Lock()  # one generation at a time: the scheduler and LoRA state are shared
         self._embeddings: dict[str, Any] = {}
+        self._personal = PersonalAdapters(self)
 
     # ---------------------------------------------------------------------------------------------------------------
     def check_prompt(self, prompt: str, *, name: str = "prompt", allow_empty: bool = False) -> None:
@@ -438,6 +447,9 @@ class Engine:
         settings: GenerationSettings | None = None,
         lora: LoraSpec | None = None,
         cancel: CancelHook | None = None,
+        history: Any = None,
+        category: str | None = None,
+        history_adapter: str | None = None,
     ) -> Image.Image:
         """Paint the white part of `mask_image` into `image` and return the painted picture.
 
@@ -450,6 +462,10 @@ class Engine:
             settings: steps, guidance, strength, scheduler, negative prompt.
             lora: a LoRA to apply at a scale, or None for the bare model.
             cancel: an Event-like (`is_set()`) or a callable returning True; checked after every denoising step.
+            history: the creatives a group clicked (`studio.imaging.personal.History`, a folder or a list of images),
+                guided by `settings.history_guidance`; category: a product category, guided by
+                `settings.category_guidance`; history_adapter: the adapter folder (None: the model's default, see
+                `history_method`). A scale of 0 or an absent condition adds no UNet pass.
 
         Returns:
             PIL RGB of the same size as `image`.
@@ -501,14 +517,21 @@ class Engine:
         kwargs = {key: value for key, value in kwargs.items() if key in self._call_parameters and value is not None}
 
         with self._lock:
-            # 4. Scheduler and LoRA for this call
+            # 4. Scheduler, LoRA and personal conditions (extra UNet passes per condition) for this call
             self.pipeline.scheduler = self._scheduler(settings.scheduler)
             self._apply_lora(lora)
+            guidance = self._personal.guidance(kwargs, settings, history=history, category=category,
+                                               adapter=history_adapter)
 
             # 5. Denoise and decode
-            with torch.inference_mode():
+            with torch.inference_mode(), guidance:
                 result = self.pipeline(**kwargs)
         return result.images[0]
+
+    def history_method(self, history_adapter: str | None = None) -> str | None:
+        """How a history conditions this model: "latent-channels" (studio-mini's PersonalConditioner),
+        "ip-adapter", or None when it has no history adapter (then a history is refused)."""
+        return self._personal.method(history_adapter)
 
     # ---------------------------------------------------------------------------------------------------------------
     def can_batch(self, settings: GenerationSettings | None = None) -> bool:
@@ -521,6 +544,8 @@ class Engine:
         pipeline = self.pipeline
         unet = getattr(pipeline, "unet", None)
         vae = getattr(pipeline, "vae", None)
+        if self._personal.ip_adapter_loaded:  # every call then needs image embeddings: one `generate` per image
+            return False
         return (type(pipeline).__name__ == "StableDiffusionInpaintPipeline" and unet is not None
                 and unet.config.in_channels == 9 and type(vae).__name__ == "AutoencoderKL"
                 and float(settings.strength) == 1.0)
@@ -620,6 +645,170 @@ class Engine:
                     guidance_scale=float(settings.guidance), strength=1.0, generator=generators,
                 )
         return list(result.images)
+
+
+class PersonalAdapters:
+    """The history adapters loaded into one engine, and the guidance context of one generation (see
+    studio.imaging.personal)."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.conditioners: dict[str, Any] = {}  # folder -> PersonalConditioner hooked into the UNet
+        self.ip_adapter: str | None = None  # the IP-Adapter folder loaded into the pipeline
+        self._hooked: Any = None
+
+    @property
+    def ip_adapter_loaded(self) -> bool:
+        return self.ip_adapter is not None
+
+    def default_adapter(self) -> str | None:
+        """The history adapter shipped beside a model: `<model>-personal/` next to its folder, or `personal/` in it."""
+        folder = Path(str(self.engine.model)).expanduser()
+        for candidate in (folder.parent / f"{folder.name}-personal", folder / "personal"):
+            if (candidate / "config.json").is_file() or (candidate / "ip-adapter.safetensors").is_file():
+                return str(candidate)
+        return None
+
+    def method(self, adapter: str | None) -> str | None:
+        from studio.imaging.personal import adapter_kind
+
+        adapter = adapter or self.default_adapter()
+        return None if adapter is None else adapter_kind(adapter)
+
+    def guidance(self, kwargs: dict, settings: GenerationSettings, *, history, category, adapter):
+        """Fill `kwargs` for the pipeline call and return the context that adds the conditions' UNet passes."""
+        from studio.imaging import personal
+
+        personal.check_category(category)
+        s_hist = float(settings.history_guidance) if history is not None else 0.0
+        s_cat = float(settings.category_guidance) if category is not None else 0.0
+        cfg = float(settings.guidance) > 1.0
+        unet = getattr(self.engine.pipeline, "unet", None)
+        needs = s_hist > 0 or s_cat > 0
+        if needs and unet is None:
+            raise InputError("personal conditions need a UNet pipeline (Stable Diffusion 1.5/2, SDXL or studio-mini); "
+                             f"{type(self.engine.pipeline).__name__} has a transformer")
+        kind = None
+        if needs:
+            adapter = adapter or self.default_adapter()
+            if adapter is None:
+                raise InputError(f"{self.engine.model} has no history adapter: pass history_adapter (--history-adapter)"
+                                 " with a PersonalConditioner folder (studio-mini) or an IP-Adapter folder")
+            kind = personal.adapter_kind(adapter)
+        steps: list = []
+        if kind == personal.IP_ADAPTER or self.ip_adapter_loaded:
+            if kind == personal.IP_ADAPTER:
+                self._load_ip_adapter(adapter)
+            steps = self._ip_steps(kwargs, history if s_hist > 0 else None, category, s_hist, s_cat, cfg)
+        elif needs:
+            steps = self._mini_steps(kwargs, adapter, history if s_hist > 0 else None, category, s_hist, s_cat)
+        if not steps:
+            return contextlib.nullcontext()
+        return personal.personal_guidance(unet, steps, float(settings.guidance), cfg)
+
+    # -- studio-mini: the PersonalConditioner ----------------------------------------------------------------------
+    def _conditioner(self, adapter: str):
+        from studio.imaging.personal import load_conditioner
+
+        key = str(Path(adapter).expanduser().resolve())
+        if key not in self.conditioners:
+            conditioner = load_conditioner(key).to(device=self.engine.device, dtype=self.engine.dtype)
+            if self._hooked is not None:
+                for handle in self._hooked:
+                    handle.remove()
+            self._hooked = conditioner.hook(self.engine.pipeline.unet)
+            self.conditioners = {key: conditioner}  # one hooked at a time
+        return self.conditioners[key]
+
+    def _mini_steps(self, kwargs, adapter, history, category, s_hist, s_cat) -> list:
+        from studio.imaging import personal
+
+        conditioner = self._conditioner(adapter)
+        category_ids = personal.category_index(category).to(self.engine.device) if category is not None else None
+        steps = []
+        if s_cat > 0:
+            steps.append(personal.ConditionStep("category", s_cat, lambda: conditioner.conditions(category=category_ids)))
+        if s_hist > 0:
+            history = personal.load_history(history)
+            pooled = personal.pooled_history_latent(self.engine.pipeline.vae, history, (kwargs["width"],
+                                                    kwargs["height"]), device=self.engine.device,
+                                                    dtype=self.engine.dtype)
+            both = category_ids if s_cat > 0 else None
+            steps.append(personal.ConditionStep("history", s_hist,
+                                                lambda: conditioner.conditions(history=pooled, category=both)))
+        return steps
+
+    # -- diffusers models: IP-Adapter image prompts ----------------------------------------------------------------
+    def _load_ip_adapter(self, adapter: str) -> None:
+        key = str(Path(adapter).expanduser().resolve())
+        if self.ip_adapter == key:
+            return
+        pipeline = self.engine.pipeline
+        if self.ip_adapter is not None:
+            pipeline.unload_ip_adapter()
+        try:
+            with quiet_loading():
+                pipeline.load_ip_adapter(key, subfolder="", weight_name="ip-adapter.safetensors",
+                                         image_encoder_folder="image_encoder", local_files_only=True)
+        except (OSError, ValueError, KeyError, RuntimeError) as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            raise InputError(f"could not load the IP-Adapter {adapter!r} into {self.engine.model!r}: {reason}") from None
+        pipeline.image_encoder.to(device=self.engine.device, dtype=self.engine.dtype)
+        self.ip_adapter = key
+
+    def _image_embedding(self, history):
+        """The history's mean CLIP image embedding (weighted), (1, 1, D)."""
+        import torch
+
+        from studio.imaging.personal import load_history
+
+        history = load_history(history)
+        pipeline = self.engine.pipeline
+        pixels = pipeline.feature_extractor(history.images, return_tensors="pt").pixel_values
+        with torch.inference_mode():
+            embeds = pipeline.image_encoder(pixels.to(self.engine.device, self.engine.dtype)).image_embeds
+        weights = torch.from_numpy(history.normalised_weights()).to(embeds.device, embeds.dtype)
+        return (embeds * weights[:, None]).sum(dim=0)[None, None]
+
+    def _ip_steps(self, kwargs, history, category, s_hist, s_cat, cfg) -> list:
+        import torch
+
+        from studio.imaging import personal
+
+        pipeline = self.engine.pipeline
+        dim = int(pipeline.image_encoder.config.projection_dim)
+        # The base passes see no image: zero embeddings at IP-Adapter scale 0 add exactly nothing.
+        zeros = torch.zeros((2 if cfg else 1, 1, dim), device=self.engine.device, dtype=self.engine.dtype)
+        kwargs["ip_adapter_image_embeds"] = [zeros]
+        pipeline.set_ip_adapter_scale(0.0)
+        steps = []
+        if s_cat > 0:
+            if type(pipeline).__name__.startswith("StableDiffusionXL"):  # two text encoders and a pooled embedding
+                raise InputError("the category condition through an IP-Adapter runs on SD 1.5/2 pipelines; on SDXL "
+                                 "leave category_guidance at 0")
+            text = f"{kwargs['prompt']}, {category}"
+            self.engine.check_prompt(text, name="prompt with the category")
+            embedding = self.engine._embedding(text)
+            steps.append(personal.ConditionStep(
+                "category", s_cat, kwargs=lambda call: {**call, "encoder_hidden_states": embedding}))
+        if s_hist > 0:
+            image = self._image_embedding(history)
+
+            @contextlib.contextmanager
+            def on():
+                pipeline.set_ip_adapter_scale(1.0)
+                try:
+                    yield
+                finally:
+                    pipeline.set_ip_adapter_scale(0.0)
+
+            def with_image(call):
+                added = dict(call.get("added_cond_kwargs") or {})
+                added["image_embeds"] = [image]
+                return {**call, "added_cond_kwargs": added}
+
+            steps.append(personal.ConditionStep("history", s_hist, enter=on, kwargs=with_image))
+        return steps
 
 
 @dataclass

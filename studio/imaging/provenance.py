@@ -77,6 +77,12 @@ class Recipe:
     model_size: tuple[int, int] | None = None  # (width, height) the model painted at, in pixels
     inpaint_method: str | None = None  # "inpainting-model", or "mask-blending" for a text-to-image model
     engine_options: str = ""  # memory and speed options that were on, e.g. "vae-tiling,cpu-offload=model"
+    # Personal conditions (studio.imaging.personal): the history {"source", "count", "hash", "method"} (or a note that
+    # there was none) and the category, each with the guidance scale actually applied (0 = left out).
+    history: dict[str, Any] | None = None
+    history_guidance: float = 0.0
+    category: str | None = None
+    category_guidance: float = 0.0
     studio_version: str = field(default=__version__)
 
     def to_json(self) -> str:
@@ -112,7 +118,8 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "steps": (int,), "scheduler": (str,), "guidance": (int, float), "strength": (int, float), "mode": (str,),
     "placement": (str,), "random_init": (bool,), "lora": (dict, type(None)), "size": (list, type(None)),
     "model_size": (list, type(None)), "studio_version": (str,), "inpaint_method": (str, type(None)),
-    "engine_options": (str,),
+    "engine_options": (str,), "history": (dict, type(None)), "history_guidance": (int, float),
+    "category": (str, type(None)), "category_guidance": (int, float),
 }
 
 
