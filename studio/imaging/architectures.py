@@ -206,7 +206,8 @@ def build_random_pipeline(name: str, folder: str | os.PathLike, *, full_depth: b
                 part.to(dtype)
     pipeline = getattr(diffusers, arch.pipeline)(scheduler=_scheduler(name), **parts)
     if save:
-        pipeline.save_pretrained(folder, safe_serialization=True)
+        # 1 GB shards: loading then holds one shard at a time beside the weights, not a whole 5 GB UNet file
+        pipeline.save_pretrained(folder, safe_serialization=True, max_shard_size="1GB")
         marker = {"random_init": True, "seed": seed, "architecture": name, "full_depth": full_depth or not arch.reduced}
         (folder / RANDOM_INIT_MARKER).write_text(json.dumps(marker) + "\n")
     return pipeline
