@@ -644,7 +644,9 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT, *, cache: str | os.PathL
                                                catalogue_folder],
                                [job_progress, storage, status], api_name="run_catalogue")
         stop_button.click(cancel_catalogue, None, None, api_name="cancel_catalogue")
-        job.then(show_sheet, [sheet_group, sheet_status], [sheet, storage, status], api_name=False)
+        # After a job, refresh the sheet without touching the status line: it may hold the job's own message
+        job.then(lambda *chosen: show_sheet(*chosen)[:2], [sheet_group, sheet_status], [sheet, storage],
+                 api_name=False)
         sheet_button.click(show_sheet, [sheet_group, sheet_status], [sheet, storage, status], api_name="contact_sheet")
         retire_button.click(set_status("retired"), creative_id, [status_change, status], api_name="retire")
         promote_button.click(set_status("accepted"), creative_id, [status_change, status], api_name="promote")

@@ -197,6 +197,7 @@ def test_a_catalogue_job_runs_in_the_browser_and_cancel_stops_it_between_product
         page.locator("#catalogue-images").get_by_text("bottle-3", exact=True).wait_for(timeout=30_000)
         page.locator("#catalogue input[type=file]").set_input_files(str(bad))  # a bad row: one line, no work
         page.locator("#catalogue").get_by_text("bad", exact=True).wait_for(timeout=30_000)  # uploaded
+        page.wait_for_timeout(1500)  # the file lists grow and move the button: let the layout settle first
         page.locator("#run-job").click()
         page.locator("#status").get_by_text("sku 0").wait_for(timeout=60_000)
         (error,) = [line for line in page.locator("#status").inner_text().splitlines() if "Error" in line]
@@ -205,6 +206,7 @@ def test_a_catalogue_job_runs_in_the_browser_and_cancel_stops_it_between_product
         page.locator("#catalogue button[aria-label='Clear']").click()
         page.locator("#catalogue input[type=file]").set_input_files(str(good))
         page.locator("#catalogue").get_by_text("catalogue", exact=True).wait_for(timeout=30_000)
+        page.wait_for_timeout(1500)
         page.locator("#run-job").click()
         page.locator("#job-progress").get_by_text("Running: 1 of 4 products").wait_for(timeout=180_000)
         page.locator("#cancel-job").click()
