@@ -196,7 +196,7 @@ def test_a_full_disk_is_one_clear_error_and_the_log_stays_intact(tmp_path):
     if os.geteuid() != 0:
         if os.environ.get("CI"):
             pytest.fail("CI runs as root and must mount a small tmpfs for this test")
-        pytest.skip("mounting a small tmpfs to fill needs root")
+        pytest.skip("mounting a small tmpfs to fill needs root; .ci/run sets CI=1, so CI runs this test as root")
     disk = tmp_path / "small"
     disk.mkdir()
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=400k", "tmpfs", str(disk)], check=True)

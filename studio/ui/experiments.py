@@ -89,25 +89,29 @@ def ctr_cells(rows: list[tuple]) -> tuple[pd.DataFrame, dict | None]:
     return pd.DataFrame(cells, columns=CELL_COLUMNS), lift
 
 
+def _cumulative_by_bucket(events: pd.DataFrame, column: str, windows: int) -> pd.DataFrame:
+    """Per bucket, at the end of each of `windows` equal time windows: impressions so far and the running sum of
+    `column` (windows before a bucket's first impression are left out)."""
+    start, end = float(events["ts"].min()), float(events["ts"].max())
+    edges = np.linspace(start, end, windows + 1)[1:] if end > start else np.array([end])
+    frames = []
+    for bucket, part in events.groupby(events["bucket"].fillna("none"), sort=True):
+        order = np.argsort(part["ts"].to_numpy(), kind="stable")
+        ts, total = part["ts"].to_numpy()[order], np.cumsum(part[column].to_numpy()[order])
+        seen = np.searchsorted(ts, edges, side="right")
+        keep = seen > 0
+        frames.append(pd.DataFrame({"bucket": str(bucket), "ts": edges[keep], "impressions": seen[keep],
+                                    "total": total[seen[keep] - 1]}))
+    return pd.concat(frames, ignore_index=True)
+
+
 def ctr_over_time(events: pd.DataFrame, windows: int = 20) -> pd.DataFrame:
     """Cumulative CTR per bucket at the end of each of `windows` equal time windows (`EventLog.read()` rows)."""
     columns = ["bucket", "ts", "impressions", "ctr"]
     if events.empty:
         return pd.DataFrame(columns=columns)
-    start, end = float(events["ts"].min()), float(events["ts"].max())
-    edges = np.linspace(start, end, windows + 1)[1:] if end > start else np.array([end])
-    frames = []
-    for bucket, part in events.groupby(events["bucket"].fillna("none"), sort=True):
-        ts = part["ts"].to_numpy()
-        clicks = part["clicked"].to_numpy()
-        order = np.argsort(ts, kind="stable")
-        ts, clicks = ts[order], np.cumsum(clicks[order])
-        seen = np.searchsorted(ts, edges, side="right")
-        keep = seen > 0
-        shown = seen[keep]
-        frames.append(pd.DataFrame({"bucket": str(bucket), "ts": edges[keep], "impressions": shown,
-                                    "ctr": clicks[shown - 1] / shown}))
-    return pd.concat(frames, ignore_index=True)[columns]
+    found = _cumulative_by_bucket(events, "clicked", windows)
+    return found.assign(ctr=found["total"] / found["impressions"])[columns]
 
 
 def regret_over_time(events: pd.DataFrame, arms: pd.DataFrame, windows: int = 20) -> pd.DataFrame:
@@ -127,16 +131,7 @@ def regret_over_time(events: pd.DataFrame, arms: pd.DataFrame, windows: int = 20
     served = estimates.reindex(index).to_numpy()
     top = best.reindex([key[:3] for key in index]).to_numpy()
     frame = frame.assign(regret=np.where(np.isnan(served) | np.isnan(top), 0.0, top - served))
-    start, end = float(frame["ts"].min()), float(frame["ts"].max())
-    edges = np.linspace(start, end, windows + 1)[1:] if end > start else np.array([end])
-    parts = []
-    for bucket, part in frame.groupby(frame["bucket"].fillna("none"), sort=True):
-        part = part.sort_values("ts", kind="stable")
-        total = np.cumsum(part["regret"].to_numpy())
-        seen = np.searchsorted(part["ts"].to_numpy(), edges, side="right")
-        keep = seen > 0
-        parts.append(pd.DataFrame({"bucket": str(bucket), "ts": edges[keep], "regret": total[seen[keep] - 1]}))
-    return pd.concat(parts, ignore_index=True)[columns]
+    return _cumulative_by_bucket(frame, "regret", windows).rename(columns={"total": "regret"})[columns]
 
 
 def arm_scores(policy, entries: dict) -> pd.DataFrame:
