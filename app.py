@@ -5,8 +5,8 @@ serving database). Five tabs; the layout lives here and every event handler is a
 that is tested on its own (`studio.ui` and the packages below it):
 
 - Create: upload -> `studio.imaging.editor.open_for_editing`; click-to-select, mask upload and the tint toggle ->
-  `studio.ui.masks`; groups, prompt suggestions, the token counter, creatives streamed one by one with predicted CTR
-  and rank, accept, the zip -> `studio.ui.create`; Cancel -> `studio.core.cancellation.CancelFlags`;
+  `studio.ui.masks`; groups, prompt suggestions, the token counter, personalising for a group's clicked creatives
+  (history guidance), creatives streamed one by one with predicted CTR and rank, accept, the zip -> `studio.ui.create`; Cancel -> `studio.core.cancellation.CancelFlags`;
 - Campaign: the catalogue batch job, contact sheets, retire / promote -> `studio.ui.campaign`;
 - Audience: groups, sizes, profiles, the user map, re-clustering -> `studio.ui.audience`;
 - Experiments: CTR per bucket and group, lift, CTR over time, arm scores, why a creative wins -> `studio.ui.experiments`;
@@ -204,7 +204,8 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT, *, cache: str | os.PathL
 
     @_reports_errors([], [], None, None, [])
     def generate(path, editor, detected, prompt, negative_prompt, mode, placement, directions, amount, count, seed,
-                 steps, guidance, model, group, category, scale, position_x, position_y, request: gr.Request,
+                 steps, guidance, model, group, category, scale, position_x, position_y, personal_group,
+                 history_guidance, history_adapter, request: gr.Request,
                  progress=gr.Progress(track_tqdm=True)):  # noqa: B008 -- Gradio injects it by this default
         # An untouched Textbox (e.g. inside the closed Advanced panel) sends None, not "".
         prompt, negative_prompt, model = prompt or "", negative_prompt or "", (model or "").strip()
@@ -214,10 +215,11 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT, *, cache: str | os.PathL
         # Background replacement keeps the painted product; outpainting keeps the whole photo, so needs no mask.
         mask = mask_from_editor(editor, product.size, detected) if mode == "background" else None
         extend = outpaint_extension(directions, amount) if mode == "outpaint" else None
-        settings = CreativeSettings(mode=mode, placement=placement, extend=extend, steps=int(steps),
-                                    guidance=float(guidance), negative_prompt=negative_prompt,
-                                    scale=float(scale) if scale else CreativeSettings.scale,
-                                    position=(float(position_x), float(position_y)))
+        settings = create_ui.creative_settings(
+            mode=mode, placement=placement, extend=extend, steps=int(steps), guidance=float(guidance),
+            negative_prompt=negative_prompt, scale=float(scale) if scale else CreativeSettings.scale,
+            position=(float(position_x), float(position_y)), personal_group=personal_group,
+            history_guidance=history_guidance, history_adapter=history_adapter)
         cancel = cancel_flags.start(request.session_hash)
         shown: list = []
         try:
@@ -233,6 +235,12 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT, *, cache: str | os.PathL
             raise InputError(f"generation cancelled after {len(shown)} creative(s); they are kept above") from None
         finally:
             cancel_flags.finish(request.session_hash, cancel)
+
+    def personalise(chosen: str | None, scale: float):
+        # The slider shows once a group is chosen, at 1 unless the marketer set another strength
+        if not chosen:
+            return gr.update(visible=False)
+        return gr.update(visible=True, value=scale or create_ui.DEFAULT_HISTORY_GUIDANCE)
 
     def remember(runs: list[dict], made: list[dict], *settings):
         if not made:  # a failed run, or one cancelled before its first image, is not worth reusing
@@ -448,6 +456,14 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT, *, cache: str | os.PathL
                                             label="Audience group", elem_id="group")
                         profile = gr.Markdown(show_profile(group_choices[0][1]) if group_choices else "",
                                               elem_id="group-profile")
+                        with gr.Row():  # DiFashion-style: paint for the taste of the creatives a group clicked
+                            personal_group = gr.Dropdown(create_ui.personal_choices(profiles), value="",
+                                                         label="Personalise for audience group",
+                                                         elem_id="personal-group")
+                            history_guidance = gr.Slider(0, create_ui.MAX_HISTORY_GUIDANCE,
+                                                         value=create_ui.DEFAULT_HISTORY_GUIDANCE, step=0.25,
+                                                         label="History guidance", visible=False,
+                                                         elem_id="history-guidance")
                         suggest_button = gr.Button("Suggest prompts for this group", elem_id="suggest")
                         suggestions = gr.Radio([], label="Suggestions (click one to use it)", visible=False,
                                                interactive=True, elem_id="suggestions")
@@ -475,6 +491,8 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT, *, cache: str | os.PathL
                             steps = gr.Slider(1, 100, value=30, step=1, label="Steps", elem_id="steps")
                             guidance = gr.Slider(0, 20, value=7.5, step=0.5, label="Guidance")
                             model = gr.Textbox(label="Model (hub id or local folder; empty = the embedded default)")
+                            history_adapter = gr.Textbox("", label="History adapter for personalising (folder; "
+                                                         "empty = the model's own)", elem_id="history-adapter")
                         with gr.Row():
                             generate_button = gr.Button("Generate", variant="primary", elem_id="generate")
                             cancel_button = gr.Button("Cancel", variant="stop", elem_id="cancel")
@@ -610,6 +628,7 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT, *, cache: str | os.PathL
         mode.change(lambda chosen: (gr.update(visible=chosen == "background"), gr.update(visible=chosen == "outpaint")),
                     mode, [placement, outpaint_options], api_name=False)
         group.change(show_profile, group, profile, api_name=False)
+        personal_group.change(personalise, [personal_group, history_guidance], history_guidance, api_name=False)
         suggest_button.click(suggest, [group, title, category, placement, seed], [suggestions, status],
                              api_name="suggest")
         suggestions.select(use_suggestion, None, prompt, api_name=False)
@@ -618,13 +637,14 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT, *, cache: str | os.PathL
         app.load(count_tokens, [prompt, model], tokens, api_name=False)
         results = [gallery, recipes, recipe, scores, made, status]
         run_settings = [prompt, negative_prompt, group, category, placement, scale, count, seed, steps, guidance, model,
-                        position_x, position_y]
+                        position_x, position_y, personal_group, history_guidance, history_adapter]
         generate_button.click(  # clear the last run's creatives first, so none linger under a new prompt
             lambda: ([], [], None, None, [], "Generating…"), None, results, queue=False, api_name=False,
         ).then(
             generate,
             [photo, editor, detected, prompt, negative_prompt, mode, placement, directions, amount, count, seed, steps,
-             guidance, model, group, category, scale, position_x, position_y],
+             guidance, model, group, category, scale, position_x, position_y, personal_group, history_guidance,
+             history_adapter],
             results,
             api_name="generate",
         ).then(

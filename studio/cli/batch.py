@@ -42,6 +42,23 @@ def register(subparsers) -> None:
     batch.add_argument("--ray-address", default=None, help="join this Ray cluster (e.g. ray://head:10001 or auto)")
     batch.add_argument("--workers", type=arguments.whole(1, 1024), default=1,
                        help="Ray actors (each loads the models once)")
+    personal = batch.add_argument_group("personal conditions (DiFashion-style; each is recorded in every recipe)")
+    personal.add_argument("--history", metavar="DIR|simulated", default=None,
+                          help="each group's own history: a folder with one subfolder of clicked creatives per group "
+                               "id (DIR/0/, DIR/1/, ...), or 'simulated' for each group's clicks in the simulated "
+                               "world; a group without one is painted from the text alone")
+    personal.add_argument("--history-world", metavar="DIR", default=None,
+                          help="the simulated world for --history simulated (default: a seeded one in the user cache)")
+    personal.add_argument("--history-guidance", type=arguments.number(0, 20), default=0.0,
+                          help="guidance scale of the history condition (0: text only)")
+    personal.add_argument("--category", default=None,
+                          help="category condition for every product (default: each product's own catalogue "
+                               "category, with --category-guidance)")
+    personal.add_argument("--category-guidance", type=arguments.number(0, 20), default=0.0,
+                          help="guidance scale of the category condition (0: left out)")
+    personal.add_argument("--history-adapter", metavar="DIR", default=None,
+                          help="history adapter: a PersonalConditioner (studio-mini) or an IP-Adapter folder; "
+                               "default: the model's own")
     batch.add_argument("--no-progress", action="store_true", help="no progress bar")
     batch.add_argument("--json", action="store_true", help="print the run report as JSON on stdout")
     batch.set_defaults(func=run_batch_command)
@@ -64,7 +81,9 @@ def run_batch_command(args: argparse.Namespace) -> int:
         prompts_per_group=args.prompts_per_group, top_k=args.top_k, seed=args.seed, size=args.size,
         steps=args.steps, batch_size=args.batch_size, generator=args.model, prompt_model=args.prompt_model,
         reward_model=args.reward_model, device=args.device, engine=args.engine, ray_address=args.ray_address,
-        workers=args.workers, progress=not args.no_progress,
+        workers=args.workers, progress=not args.no_progress, history=args.history, history_world=args.history_world,
+        history_guidance=args.history_guidance, category=args.category, category_guidance=args.category_guidance,
+        history_adapter=args.history_adapter,
     )
     torch.set_num_threads(cpu_threads(args.model, args.threads))  # Ray actors use the same count
     report = run_batch(config)

@@ -38,7 +38,20 @@ from studio.core.errors import InputError
 from studio.jobs.batch_ray import run_on_ray
 from studio.jobs.cache import CreativeCache
 from studio.jobs.pipeline import Models, audience_groups, load_models
-from studio.jobs.work import BatchConfig, ItemMaker, ItemResult, Versions, WorkItem, plan, read_catalogue, versions
+from studio.jobs.work import (
+    BatchConfig,
+    ItemMaker,
+    ItemResult,
+    Product,
+    Versions,
+    WorkItem,
+    check_histories,
+    group_histories,
+    key_version,
+    plan,
+    read_catalogue,
+    versions,
+)
 
 REPORT_NAME = "batch.json"
 CONTACT_ROWS = 48  # products on one contact sheet; a large catalogue's sheet shows its first products
@@ -74,6 +87,7 @@ class BatchReport:
     failures: list[dict] = field(default_factory=list)
     contact_sheets: dict[str, str] = field(default_factory=dict)
     storage: dict = field(default_factory=dict)
+    personal: dict = field(default_factory=dict)  # the conditions and each group's history source (None: text only)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -94,15 +108,18 @@ def run_batch(config: BatchConfig, models: Models | None = None) -> BatchReport:
         if unknown:
             raise InputError(f"unknown audience group(s) {unknown}; the reward model's groups are {sorted(known)}")
         groups = [profile for profile in groups if int(profile["group_id"]) in set(config.groups)]
+    histories = group_histories(config, [int(profile["group_id"]) for profile in groups])  # decoded once, here
+    check_histories(config, histories)
     with CreativeCache(config.cache, config.blobs) as cache:
         cache.remove_stale_temporaries()  # left by a job killed while it wrote a blob
-        version = versions(config)
+        version = versions(config, histories)
         items = plan(config, products, groups, version)
         done = cache.units_done(item.unit_id for item in items)
         pending = [item for item in items if item.unit_id not in done]
         report = BatchReport(str(config.catalogue), cache.index, config.engine, version.generator, version.reward,
                              version.prompt_model, len(products), [int(g["group_id"]) for g in groups],
-                             list(config.placements), len(items), skipped=len(items) - len(pending))
+                             list(config.placements), len(items), skipped=len(items) - len(pending),
+                             personal=personal_report(config, histories))
 
         # 2. Make what the cache lacks; each item is committed whole, as it finishes
         started = time.perf_counter()
@@ -112,7 +129,7 @@ def run_batch(config: BatchConfig, models: Models | None = None) -> BatchReport:
             if config.engine == "ray":
                 results = run_on_ray(config, pending, version)
             else:
-                results = run_local(config, pending, version, models)
+                results = run_local(config, pending, version, models, histories)
             for result in results:
                 if result.error is not None:
                     report.failed += 1
@@ -134,10 +151,23 @@ def run_batch(config: BatchConfig, models: Models | None = None) -> BatchReport:
         report.creatives_per_second = round(report.creatives / report.seconds, 3) if report.seconds else 0.0
 
         # 3. Contact sheets and the report, each written atomically
-        report.contact_sheets = write_contact_sheets(cache, items, groups, version, out)
+        report.contact_sheets = write_contact_sheets(cache, items, groups, version, out,
+                                                     current=_current_versions(config, version, histories))
         report.storage = cache.storage_report()
     write_file(out / REPORT_NAME, lambda staging: staging.write_text(json.dumps(report.to_dict(), indent=2) + "\n"))
     return report
+
+
+def personal_report(config: BatchConfig, histories: dict) -> dict:
+    """The report's `personal` entry: the conditions, and each group's history source (None: painted from the text
+    alone, as its recipes say)."""
+    if not config.personal:
+        return {}
+    return {"history": config.history, "history_guidance": float(config.history_guidance),
+            "category": config.category, "category_guidance": float(config.category_guidance),
+            "history_adapter": config.history_adapter,
+            "histories": {str(group): None if history is None else history.source
+                          for group, history in histories.items()}}
 
 
 def _check_writable(folder: Path) -> None:
@@ -150,14 +180,14 @@ def _check_writable(folder: Path) -> None:
                          "writable folder")
 
 
-def run_local(config: BatchConfig, items: list[WorkItem], version: Versions,
-              models: Models | None = None) -> Iterator[ItemResult]:
+def run_local(config: BatchConfig, items: list[WorkItem], version: Versions, models: Models | None = None,
+              histories: dict | None = None) -> Iterator[ItemResult]:
     """Make the items in this process, in order: the next item is painted while a thread finishes the last one."""
     if not items:
         return
     if models is None:
         models = load_models(config.generator, config.prompt_model, config.reward_model, device=config.device)
-    maker = ItemMaker(config, models, version)
+    maker = ItemMaker(config, models, version, histories)
     maker.models.scorer.group_vectors([str(g["group_id"]) for g in items[0].groups])  # unknown group: fail now
     if not config.overlap:
         for item in items:
@@ -177,18 +207,30 @@ def run_local(config: BatchConfig, items: list[WorkItem], version: Versions,
 # -- contact sheets ----------------------------------------------------------------------------------------------------
 
 
+def _current_versions(config: BatchConfig, version: Versions, histories: dict):
+    """(product, group id) -> the generator version this job's creatives of that pair are cached under."""
+    settings = config.settings("1:1")  # the conditions do not depend on the placement
+
+    def current(product: Product, group_id: int) -> str:
+        return key_version(config, version, config.group_settings(settings, product, histories.get(group_id)))
+
+    return current
+
+
 def write_contact_sheets(cache: CreativeCache, items: list[WorkItem], groups: list[dict], version: Versions,
-                         out: Path, thumb: int = 128) -> dict[str, str]:
-    """One PNG per group: a row per product, its accepted creatives (each placement, best first) side by side."""
-    products = list(dict.fromkeys(item.product.product_id for item in items))[:CONTACT_ROWS]
+                         out: Path, thumb: int = 128, current=None) -> dict[str, str]:
+    """One PNG per group: a row per product, its accepted creatives (each placement, best first) side by side.
+    current(product, group_id): the generator version of this job's creatives (default: `version.generator`)."""
+    products = list({item.product.product_id: item.product for item in items}.values())[:CONTACT_ROWS]
     sheets = {}
     for profile in groups:
         group_id = int(profile["group_id"])
         rows = []
-        for product_id in products:
-            current = (version.generator, version.reward)
+        for product in products:
+            product_id = product.product_id
+            made_by = (current(product, group_id) if current else version.generator, version.reward)
             entries = [entry for entry in cache.creatives(product_id, group_id)
-                       if (entry.key.generator_version, entry.key.reward_version) == current]
+                       if (entry.key.generator_version, entry.key.reward_version) == made_by]
             entries.sort(key=lambda entry: (entry.key.placement, entry.rank))
             rows.append((product_id, entries))
         columns = max([len(entries) for _, entries in rows] + [1])

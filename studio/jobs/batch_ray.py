@@ -42,7 +42,8 @@ class ItemWorker:
 
     def __call__(self, batch: dict) -> dict:
         columns: dict[str, list] = {name: [] for name in ("unit_id", "size", "product_id", "placement", "group_id",
-                                                          "prompt", "png", "ctr", "rank", "status", "error")}
+                                                          "prompt", "generator_version", "png", "ctr", "rank", "status",
+                                                          "error")}
 
         def add(result: ItemResult, size: int, made: Made | None) -> None:
             columns["unit_id"].append(result.unit_id)
@@ -51,6 +52,8 @@ class ItemWorker:
             columns["placement"].append(result.placement)
             columns["group_id"].append(made.key.group_id if made else -1)
             columns["prompt"].append(made.key.prompt if made else "")
+            # per creative: with personal conditions it holds the conditions of the creative's group
+            columns["generator_version"].append(made.key.generator_version if made else "")
             columns["png"].append(made.png if made else b"")
             columns["ctr"].append(made.predicted_ctr if made else 0.0)
             columns["rank"].append(made.rank if made else 0)
@@ -99,7 +102,7 @@ def run_on_ray(config: BatchConfig, items: list[WorkItem], version: Versions) ->
             result.error = batch["error"]
         else:
             key = CacheKey(batch["product_id"], int(batch["group_id"]), batch["placement"], batch["prompt"],
-                           version.generator, version.reward)
+                           batch["generator_version"], version.reward)
             result.creatives.append(Made(bytes(batch["png"]), key, float(batch["ctr"]), int(batch["rank"]),
                                          batch["status"]))
         if result.error is not None or len(result.creatives) == int(batch["size"]):

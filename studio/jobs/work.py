@@ -22,6 +22,7 @@ from studio.imaging.canvas import paste_back, parse_aspect
 from studio.imaging.creatives import CreativeSettings, build_canvas, make_recipe, model_inputs
 from studio.imaging.engine import default_model, model_weights_hash
 from studio.imaging.images import load_image
+from studio.imaging.personal import IMAGE_SUFFIXES, History, adapter_kind, load_history
 from studio.imaging.provenance import encode_png, weights_hash
 from studio.jobs.cache import CacheKey
 from studio.jobs.pipeline import Models, normalise_category, rank_by_ctr, score, write_prompts
@@ -31,6 +32,7 @@ OPTIONAL_COLUMNS = ("brand", "mask")
 PRODUCT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 KNOWN_CATEGORIES = set(CATEGORIES) | set(CATEGORIES.values())
 ENGINES = ("local", "ray")
+SIMULATED = "simulated"  # BatchConfig.history: each group's clicks in the simulated world
 
 
 class CatalogueError(InputError):
@@ -62,6 +64,12 @@ class BatchConfig:
     top_k: creatives per (product, group, placement) stored as "accepted"; the rest are stored as "candidate".
     batch_size: most images in one generator call (the item's prompts are split in fixed chunks of this size).
     engine: "local" (this process) or "ray" (Ray Data; `ray_address` joins a cluster, `workers` actors).
+    history / history_guidance / category / category_guidance / history_adapter: personal conditions
+        (`studio.imaging.personal`), as `studio generate` takes them. history is each group's own: "simulated" (the
+        group's clicks in the simulated world at `history_world`, default the seeded one in the user cache) or a
+        folder holding one subfolder per group id (DIR/0/, DIR/2/, ...); a group with no (or an empty) subfolder is
+        painted from the text alone, which its recipe says. category: None is each product's own catalogue
+        category (used when category_guidance > 0).
     """
 
     catalogue: str
@@ -87,6 +95,18 @@ class BatchConfig:
     # Tuning switches, for benchmarks/batch.py: each optimisation can be turned off alone.
     batched: bool = True  # several prompts per generator call, canvas VAE-encoded once, cached text embeddings
     overlap: bool = True  # paste-back, PNG and scoring of one item in a thread while the next is painted
+    history: str | None = None
+    history_world: str | None = None
+    history_guidance: float = 0.0
+    category: str | None = None
+    category_guidance: float = 0.0
+    history_adapter: str | None = None
+
+    @property
+    def personal(self) -> bool:
+        """Whether any personal condition is set (then each creative is painted alone, with its group's history)."""
+        return (self.history is not None or self.category is not None or self.history_adapter is not None
+                or float(self.history_guidance) > 0 or float(self.category_guidance) > 0)
 
     def check(self) -> None:
         if self.engine not in ENGINES:
@@ -107,10 +127,35 @@ class BatchConfig:
             raise InputError(f"seed must be a whole number from 0 to 2**31-1, got {self.seed!r}")
         if not isinstance(self.workers, int) or not 1 <= self.workers <= 1024:
             raise InputError(f"workers must be 1 to 1024, got {self.workers!r}")
-        self.settings("1:1").check()
+        self.settings("1:1").check()  # the guidance scales and the category, too
+        self._check_personal()
+
+    def _check_personal(self) -> None:
+        if self.history is not None and self.history != SIMULATED and not Path(self.history).expanduser().is_dir():
+            raise InputError(f"history {self.history!r} is not a folder; pass a folder with one subfolder of clicked "
+                             f"creatives per group id (DIR/0/, DIR/1/, ...) or '{SIMULATED}'")
+        if self.history_world is not None and self.history != SIMULATED:
+            raise InputError(f"a history world is only read with history '{SIMULATED}'")
+        if self.history_adapter is not None:
+            if not Path(self.history_adapter).expanduser().is_dir():
+                raise InputError(f"history adapter {self.history_adapter!r} is not a folder; pass a PersonalConditioner"
+                                 " folder (studio-mini) or an IP-Adapter folder")
+            adapter_kind(self.history_adapter)  # neither kind: one clear error before any model loads
 
     def settings(self, placement: str) -> CreativeSettings:
-        return CreativeSettings(size=self.size, steps=self.steps or CreativeSettings.steps, placement=placement)
+        return CreativeSettings(size=self.size, steps=self.steps or CreativeSettings.steps, placement=placement,
+                                history_guidance=self.history_guidance, category_guidance=self.category_guidance,
+                                category=self.category if self.category is None else normalise_category(self.category),
+                                history_adapter=self.history_adapter)
+
+    def group_settings(self, settings: CreativeSettings, product: Product,
+                       history: History | None) -> CreativeSettings:
+        """One group's settings for one product: its history, and the category condition (the product's own unless
+        the job names one)."""
+        category = settings.category
+        if category is None and float(self.category_guidance) > 0:
+            category = product.category
+        return replace(settings, history=history, category=category)
 
 
 @dataclass
@@ -224,11 +269,14 @@ class Versions:
     generator: str
     reward: str
     prompt_model: str
+    personal: str | None = None  # a digest of the job's personal conditions (None: a text-only job)
 
 
-def versions(config: BatchConfig) -> Versions:
+def versions(config: BatchConfig, histories: dict[int, History | None] | None = None) -> Versions:
     """Version strings for the cache key: the model, a hash of its weights, and (for the generator) the settings and
-    seed that decide its pixels, so a changed model or setting never reuses a stale entry."""
+    seed that decide its pixels, so a changed model or setting never reuses a stale entry. With personal conditions
+    `personal` digests them (work items' ids hold it) and each key's generator version gets the conditions that
+    decided that creative (`key_version`)."""
     from reward.model import resolve_model_folder
 
     generator = config.generator or default_model()
@@ -239,7 +287,82 @@ def versions(config: BatchConfig) -> Versions:
     reward_folder = resolve_model_folder(config.reward_model)
     reward_hash = weights_hash(reward_folder).removeprefix("sha256:")[:12]
     return Versions(f"{Path(generator).name or generator}@{generator_hash}+{knobs}",
-                    f"{Path(config.reward_model).name}@{reward_hash}", str(config.prompt_model or "prompts-mini"))
+                    f"{Path(config.reward_model).name}@{reward_hash}", str(config.prompt_model or "prompts-mini"),
+                    personal_version(config, histories or {}))
+
+
+# -- personal conditions -----------------------------------------------------------------------------------------------
+
+
+def group_histories(config: BatchConfig, group_ids: list[int]) -> dict[int, History | None]:
+    """Each group's own history for the job ({} without `config.history`); None: the group has none (no clicks, no
+    subfolder or an empty one), so its creatives are painted from the text alone and their recipes say so."""
+    if config.history is None:
+        return {}
+    if config.history == SIMULATED:
+        return {int(group): _simulated_history(group, config.history_world) for group in group_ids}
+    folder = Path(config.history).expanduser()
+    return {int(group): _folder_history(folder / str(int(group))) for group in group_ids}
+
+
+def _folder_history(folder: Path) -> History | None:
+    if not folder.is_dir() or not any(p.suffix.lower() in IMAGE_SUFFIXES and p.is_file() for p in folder.iterdir()):
+        return None
+    return load_history(folder)  # a file that is not an image is one clear error
+
+
+def _simulated_history(group: int, world: str | None) -> History | None:
+    from studio.sim.histories import history_for_group
+
+    try:
+        return history_for_group(group, world)
+    except InputError as error:
+        if "clicked nothing" in str(error):  # a group without clicks has no history: the text-only fallback
+            return None
+        raise  # an unknown group, or a world folder holding something else
+
+
+def check_histories(config: BatchConfig, histories: dict[int, History | None]) -> None:
+    """A history folder must hold a subfolder for at least one of the job's groups: a flat folder of images is a
+    mistake, not a request to paint every group from the text alone."""
+    if config.history in (None, SIMULATED):
+        return
+    folder = Path(config.history).expanduser()
+    if not any((folder / str(group)).is_dir() for group in histories):
+        raise InputError(f"history folder {config.history!r} has no subfolder for any group of the job "
+                         f"({', '.join(str(g) for g in histories)}); put each group's clicked creatives in "
+                         f"{config.history}/<group id>/")
+
+
+def personal_version(config: BatchConfig, histories: dict[int, History | None]) -> str | None:
+    """What decides the personal conditions' pixels and recipes: the scales, the category, the adapter's weights and
+    each group's history (its source and a hash of its pixels); None for a text-only job."""
+    if not config.personal:
+        return None
+    adapter = weights_hash(config.history_adapter) if config.history_adapter else None
+    groups = sorted((group, None if h is None else [h.source, h.digest]) for group, h in histories.items())
+    return digest("personal", float(config.history_guidance), float(config.category_guidance), config.category,
+                  adapter, config.history, groups)[:16]
+
+
+def key_version(config: BatchConfig, version: Versions, settings: CreativeSettings) -> str:
+    """The generator version in the cache key of a creative made with `settings` (its group's): the job's, plus, with
+    personal conditions, a digest of what its recipe records of them (its history, the scales that apply, the
+    category) and of the adapter's weights. A group painted from the text alone (no history) keeps its key when only
+    the history scale changes: its creative is the same bytes, which the cache must not store under two keys."""
+    if not config.personal:
+        return version.generator
+    history = settings.history
+    s_hist = float(settings.history_guidance) if history is not None else 0.0
+    s_cat = float(settings.category_guidance) if settings.category is not None else 0.0
+    adapter = weights_hash(config.history_adapter) if config.history_adapter and (s_hist or s_cat) else None
+    no_history = history is None and float(settings.history_guidance) > 0  # the recipe's text-only note
+    conditions = digest(None if history is None else [history.source, history.digest], s_hist, settings.category,
+                        s_cat, adapter, no_history)[:8]
+    return f"{version.generator}+{conditions}"
+
+
+# -- work items --------------------------------------------------------------------------------------------------------
 
 
 def plan(config: BatchConfig, products: list[Product], groups: list[dict], version: Versions) -> list[WorkItem]:
@@ -249,7 +372,8 @@ def plan(config: BatchConfig, products: list[Product], groups: list[dict], versi
         for placement in config.placements:
             unit_id = digest("batch-item", product.product_id, placement, [int(g["group_id"]) for g in groups],
                              product.title, product.category, product.brand, config.prompts_per_group, config.top_k,
-                             version.generator, version.reward, version.prompt_model)
+                             version.generator, version.reward, version.prompt_model,
+                             *([version.personal] if version.personal else []))  # text-only ids stay as they were
             items.append(WorkItem(unit_id, product, placement, groups))
     return items
 
@@ -264,9 +388,18 @@ class ItemMaker:
     CTR, ranking), so the caller can run that closure beside the next `paint`.
     """
 
-    def __init__(self, config: BatchConfig, models: Models, version: Versions) -> None:
+    def __init__(self, config: BatchConfig, models: Models, version: Versions,
+                 histories: dict[int, History | None] | None = None) -> None:
         self.config, self.models, self.version = config, models, version
         self._photo: tuple[str, Any] | None = None  # the last decoded photo: every placement of a product reuses it
+        self.histories = dict(histories or {})  # group -> History; a Ray actor loads its own on first use
+
+    def history(self, group_id: int) -> History | None:
+        if self.config.history is None:
+            return None
+        if group_id not in self.histories:
+            self.histories.update(group_histories(self.config, [group_id]))
+        return self.histories[group_id]
 
     def paint(self, item: WorkItem) -> Callable[[], ItemResult]:
         config, engine = self.config, self.models.engine
@@ -278,8 +411,10 @@ class ItemMaker:
             canvas = build_canvas(self._photo[1], settings, mask=product.mask)
             # Prompts per group, each group's seeds from its own key
             jobs = []  # (group_id, prompt, image seed)
+            per_group = {}  # group_id -> its settings (its own history, with personal conditions)
             for profile in item.groups:
                 group_id = int(profile["group_id"])
+                per_group[group_id] = config.group_settings(settings, product, self.history(group_id))
                 seed = item_seed(config.seed, product.product_id, item.placement, group_id)
                 prompts = write_prompts(self.models.writer, profile, title=product.title or product.category,
                                         category=product.category, brand=product.brand, placement=item.placement,
@@ -290,8 +425,16 @@ class ItemMaker:
             return lambda: failed
         model_image, model_mask = model_inputs(canvas, engine)
 
-        # The generator: fixed chunks of the item's prompts in one call each (or one call per image)
-        if config.batched:
+        # The generator: fixed chunks of the item's prompts in one call each (or one call per image). With personal
+        # conditions each image is painted alone: its group's history adds UNet passes a batched call cannot take.
+        if config.personal:
+            generated = []
+            for group_id, p, seed in jobs:
+                mine = replace(per_group[group_id], negative_prompt=p.negative)
+                generated.append(engine.generate(model_image, model_mask, prompt=p.positive, seed=seed, settings=mine,
+                                                 history=mine.history, category=mine.category,
+                                                 history_adapter=mine.history_adapter))
+        elif config.batched:
             prepared = engine.prepare_canvas(model_image, model_mask)
             generated = []
             for start in range(0, len(jobs), config.batch_size):
@@ -304,15 +447,17 @@ class ItemMaker:
             generated = [engine.generate(model_image, model_mask, prompt=p.positive, seed=seed,
                                          settings=replace(settings, negative_prompt=p.negative))
                          for _, p, seed in jobs]
-        return lambda: self.finish(item, canvas, settings, model_image.size, jobs, generated)
+        return lambda: self.finish(item, canvas, per_group, model_image.size, jobs, generated)
 
-    def finish(self, item: WorkItem, canvas, settings: CreativeSettings, size: tuple[int, int], jobs: list,
-               generated: list) -> ItemResult:
-        """Paste back, encode each PNG with its recipe, score each creative for its group, rank per group."""
+    def finish(self, item: WorkItem, canvas, per_group: dict[int, CreativeSettings], size: tuple[int, int],
+               jobs: list, generated: list) -> ItemResult:
+        """Paste back, encode each PNG with its recipe (its group's conditions), score each creative for its group,
+        rank per group."""
         finals, pngs = [], []
-        for (_, prompt, seed), image in zip(jobs, generated):
+        for (group_id, prompt, seed), image in zip(jobs, generated):
             final = paste_back(image, canvas)
-            recipe = make_recipe(self.models.engine, canvas, replace(settings, negative_prompt=prompt.negative),
+            settings = replace(per_group[group_id], negative_prompt=prompt.negative)
+            recipe = make_recipe(self.models.engine, canvas, settings,
                                  prompt=prompt.positive, seed=seed, model_size=size)
             finals.append(final)
             models = {"prompt_model": self.version.prompt_model, "reward_model": self.version.reward}
@@ -324,7 +469,7 @@ class ItemMaker:
             members = [i for i, (g, _, _) in enumerate(jobs) if g == group_id]
             for i, rank in zip(members, rank_by_ctr([ctr[i] for i in members])):
                 key = CacheKey(item.product.product_id, group_id, item.placement, jobs[i][1].positive,
-                               self.version.generator, self.version.reward)
+                               key_version(self.config, self.version, per_group[group_id]), self.version.reward)
                 status = "accepted" if rank <= self.config.top_k else "candidate"
                 result.creatives.append(Made(pngs[i], key, ctr[i], rank, status))
         return result

@@ -1,8 +1,9 @@
 """The Create tab's work: audience groups and their profiles, prompt suggestions, the token counter, creatives that
 stream in one at a time with their predicted CTR and rank, accepting one into the campaign cache, and the zip.
 
-    groups(reward_model) -> suggest(profile, ...) -> stream_creatives(...) yields [ScoredCreative] after each image
-    -> accept(cache, creative, ...) -> zip_creatives(paths, out)
+    groups(reward_model) -> suggest(profile, ...) -> creative_settings(..., personal_group, history_guidance)
+    -> stream_creatives(...) yields [ScoredCreative] after each image -> accept(cache, creative, ...)
+    -> zip_creatives(paths, out)
 
 The predicted CTR is the reward model's own (`studio.jobs.pipeline.score`, as the campaign and the batch job call it)
 for the chosen group and category; the rank orders the creatives of one run, 1 = best.
@@ -25,6 +26,7 @@ from studio.core.atomic import write_file
 from studio.core.errors import InputError
 from studio.imaging.creatives import CreativeSettings, build_canvas, generate_creatives
 from studio.imaging.engine import load_engine
+from studio.imaging.personal import check_scale
 from studio.imaging.provenance import read_recipe, weights_hash
 from studio.jobs.cache import CachedCreative, CacheKey, CreativeCache
 from studio.jobs.pipeline import audience_groups, normalise_category, rank_by_ctr, score, write_prompts
@@ -38,6 +40,8 @@ PLACEMENT_PRESETS: dict[str, str] = {
     "Banner 16:9": "16:9",
 }
 DEFAULT_REWARD_MODEL = "reward-mini"
+DEFAULT_HISTORY_GUIDANCE = 1.0  # the history slider's value once a group is chosen to personalise for
+MAX_HISTORY_GUIDANCE = 4.0  # the slider's top: past it the history overrides the prompt's colours (generation.md)
 
 
 @dataclass
@@ -161,6 +165,41 @@ def token_count(text: str | None, model: str | None = None) -> TokenCount:
     return TokenCount(len(tokenizer(text or "", truncation=False).input_ids), int(tokenizer.model_max_length))
 
 
+# -- the settings of a run, personal conditions included ----------------------------------------------------------
+
+
+def personal_choices(profiles: list[dict]) -> list[tuple[str, str]]:
+    """(label, value) pairs for "Personalise for audience group": none (the prompt alone), then each group."""
+    return [("None: the prompt alone", "")] + [(f"Group {p['group_id']} (its clicked creatives)", str(p["group_id"]))
+                                               for p in profiles]
+
+
+def creative_settings(*, mode: str, placement: str, extend: dict[str, int] | None, steps: int, guidance: float,
+                      negative_prompt: str, scale: float | None, position: tuple[float, float],
+                      personal_group: str | int | None = None, history_guidance: float = DEFAULT_HISTORY_GUIDANCE,
+                      history_adapter: str | None = None, history_world: str | None = None) -> CreativeSettings:
+    """The Create button's settings. With `personal_group`, the creatives are painted for that group's taste: its
+    clicked creatives in the simulated world (`studio.sim.histories.history_for_group`; `history_world`, default the
+    seeded one in the user cache) condition the generator at `history_guidance`, through `history_adapter` (empty:
+    the model's own). Without a group the prompt alone paints and the slider is not used. Checked here: a bad scale,
+    an unknown group or a missing adapter is one clear error before anything is painted."""
+    settings = CreativeSettings(mode=mode, placement=placement, extend=extend, steps=int(steps),
+                                guidance=float(guidance), negative_prompt=negative_prompt, scale=scale,
+                                position=position)
+    if personal_group is None or str(personal_group).strip() == "":
+        return settings
+    from studio.sim.histories import history_for_group
+
+    adapter = (history_adapter or "").strip() or None
+    if adapter is not None and not Path(adapter).expanduser().is_dir():
+        raise InputError(f"history adapter {adapter!r} is not a folder; enter a PersonalConditioner (studio-mini) or "
+                         "an IP-Adapter folder, or leave it empty for the model's own")
+    settings = replace(settings, history_guidance=check_scale("history guidance", history_guidance),
+                       history_adapter=adapter)
+    settings.history = history_for_group(str(personal_group).strip(), history_world)
+    return settings
+
+
 # -- creatives with predicted CTR -------------------------------------------------------------------------------------
 
 
@@ -277,7 +316,8 @@ def from_dicts(items: list[dict[str, Any]] | None) -> list[ScoredCreative]:
 
 # The settings a run is remembered by, in the order "reuse settings" gives them back.
 HISTORY_FIELDS = ("prompt", "negative_prompt", "group", "category", "placement", "scale", "count", "seed", "steps",
-                  "guidance", "model", "position_x", "position_y")
+                  "guidance", "model", "position_x", "position_y", "personal_group", "history_guidance",
+                  "history_adapter")
 HISTORY_LIMIT = 10
 
 
@@ -303,4 +343,9 @@ def reuse(history: list[dict] | None, index: int | str | None) -> tuple:
 def history_choices(history: list[dict] | None) -> list[tuple[str, str]]:
     """(label, index) pairs for a picker: "#0 · group 2 · 1:1 · seed 0 · a teal marble table…"."""
     return [((f"#{i} · group {run['group'] or '-'} · {run['placement']} · seed {run['seed']} · "
-             f"{str(run['prompt'])[:48]}"), str(i)) for i, run in enumerate(history or [])]
+              f"{_personal_label(run)}{str(run['prompt'])[:48]}"), str(i)) for i, run in enumerate(history or [])]
+
+
+def _personal_label(run: dict) -> str:
+    group = run.get("personal_group")
+    return f"for group {group} ×{float(run['history_guidance']):g} · " if group not in (None, "") else ""
