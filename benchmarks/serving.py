@@ -29,7 +29,7 @@ import httpx
 import numpy as np
 
 from studio.jobs.cache import CreativeCache
-from studio.learning.bandit import LinUCB
+from studio.learning.hybrid import HybridLinUCB
 from studio.learning.eventlog import EventLog
 from studio.serving.config import ServeConfig
 from studio.serving.drive import acknowledged_load, prepare_world
@@ -162,12 +162,7 @@ def kill_a_worker(world: Path, db: str, products: list[str], seconds: float) -> 
         frame = log.read()
         config = ServeConfig(db=db, cache=str(world / "cache"), audience=str(world / "audience"))
         rebuilt = rebuild_policy(config, log, cache, upto=state["watermark"])
-    worst = 0.0
-    for i, key in enumerate(state["keys"]):
-        live, other = LinUCB.from_pretrained(snapshot / "bandits" / str(i)), rebuilt.bandits[tuple(key)]
-        for arm in live.arms_:
-            a, b = live.arms_.index(arm), other.arms_.index(arm)
-            worst = max(worst, float(np.abs(live.A_[a] - other.A_[b]).max()), float(np.abs(live.b_[a] - other.b_[b]).max()))
+    worst = HybridLinUCB.from_pretrained(snapshot / "bandit").max_difference(rebuilt.model)
     logged, clicked = set(frame["impression_id"]), set(frame.loc[frame["clicked"] == 1, "impression_id"])
     return {"acknowledged_impressions": len(result["impressions"]), "acknowledged_clicks": len(result["clicks"]),
             "lost_impressions": len(set(result["impressions"]) - logged),

@@ -25,13 +25,14 @@ from pathlib import Path
 
 import numpy as np
 
+from studio.imaging.descriptors import backdrop_features
 from studio.learning.audience import AudienceClustering
 from studio.learning.policy import TREATMENT, ServingPolicy
 from studio.serving.drive import FEATURES, load_world
 
 
-def replay(world, clustering, mode: str, seed: int, n: int, alpha: float, epsilon: float, salt: str, rate: float,
-           window: float, sync: float, in_flight: int = 16) -> tuple[float, float]:
+def replay(world, features, clustering, mode: str, seed: int, n: int, alpha: float, arm_l2: float, epsilon: float,
+           salt: str, rate: float, window: float, sync: float, in_flight: int = 16) -> tuple[float, float]:
     users, simulator, arms = world.users, world.simulator, world.config.arms
     columns = list(FEATURES) if mode == "http-no-tags" else [*FEATURES, "interests"]
     user_group = clustering.predict(users[columns])
@@ -42,9 +43,10 @@ def replay(world, clustering, mode: str, seed: int, n: int, alpha: float, epsilo
     product = rng.integers(products, size=n)
     group = user_group[who]
     oracle = simulator.expected_ctr(np.arange(len(users))).reshape(len(users), products, arms)
-    policy = ServingPolicy(clustering.group_vectors(), alpha=alpha, epsilon=epsilon, salt=salt, seed=seed)
-    for p in range(products):
-        policy.sync_arms(p, list(range(arms)))
+    policy = ServingPolicy(clustering.n_groups_, alpha=alpha, arm_l2=arm_l2, epsilon=epsilon, salt=salt, seed=seed)
+    for p in range(products):  # arms are creative indices, described by their PNGs as the server describes them
+        ids = range(p * arms, (p + 1) * arms)
+        policy.sync_arms(p, list(ids), {i: features[i] for i in ids})
     bucket = np.array([policy.bucket(str(int(u))) for u in users["user_id"]])[who]
     served, clicked = np.zeros(n, dtype=np.int64), np.zeros(n, dtype=bool)
     ticks: list[tuple[float, int]] = []  # (when it is learned, impression)
@@ -55,11 +57,9 @@ def replay(world, clustering, mode: str, seed: int, n: int, alpha: float, epsilo
         while ticks and ticks[0][0] <= now:
             due.append(heapq.heappop(ticks)[1])
         due = np.array([i for i in due if bucket[i] == TREATMENT], dtype=np.int64)
-        for p in np.unique(product[due]):
-            mine = due[product[due] == p]
-            policy.learn(int(p), group[mine], list(served[mine]), clicked[mine].astype(float))
+        policy.learn(group[due], list(product[due] * arms + served[due]), clicked[due].astype(float))
         picked, _ = policy.decide(product[rows], group[rows], bucket[rows])
-        served[rows] = picked.astype(np.int64)
+        served[rows] = picked.astype(np.int64) - product[rows] * arms
         clicked[rows] = simulator.click(who[rows], product[rows] * arms + served[rows])
         for i in rows:
             if mode == "batch":
@@ -85,18 +85,22 @@ def main() -> None:
     parser.add_argument("--impressions", type=int, default=50_000)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--alpha", type=float, default=0.25)
-    parser.add_argument("--epsilon", type=float, default=0.05, help="studio serve's default")
+    parser.add_argument("--arm-l2", type=float, default=1000.0, help="studio serve's default")
+    parser.add_argument("--epsilon", type=float, default=0.0, help="studio serve's default")
     parser.add_argument("--salt", default="studio-serve", help="studio serve's default")
+    parser.add_argument("--modes", nargs="+", default=["batch", "http", "http-no-tags"])
     parser.add_argument("--rate", type=float, default=120.0, help="requests per second of the replayed driver")
     parser.add_argument("--window", type=float, default=2.0, help="attribution window, seconds")
     parser.add_argument("--sync", type=float, default=1.0, help="catch-up period, seconds")
     args = parser.parse_args()
     world = load_world(args.world)
     clustering = AudienceClustering.from_pretrained(Path(args.world) / "audience")
-    for mode in ("batch", "http", "http-no-tags"):
+    features = [backdrop_features((Path(args.world) / c["image"]).read_bytes()) for c in world.creatives]
+    for mode in args.modes:
         ratios, ceilings = [], []
         for seed in args.seeds:
-            ratio, ceiling = replay(world, clustering, mode, seed, args.impressions, args.alpha, args.epsilon,
+            ratio, ceiling = replay(world, features, clustering, mode, seed, args.impressions, args.alpha, args.arm_l2,
+                                    args.epsilon,
                                     args.salt, args.rate, args.window, args.sync)
             ratios.append(ratio)
             ceilings.append(ceiling)

@@ -22,7 +22,7 @@ from schemathesis.specs.openapi.checks import (content_type_conformance, respons
 
 from studio.cli import main
 from studio.jobs.cache import CacheKey, CreativeCache
-from studio.learning.bandit import LinUCB
+from studio.learning.hybrid import HybridLinUCB
 from studio.learning.audience import AudienceClustering
 from studio.learning.eventlog import EventLog
 from studio.serving.app import create_app
@@ -136,18 +136,16 @@ def test_clicks_teach_the_bandit_and_a_rebuild_from_the_log_equals_the_live_stat
             served, clicked = served + batch, clicked + hits
         treated = sum(s["bucket"] == "treatment" for s in served)
         assert learned == treated  # each treatment impression taught once, clicked or not
-        live = service.policy.bandits[("bottle-1", "feed")]
+        live = service.policy.model
         with EventLog(config.db) as log:
-            rebuilt = rebuild_policy(config, log, cache).bandits[("bottle-1", "feed")]
+            rebuilt = rebuild_policy(config, log, cache).model
         assert sorted(live.arms_) == sorted(rebuilt.arms_) == sorted(ids)
-        for arm in ids:
-            i, j = live.arms_.index(arm), rebuilt.arms_.index(arm)
-            np.testing.assert_allclose(live.A_[i], rebuilt.A_[j], rtol=0, atol=1e-9)
-            np.testing.assert_allclose(live.b_[i], rebuilt.b_[j], rtol=0, atol=1e-9)
+        assert live.described_.all()  # every creative measured from its cached PNG
+        assert live.max_difference(rebuilt) < 1e-9
         clicks_on_1 = sum(s["bucket"] == "treatment" and s["arm"] == ids[1] for s in served)
-        # b's intercept entry counts the arm's clicks; A's intercept entry counts its impressions (+ l2 prior).
-        assert live.b_[live.arms_.index(ids[1]), -1] == pytest.approx(clicks_on_1)
-        assert sum(live.A_[k, -1, -1] - config.l2 for k in range(3)) == pytest.approx(treated)
+        # the sums count each treatment impression and click once, per (creative, group)
+        assert live.s_[live.arms_.index(ids[1])].sum() == pytest.approx(clicks_on_1)
+        assert live.n_.sum() == pytest.approx(treated)
         report = client.get("/v1/report").json()
         assert "cells" in report, report
         total = {b: sum(c["impressions"] for c in report["cells"] if c["bucket"] == b) for b in ("control", "treatment")}
@@ -231,14 +229,12 @@ def test_a_snapshot_is_written_atomically_and_a_restart_catches_up_from_its_wate
             client.post("/v1/creative", json={"user_id": f"u{i}", "product_id": "bottle-1",
                                               "features": features(users, i)})
         time.sleep(0.1)
-    assert sorted(p.name for p in (tmp_path / "snapshot").iterdir()) == ["bandits", "state.json"]
+    assert sorted(p.name for p in (tmp_path / "snapshot").iterdir()) == ["bandit", "state.json"]
     with TestClient(create_app(config)) as client:  # loads the snapshot, then learns the rest from the log
-        live = client.app.state.service.policy.bandits[("bottle-1", "feed")]
+        live = client.app.state.service.policy.model
         with EventLog(config.db) as log:
-            rebuilt = rebuild_policy(config, log, cache).bandits[("bottle-1", "feed")]
-        for arm in ids:
-            np.testing.assert_allclose(live.A_[live.arms_.index(arm)], rebuilt.A_[rebuilt.arms_.index(arm)], atol=1e-9)
-            np.testing.assert_allclose(live.b_[live.arms_.index(arm)], rebuilt.b_[rebuilt.arms_.index(arm)], atol=1e-9)
+            rebuilt = rebuild_policy(config, log, cache).model
+        assert live.max_difference(rebuilt) < 1e-9
         assert client.app.state.service.watermark == 50
 
 
@@ -341,15 +337,10 @@ def test_killing_a_worker_under_load_loses_no_acknowledged_event_and_state_equal
             assert state["watermark"] == int(rewards["seq"].max())
             with EventLog(db) as log, CreativeCache(world / "cache") as cache:
                 rebuilt = rebuild_policy(config, log, cache, upto=state["watermark"])
-            for i, key in enumerate(state["keys"]):
-                live = LinUCB.from_pretrained(snapshot / "bandits" / str(i))
-                other = rebuilt.bandits[tuple(key)]
-                assert sorted(live.arms_) == sorted(other.arms_)
-                for arm in live.arms_:
-                    np.testing.assert_allclose(live.A_[live.arms_.index(arm)], other.A_[other.arms_.index(arm)],
-                                               rtol=0, atol=1e-9)
-                    np.testing.assert_allclose(live.b_[live.arms_.index(arm)], other.b_[other.arms_.index(arm)],
-                                               rtol=0, atol=1e-9)
+            live = HybridLinUCB.from_pretrained(snapshot / "bandit")
+            assert live.max_difference(rebuilt.model) < 1e-9
+            assert {tuple(key): arms for key, arms in state["keys"]} == {
+                key: list(arms) for key, arms in rebuilt.candidates.items()}
             checked.add(reply.json()["pid"])
             if len(checked) == 2:
                 break

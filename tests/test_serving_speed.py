@@ -6,6 +6,7 @@ import pytest
 from studio.core.errors import InputError
 from studio.learning.bandit import LinUCB
 from studio.learning.eventlog import EventLog
+from studio.learning.hybrid import HybridLinUCB
 from studio.learning.policy import COLD_START_GROUP, TREATMENT, ServingPolicy
 from studio.serving.config import ServeConfig
 
@@ -51,16 +52,17 @@ def test_a_groups_cached_distribution_draws_the_same_arms_as_scoring_every_time(
 
 
 def test_the_policy_refuses_an_unknown_group_and_serves_the_cold_start_one():
-    policy = ServingPolicy(np.eye(2), seed=0)
+    policy = ServingPolicy(2, seed=0)
     policy.sync_arms("mug", ["x", "y"])
     with pytest.raises(InputError, match="audience groups must be in"):
         policy.decide_one("mug", 5, TREATMENT)
     decision = policy.decide_one("mug", COLD_START_GROUP, TREATMENT)
     assert decision.arm in ("x", "y") and decision.policy == "linucb"
-    reference = LinUCB(**policy.params, seed=0)
+    reference = HybridLinUCB(n_contexts=3, **{k: policy.model.get_params()[k] for k in ("alpha", "l2", "arm_l2")},
+                             seed=0)
     for arm in ("x", "y"):
         reference.add_arm(arm)
-    assert reference.select_one(np.array([0.0, 0.0, 1.0])) == (decision.arm, decision.propensity)
+    assert reference.select_one(2, ["x", "y"]) == (decision.arm, decision.propensity)  # context 2: cold start
 
 
 def test_sqlite_sync_sets_what_a_commit_waits_for_and_refuses_other_values(tmp_path):

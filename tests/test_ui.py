@@ -227,7 +227,7 @@ def test_a_cancelled_stream_keeps_what_it_yielded(tmp_path):
 
 def test_recent_runs_keep_the_latest_first_and_give_their_settings_back():
     run = dict(zip(create.HISTORY_FIELDS, ("a teal table", "", "2", "beverage", "4:5", 0.6, 2, 7, 30, 7.5, "",
-                                           0.3, 0.7), strict=True))
+                                           0.3, 0.7, "", 1.0, ""), strict=True))
     history = create.remember([], run)
     history = create.remember(history, {**run, "seed": 8})
     history = create.remember(history, run)  # a repeat moves to the top, not in twice
@@ -239,6 +239,67 @@ def test_recent_runs_keep_the_latest_first_and_give_their_settings_back():
     assert len(history) == create.HISTORY_LIMIT and history[0]["seed"] == 119
     with pytest.raises(InputError, match="no recent run"):
         create.reuse(history, 10)
+    personal = create.remember(history, {**run, "personal_group": "1", "history_guidance": 2.5})
+    assert create.reuse(personal, "0")[-3:] == ("1", 2.5, "")  # the personal conditions come back with the run
+    assert create.history_choices(personal)[0][0] == "#0 · group 2 · 4:5 · seed 7 · for group 1 ×2.5 · a teal table"
+
+
+# -- personal conditions on the Create tab ------------------------------------------------------------------------------
+
+CREATE_ARGS = dict(mode="background", placement="1:1", extend=None, steps=2, guidance=7.5, negative_prompt="",
+                   scale=0.6, position=(0.5, 0.55))
+
+
+def test_personalising_for_a_group_passes_its_history_and_scale_into_the_settings(tmp_path, monkeypatch):
+    from studio.sim.histories import history_for_group
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))  # the seeded world is built here, once
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    settings = create.creative_settings(**CREATE_ARGS, personal_group="2", history_guidance=2.5,
+                                        history_adapter=f" {adapter} ")
+    assert settings.history_guidance == 2.5 and settings.history_adapter == str(adapter)
+    assert settings.history.source == "group:2" and settings.history.digest == history_for_group(2).digest
+    plain = create.creative_settings(**CREATE_ARGS, personal_group="", history_guidance=2.5)
+    assert plain == CreativeSettings(steps=2, scale=0.6)  # no group: the prompt alone, the slider unused
+    assert create.personal_choices([{"group_id": 0}, {"group_id": 3}]) == [
+        ("None: the prompt alone", ""), ("Group 0 (its clicked creatives)", "0"),
+        ("Group 3 (its clicked creatives)", "3")]
+    with pytest.raises(InputError, match="history guidance must be a finite number"):
+        create.creative_settings(**CREATE_ARGS, personal_group="2", history_guidance=float("nan"))
+    with pytest.raises(InputError, match="unknown group"):
+        create.creative_settings(**CREATE_ARGS, personal_group="9", history_guidance=1.0)
+    with pytest.raises(InputError, match="is not a folder"):
+        create.creative_settings(**CREATE_ARGS, personal_group="2", history_guidance=1.0,
+                                 history_adapter=str(tmp_path / "nope"))
+
+
+@pytest.mark.slow
+def test_the_create_button_passes_the_history_scale_into_the_settings(tmp_path, monkeypatch):
+    """The app's Generate handler, called as Gradio calls it, hands the group's history and the slider's scale to
+    the creatives it streams."""
+    import app as app_module
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    seen = []
+
+    def fake_stream(product, prompt, *, settings, **kwargs):
+        seen.append(settings)
+        return iter(())
+
+    monkeypatch.setattr(create, "stream_creatives", fake_stream)
+    blocks = app_module.build_app(tmp_path / "ui")
+    (handler,) = [f.fn for f in blocks.fns.values() if f.api_name == "generate"]
+    photo = tmp_path / "photo.png"
+    product_photo().save(photo)
+    request = type("Request", (), {"session_hash": "test"})()
+    base = [str(photo), None, None, "a teal table", "", "outpaint", "1:1", ["left"], 64, 1, 0, 2, 7.5, "", "", "",
+            0.6, 0.5, 0.55]
+    assert list(handler(*base, "1", 3.0, "", request=request)) == []
+    assert list(handler(*base, "", 3.0, "", request=request)) == []
+    personal, plain = seen
+    assert personal.history_guidance == 3.0 and personal.history.source == "group:1"
+    assert plain.history is None and plain.history_guidance == 0.0
 
 
 # -- experiments ------------------------------------------------------------------------------------------------------
@@ -291,10 +352,11 @@ def test_ctr_over_time_ends_at_each_buckets_ctr(served):
 def test_arm_scores_and_why_this_creative_wins(served):
     config, ids = served
     arms = experiments.read_experiment(config).arms
-    treated = {arm: experiment_log.TRAFFIC[("treatment", 0, arm)][0] + experiment_log.TRAFFIC[("treatment", 1, arm)][0]
-               for arm in "AB"}
-    for arm in "AB":  # the bandit learned the treatment bucket only
-        assert set(arms.loc[arms["creative_id"] == ids[arm], "learned"]) == {treated[arm]}
+    for arm in "AB":  # the bandit learned the treatment bucket only, per group (cold start: none)
+        for group in (0, 1, -1):
+            treated = experiment_log.TRAFFIC[("treatment", group, arm)][0] if group >= 0 else 0
+            row = (arms["creative_id"] == ids[arm]) & (arms["group_id"] == group)
+            assert arms.loc[row, "learned"].tolist() == [treated]
     for group, winner, loser in ((0, "A", "B"), (1, "B", "A")):
         part = arms[arms["group_id"] == group].set_index("creative_id")
         assert part.loc[ids[winner], "estimate"] > part.loc[ids[loser], "estimate"]

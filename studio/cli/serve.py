@@ -12,7 +12,7 @@ from dataclasses import asdict
 def register(subparsers) -> None:
     serve = subparsers.add_parser(
         "serve",
-        help="serve creatives over HTTP: LinUCB per audience group, impressions and clicks logged, online learning",
+        help="serve creatives over HTTP: a hybrid LinUCB per audience group, impressions and clicks logged, online learning",
         description="Serve the creative cache: GET /v1/creative picks a creative (treatment: LinUCB; control: "
                     "uniform or fixed), logs the impression, POST /v1/clicks records clicks, GET /v1/report, "
                     "/healthz, /metrics. The API token for write endpoints is read from $STUDIO_API_TOKEN.",
@@ -30,7 +30,11 @@ def register(subparsers) -> None:
     serve.add_argument("--control", choices=["uniform", "first"], default="uniform",
                        help="control policy: a uniformly random creative, or the cache's best-ranked one")
     serve.add_argument("--alpha", type=float, default=0.25, help="LinUCB exploration strength")
-    serve.add_argument("--epsilon", type=float, default=0.05, help="share of uniformly random treatment serves")
+    serve.add_argument("--arm-l2", type=float, default=1000.0,
+                       help="impressions before a creative's own clicks outweigh its group's taste model (default 1000)")
+    serve.add_argument("--epsilon", type=float, default=0.0,
+                       help="share of uniformly random treatment serves (default 0: the UCB bonus explores, and the "
+                            "uniform control bucket is the log off-policy evaluation reads)")
     serve.add_argument("--attribution-window", type=float, default=3600.0,
                        help="seconds a click counts after its impression; later, no click teaches reward 0")
     serve.add_argument("--sync-seconds", type=float, default=1.0, help="catch up from the shared log this often")
@@ -50,7 +54,8 @@ def run_serve(args: argparse.Namespace) -> int:
     db = args.db or os.path.join(args.cache, "events.db")
     config = ServeConfig(db=db, cache=args.cache, cache_blobs=args.cache_blobs, audience=args.audience,
                          salt=args.salt, treatment_share=args.treatment_share, control=args.control,
-                         alpha=args.alpha, epsilon=args.epsilon, attribution_window=args.attribution_window,
+                         alpha=args.alpha, arm_l2=args.arm_l2, epsilon=args.epsilon,
+                         attribution_window=args.attribution_window,
                          sync_seconds=args.sync_seconds, snapshot=args.snapshot, sqlite_sync=args.sqlite_sync,
                          token=os.environ.get(TOKEN_ENV) or None)
     config.check()

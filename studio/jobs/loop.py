@@ -36,6 +36,7 @@ import numpy as np
 from studio.core.atomic import check_output_folder, remove_stale_staging, staged_folder, write_file
 from studio.core.errors import InputError
 from studio.core.vocabulary import CATEGORIES, PRODUCTS
+from studio.imaging.descriptors import backdrop_features
 from studio.jobs import loop_report
 from studio.learning.policy import CONTROL, TREATMENT, ServingPolicy
 
@@ -157,7 +158,7 @@ class _World:
         self.group_vectors = {str(p.group_id): np.asarray(p.vector, dtype=np.float32)
                               for p in self.clustering.profiles_}
         self.salt = f"loop-{config.seed}"
-        bucketer = ServingPolicy(self.clustering.group_vectors(), salt=self.salt)
+        bucketer = ServingPolicy(self.clustering.n_groups_, salt=self.salt)
         self.treated = np.array([bucketer.bucket(int(u)) == TREATMENT for u in self.users["user_id"]])
         self.visit = self.users["activity"].to_numpy() + 0.1
 
@@ -279,7 +280,7 @@ class _Arm:
         self.name, self.world, self.out = name, world, out / name
         self.out.mkdir(parents=True, exist_ok=True)
         config = world.config
-        self.policy = ServingPolicy(world.clustering.group_vectors(), alpha=config.alpha, salt=world.salt,
+        self.policy = ServingPolicy(world.clustering.n_groups_, alpha=config.alpha, salt=world.salt,
                                     seed=config.seed, rng=np.random.default_rng([config.seed, 7]))
         self.log_path = self.out / "events.db"
         self.catalogue: dict[str, _Creative] = {}
@@ -413,7 +414,11 @@ def _run_round(world: _World, arm: _Arm, round_index: int, traffic: dict, base_p
             record.update(_evolve(world, arm, round_index, staging))
         added, removed = [], []
         for product in world.products:
-            a, r = arm.policy.sync_arms(product["product_id"], arm.pool[product["product_id"]])
+            pool = arm.pool[product["product_id"]]
+            # each creative is described by its PNG, as `studio serve` describes the cache's
+            features = {c: backdrop_features(Path(arm.catalogue[c].image).read_bytes())
+                        for c in arm.policy.undescribed(pool)}
+            a, r = arm.policy.sync_arms(product["product_id"], pool, features)
             added += a
             removed += r
         record["pool_size"] = sum(len(p) for p in arm.pool.values())
@@ -456,9 +461,7 @@ def _serve(world: _World, arm: _Arm, round_index: int, traffic: dict) -> dict:
         true_ctr[rows] = world.simulator.click_probability(traffic["user"][rows], sims)
         clicked[rows] = traffic["draw"][rows] < true_ctr[rows]
         treat = rows[traffic["treated"][rows]]
-        for key in np.unique(product_ids[treat]):
-            mine = treat[product_ids[treat] == key]
-            arm.policy.learn(key, traffic["group"][mine], list(chosen[mine]), clicked[mine].astype(float))
+        arm.policy.learn(traffic["group"][treat], list(chosen[treat]), clicked[treat].astype(float))
     ids = np.array([f"r{round_index}-{i}" for i in range(n)])
     with EventLog(arm.log_path) as log:
         for start in range(0, n, 8192):
@@ -675,7 +678,7 @@ def _hacking(world: _World, arm: _Arm, ranker, dataset, selected: list[_Creative
 def _diversity(world: _World, proposals: dict, ranked: list[_Creative] | None) -> dict:
     """Distinct prompts the prompt model proposed per (product, group), and the spread of the painted backgrounds
     (mean pairwise distance of the simulator's standardised background measurements; None before round 1)."""
-    from studio.sim.simulator import FEATURE_SCALE
+    from studio.imaging.descriptors import FEATURE_SCALE
 
     distinct = {f"{product}/{world.group_ids[g]}": len({p.positive for p in prompts})
                 for (product, g), prompts in proposals.items()}

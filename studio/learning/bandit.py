@@ -55,6 +55,22 @@ def draw_arms(probabilities: np.ndarray, rng: np.random.Generator) -> np.ndarray
     return np.minimum((draws >= cumulative).sum(axis=1), probabilities.shape[1] - 1)
 
 
+def serving_distribution(scores: np.ndarray, epsilon: float, softmax_temperature: float | None) -> np.ndarray:
+    """A bandit's serving distribution ``(n, K)`` over arms from UCB ``scores`` ``(n, K)``: greedy (ties shared
+    uniformly) or ``softmax(scores / softmax_temperature)``, mixed with ``epsilon`` uniform exploration."""
+    n_arms = scores.shape[1]
+    if softmax_temperature is not None:
+        logits = (scores - scores.max(axis=1, keepdims=True)) / softmax_temperature
+        weights = np.exp(logits)
+        greedy = weights / weights.sum(axis=1, keepdims=True)
+    else:
+        best = scores == scores.max(axis=1, keepdims=True)
+        greedy = best / best.sum(axis=1, keepdims=True)
+    if epsilon == 0.0:
+        return greedy
+    return (1.0 - epsilon) * greedy + epsilon / n_arms
+
+
 class LinUCB(BaseEstimator):
     """Disjoint LinUCB over a changing set of arms (creative ids), in scikit-learn style.
 
@@ -389,19 +405,7 @@ class LinUCB(BaseEstimator):
             self.refresh()
 
     def _probabilities(self, scores: np.ndarray) -> np.ndarray:
-        """Serving distribution ``(n, K)`` for UCB ``scores`` ``(n, K)``."""
-        n_arms = scores.shape[1]
-        if self.softmax_temperature is not None:
-            logits = (scores - scores.max(axis=1, keepdims=True)) / self.softmax_temperature
-            weights = np.exp(logits)
-            greedy = weights / weights.sum(axis=1, keepdims=True)
-        else:
-            # Ties for the best score are broken uniformly at random, so each tied arm has 1 / n_ties.
-            best = scores == scores.max(axis=1, keepdims=True)
-            greedy = best / best.sum(axis=1, keepdims=True)
-        if self.epsilon == 0.0:
-            return greedy
-        return (1.0 - self.epsilon) * greedy + self.epsilon / n_arms
+        return serving_distribution(scores, self.epsilon, self.softmax_temperature)
 
     def _index_of(self, key: Hashable) -> int:
         try:

@@ -17,7 +17,9 @@ class ServeConfig:
     cache, cache_blobs: the creative cache (`studio.jobs.cache.CreativeCache` arguments).
     audience: a saved `AudienceClustering` folder (None: every user is the cold-start group).
     salt, treatment_share: the A/B split. control: "uniform" or "first" (the cache's best-ranked creative).
-    alpha, l2, epsilon: LinUCB. attribution_window: seconds after an impression during which a click counts; after
+    alpha, l2, arm_l2, epsilon: the hybrid LinUCB (`studio.learning.hybrid.HybridLinUCB`); epsilon 0 by default: the
+    UCB bonus explores, and the uniform control bucket is what off-policy evaluation reads.
+    attribution_window: seconds after an impression during which a click counts; after
     it an impression without a click teaches the bandit reward 0. sync_seconds: how often a worker catches up from
     the shared log and re-reads the cache's creatives. snapshot: folder for atomic snapshots of the bandit state
     (None: none; a worker always rebuilds from the log anyway). token: API token for the write endpoints (None: open).
@@ -35,7 +37,8 @@ class ServeConfig:
     control: str = "uniform"
     alpha: float = 0.25
     l2: float = 1.0
-    epsilon: float = 0.05
+    arm_l2: float = 1000.0
+    epsilon: float = 0.0
     attribution_window: float = 3600.0
     sync_seconds: float = 1.0
     snapshot: str | None = None

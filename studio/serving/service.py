@@ -5,14 +5,16 @@ committed together in the next transaction (group commit), and each request wait
 response goes out, so an acknowledged impression is durable. Deciding and learning happen on the event loop, so the
 bandit is never read and written at once.
 
-A worker's bandit state is a fold of the log's ``rewards`` table up to its watermark (``A`` and ``b`` are sums): it
-rebuilds it on start (from a snapshot's watermark when there is one) and catches up every ``sync_seconds``, so every
+A worker's bandit state is a fold of the log's ``rewards`` table up to its watermark (impressions and clicks per
+creative and group are sums) plus each creative's backdrop features, measured from its cached PNG: it rebuilds it on
+start (from a snapshot's watermark when there is one) and catches up every ``sync_seconds``, so every
 worker on every machine converges on the same state and any of them can die.
 """
 
 from __future__ import annotations
 
 import asyncio
+import copy
 import hmac
 import json
 import math
@@ -34,8 +36,9 @@ from studio.core.errors import InputError, StudioError
 from studio.jobs.cache import CreativeCache, UnknownCreativeError, check_creative_id
 from studio.learning.abtest import bucket_stats, compare
 from studio.learning.audience import AudienceClustering
-from studio.learning.bandit import LinUCB
+from studio.imaging.descriptors import backdrop_features
 from studio.learning.eventlog import EventLog
+from studio.learning.hybrid import HybridLinUCB
 from studio.learning.offpolicy import snips_from_sums
 from studio.learning.policy import COLD_START_GROUP, CONTROL, TREATMENT, ServingPolicy
 from studio.serving.config import ServeConfig
@@ -129,10 +132,7 @@ class Service:
         self.config = config
         self.metrics = metrics
         self.clustering = AudienceClustering.from_pretrained(config.audience) if config.audience else None
-        vectors = self.clustering.group_vectors() if self.clustering is not None else np.zeros((0, 0))
-        self.policy = ServingPolicy(vectors, alpha=config.alpha, l2=config.l2, epsilon=config.epsilon,
-                                    salt=config.salt, treatment_share=config.treatment_share,
-                                    control=config.control, seed=config.seed)
+        self.policy = new_policy(config, self.clustering)
         self.watermark = 0
         self.store = Store(config)
         self._groups: OrderedDict[str, int] = OrderedDict()
@@ -174,7 +174,7 @@ class Service:
     # -- keeping up ----------------------------------------------------------------------------------------------
     async def refresh(self) -> int:
         """One catch-up step: close attribution windows, learn new rewards, follow the cache's creatives."""
-        keys = list(self.policy.bandits)
+        keys, described = self.policy.keys, self.policy.described()
         before = time.time() - self.config.attribution_window
         # Scan only impressions since the last close, minus a slack for commits that landed after their timestamp;
         # every few minutes a deeper scan catches any commit slower than that.
@@ -187,14 +187,16 @@ class Service:
             log.close_windows(before, since)
             rewards = log.rewards_since(self.watermark)
             arms = {key: [c.creative_id for c in cache.creatives(key[0], placement=key[1])] for key in keys}
-            return rewards, arms
+            seen = [*rewards["arm"], *(arm for ids in arms.values() for arm in ids)]
+            return rewards, arms, describe_creatives(cache, [arm for arm in seen if arm not in described])
 
         started = time.perf_counter()
-        rewards, arms = await self._run(work)
+        rewards, arms, features = await self._run(work)
         read = time.perf_counter()
         self._closed_before = before
         # Learn first (arms served elsewhere join), then follow the cache (retired arms leave, new ones join).
         learned = self.policy.apply_rewards(rewards, key_of=lambda product, placement: (product, placement))
+        self.policy.describe(features)
         if len(rewards):
             self.watermark = int(rewards["seq"].iloc[-1])
         for key, ids in arms.items():
@@ -207,17 +209,17 @@ class Service:
         return learned
 
     async def snapshot(self) -> Path:
-        """Write every bandit and the watermark into the snapshot folder, replaced whole (atomically)."""
+        """Write the bandit, every key's creatives and the watermark into the snapshot folder, replaced whole."""
         folder = Path(self.config.snapshot)
-        watermark, bandits = self.watermark, dict(self.policy.bandits)
-        state = {"watermark": watermark, "keys": [list(key) for key in bandits]}
-        # Copies taken now, on the event loop, so the files hold one consistent state.
-        copies = {i: _copy_bandit(bandit) for i, bandit in enumerate(bandits.values()) if hasattr(bandit, "arms_")}
+        # Copied now, on the event loop, so the files hold one consistent state.
+        state = {"watermark": self.watermark, "keys": [[list(key), list(arms)]
+                                                       for key, arms in self.policy.candidates.items()]}
+        model = copy.deepcopy(self.policy.model)
 
         def write():
             with staged_folder(folder) as staging:
-                for i, bandit in copies.items():
-                    bandit.save_pretrained(staging / "bandits" / str(i))
+                if getattr(model, "arms_", None):
+                    model.save_pretrained(staging / "bandit")
                 write_file(staging / "state.json", lambda path: path.write_text(json.dumps(state)))
 
         await asyncio.to_thread(write)
@@ -225,14 +227,18 @@ class Service:
         return folder
 
     def _load_snapshot(self, folder: Path) -> None:
+        """Start from a snapshot; one written by an older studio (no bandit/ folder) is ignored: the log rebuilds."""
         state = json.loads((folder / "state.json").read_text())
-        for i, key in enumerate(state["keys"]):
-            path = folder / "bandits" / str(i)
-            if path.is_dir():
-                bandit = LinUCB.from_pretrained(path)
-                bandit.set_params(seed=self.config.seed)
-                bandit._rng = np.random.default_rng(self.config.seed)
-                self.policy.bandits[tuple(key)] = bandit
+        if not (folder / "bandit").is_dir():
+            return
+        model = HybridLinUCB.from_pretrained(folder / "bandit")
+        if model.n_contexts != self.policy.model.n_contexts:
+            return  # another audience clustering: the log rebuilds this one's
+        model.set_params(**{name: getattr(self.policy.model, name) for name in ("alpha", "l2", "arm_l2", "epsilon",
+                                                                               "softmax_temperature", "seed")})
+        model._rng = np.random.default_rng(self.config.seed)
+        self.policy.model = model
+        self.policy.candidates = {tuple(key): tuple(arms) for key, arms in state["keys"]}
         self.watermark = int(state["watermark"])
 
     # -- the request path ----------------------------------------------------------------------------------------
@@ -290,17 +296,20 @@ class Service:
 
     async def _load_arms(self, key: tuple[str, str]) -> None:
         product, placement = key
+        described = self.policy.described()
 
         def work(log, cache: CreativeCache):
             accepted = cache.creatives(product, placement=placement)
-            return accepted, (bool(cache.creatives(product, status=None)) if not accepted else True)
+            known = bool(cache.creatives(product, status=None)) if not accepted else True
+            ids = [c.creative_id for c in accepted]
+            return ids, known, describe_creatives(cache, [i for i in ids if i not in described])
 
-        accepted, known = await self._run(work)
+        ids, known, features = await self._run(work)
         if not known:
             raise NotFoundError(f"unknown product {product!r}: the creative cache has no creatives for it")
-        if not accepted:
+        if not ids:
             raise NotFoundError(f"product {product!r} has no accepted creatives for placement {placement!r}")
-        self.policy.sync_arms(key, [c.creative_id for c in accepted])
+        self.policy.sync_arms(key, ids, features)
 
     async def click(self, impression_ids: list[str]) -> ClickResponse:
         """Record clicks (idempotent: a repeated click is counted once); unknown impressions refuse the batch."""
@@ -385,7 +394,7 @@ class Service:
 
     def health(self) -> Health:
         return Health(status="ok", pid=os.getpid(), watermark=self.watermark,
-                      keys=len(self.policy.bandits), arms=sum(len(self.policy.arms(k)) for k in self.policy.bandits))
+                      keys=len(self.policy.keys), arms=sum(len(self.policy.arms(k)) for k in self.policy.keys))
 
 
 def check_token(config: ServeConfig, supplied: str | None) -> None:
@@ -396,19 +405,22 @@ def check_token(config: ServeConfig, supplied: str | None) -> None:
         raise AuthError("this endpoint needs the API token: send 'Authorization: Bearer <token>'")
 
 
-def _copy_bandit(bandit: LinUCB) -> LinUCB:
-    """A copy of a bandit's learned state (arrays copied), for a snapshot taken while serving continues."""
-    copy = LinUCB(**bandit.get_params())
-    copy._start()
-    for arm in bandit.arms_:
-        copy.add_arm(arm)
-    if bandit.n_features_in_ is not None:
-        copy.n_features_in_ = bandit.n_features_in_
-        copy.A_, copy.b_, copy.A_inv_, copy.theta_ = (a.copy() for a in (bandit.A_, bandit.b_, bandit.A_inv_,
-                                                                          bandit.theta_))
-    copy.n_updates_ = bandit.n_updates_
-    copy._updates_since_refresh = bandit._updates_since_refresh
-    return copy
+def describe_creatives(cache: CreativeCache, creative_ids) -> dict[str, np.ndarray]:
+    """Backdrop features of cached creatives, measured from their PNGs; a creative whose PNG is gone stays
+    undescribed (its own clicks still count)."""
+    features = {}
+    for creative_id in dict.fromkeys(creative_ids):
+        try:
+            features[creative_id] = backdrop_features(cache.read_png(creative_id))
+        except (UnknownCreativeError, InputError, OSError):
+            continue
+    return features
+
+
+def new_policy(config: ServeConfig, clustering: AudienceClustering | None) -> ServingPolicy:
+    return ServingPolicy(clustering.n_groups_ if clustering is not None else 0, alpha=config.alpha, l2=config.l2,
+                         arm_l2=config.arm_l2, epsilon=config.epsilon, salt=config.salt,
+                         treatment_share=config.treatment_share, control=config.control, seed=config.seed)
 
 
 def _finite(value: float) -> float | None:
@@ -417,17 +429,16 @@ def _finite(value: float) -> float | None:
 
 def rebuild_policy(config: ServeConfig, log: EventLog, cache: CreativeCache, upto: int | None = None) -> ServingPolicy:
     """A worker's policy rebuilt from scratch: every reward in the log (up to ``seq`` `upto`), then the cache's
-    current creatives."""
+    current creatives, every creative described from its PNG."""
     clustering = AudienceClustering.from_pretrained(config.audience) if config.audience else None
-    vectors = clustering.group_vectors() if clustering is not None else np.zeros((0, 0))
-    policy = ServingPolicy(vectors, alpha=config.alpha, l2=config.l2, epsilon=config.epsilon, salt=config.salt,
-                           treatment_share=config.treatment_share, control=config.control, seed=config.seed)
+    policy = new_policy(config, clustering)
     rewards = log.rewards_since(0)
     if upto is not None:
         rewards = rewards[rewards["seq"] <= upto]
     policy.apply_rewards(rewards, key_of=lambda product, placement: (product, placement))
-    for key in list(policy.bandits):
+    for key in policy.keys:
         policy.sync_arms(key, [c.creative_id for c in cache.creatives(key[0], placement=key[1])])
+    policy.describe(describe_creatives(cache, policy.undescribed(policy.known_arms())))
     return policy
 
 

@@ -3,10 +3,10 @@
 One run:
 
 1. renders `products` x `arms` creatives (the same product on varied backdrops) and lets the simulator measure them;
-2. draws a user population, clusters it with `AudienceClustering` (K by silhouette) and takes each group's profile
-   vector as the bandit context;
-3. splits users 50/50 into a control bucket (a uniformly random arm) and a treatment bucket (one LinUCB per product,
-   context = the user's group vector), with stable hash bucketing;
+2. draws a user population and clusters it with `AudienceClustering` (K by silhouette): the bandit's contexts;
+3. splits users 50/50 into a control bucket (a uniformly random arm) and a treatment bucket (the serving policy's
+   hybrid LinUCB: each group's taste model over the creatives' backdrop features, shared by all products, plus each
+   creative's own clicks), with stable hash bucketing;
 4. serves `impressions` requests (users visit in proportion to their activity) in small mini-batches: decide with the
    current model, log every impression with the propensity used at decision time, draw clicks, then learn;
 5. reads the log back and reports CTR per bucket with Wilson intervals, the lift with its interval, regret against
@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from studio.imaging.descriptors import backdrop_features
 from studio.learning.abtest import bucket_stats, compare
 from studio.core.atomic import remove_stale_staging, staged_folder, write_file
 from studio.learning.audience import AudienceClustering
@@ -133,7 +134,7 @@ def run_experiment(config: ExperimentConfig, out_dir: str | os.PathLike, progres
     """Run one simulated A/B experiment of LinUCB against uniform random serving; write everything under `out_dir`.
 
     Files written: ``events.db`` (the SQLite event log), ``creatives/`` (PNGs), ``audience/`` (the fitted
-    clustering), ``bandits/<product>/`` (final LinUCB states), ``report.json`` and ``simulate.png`` (regret and CTR
+    clustering), ``bandit/`` (the final hybrid LinUCB), ``report.json`` and ``simulate.png`` (regret and CTR
     over time).
     """
     # 1. Check inputs. The run is written into a staging folder and moved into place whole: a failed or killed run
@@ -168,9 +169,7 @@ def _simulate(config: ExperimentConfig, out: Path, final: Path, progress: bool) 
     clustering.save_pretrained(out / "audience")
     group_of_user = clustering.labels_
     salt = f"simulate-{config.seed}"
-    # The policy's context of a group is its profile vector plus an intercept.
-    policy = ServingPolicy(clustering.group_vectors(), alpha=config.alpha, l2=config.l2, salt=salt, seed=config.seed,
-                           rng=rng)
+    policy = ServingPolicy(clustering.n_groups_, alpha=config.alpha, l2=config.l2, salt=salt, seed=config.seed, rng=rng)
     treated = np.array([policy.bucket(int(u)) == TREATMENT for u in users["user_id"]])
 
     # 3. The traffic: who visits (active users more often) and which product they look at.
@@ -185,8 +184,10 @@ def _simulate(config: ExperimentConfig, out: Path, final: Path, progress: bool) 
 
     # 4. Serve, log, learn, through the same policy code `studio serve` runs (in-process, in mini-batches).
     serving_started = time.perf_counter()
+    # Arms are creative indices (product * arms + arm), described by their PNGs as `studio serve` describes the cache's.
     for p in range(config.products):
-        policy.sync_arms(p, list(range(arms)))
+        ids = list(range(p * arms, (p + 1) * arms))
+        policy.sync_arms(p, ids, {i: backdrop_features((out / creatives[i]["image"]).read_bytes()) for i in ids})
     chosen = np.zeros(n, dtype=np.int64)
     propensity = np.zeros(n)
     target = np.zeros((n, arms))  # the treatment policy's distribution at decision time, kept for OPE
@@ -201,21 +202,17 @@ def _simulate(config: ExperimentConfig, out: Path, final: Path, progress: bool) 
                     mine = rows[product[rows] == p]
                     target[mine] = policy.probabilities(int(p), group[mine])
                 picked, propensity[rows] = policy.decide(product[rows], group[rows], buckets[rows])
-                chosen[rows] = picked.astype(np.int64)
+                chosen[rows] = picked.astype(np.int64) - product[rows] * arms
                 clicked[rows] = simulator.click(user[rows], product[rows] * arms + chosen[rows])
                 treat = rows[in_treatment[rows]]
-                for p in np.unique(product[treat]):
-                    mine = treat[product[treat] == p]
-                    policy.learn(int(p), group[mine], list(chosen[mine]), clicked[mine].astype(float))
+                policy.learn(group[treat], list(product[treat] * arms + chosen[treat]), clicked[treat].astype(float))
                 pending += len(rows)
                 if pending >= config.log_every or rows[-1] == n - 1:
                     _log_rows(log, np.arange(rows[-1] + 1 - pending, rows[-1] + 1), user, group, product, chosen,
                               propensity, in_treatment, clicked, creatives, arms)
                     pending = 0
                 bar.update(len(rows))
-        bandits = [policy.bandits[p] for p in range(config.products)]
-        for p, bandit in enumerate(bandits):
-            bandit.save_pretrained(out / "bandits" / creatives[p * arms]["product_id"])
+        policy.model.save_pretrained(out / "bandit")
 
         serving_seconds = time.perf_counter() - serving_started
 

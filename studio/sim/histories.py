@@ -23,16 +23,11 @@ from PIL import Image
 from studio.core.atomic import staged_folder
 from studio.core.errors import InputError
 from studio.core.vocabulary import CATEGORIES
+from studio.imaging.descriptors import background_vector, measure_background, standardise
 from studio.imaging.personal import History
 from studio.learning.eventlog import EventLog
 from studio.sim.renderer import render_scene, sample_attributes
-from studio.sim.simulator import (
-    FEATURE_CENTRE,
-    FEATURE_SCALE,
-    AudienceSimulator,
-    background_vector,
-    measure_background,
-)
+from studio.sim.simulator import AudienceSimulator
 
 
 @dataclass
@@ -168,11 +163,6 @@ def group_taste_mean(world: HistoryWorld, group: int | str) -> np.ndarray:
     counts = rows["creative_id"].map(index).value_counts()
     features = standardise(world.simulator.creative_features_[counts.index.to_numpy()])
     return np.average(features, axis=0, weights=counts.to_numpy(dtype=float))
-
-
-def standardise(features: np.ndarray) -> np.ndarray:
-    """Raw background measurements -> the simulator's standardised units (what its tastes weigh)."""
-    return (np.asarray(features, float) - FEATURE_CENTRE) / FEATURE_SCALE
 
 
 def taste_features(image: Image.Image, product_mask: Image.Image | np.ndarray | None) -> np.ndarray:

@@ -22,95 +22,17 @@ from PIL import Image
 
 from studio.core.errors import InputError
 from studio.core.vocabulary import CATEGORIES, INTEREST_TAGS
-
-# The background measurements, in the order of `background_vector` and of every taste vector.
-BACKGROUND_FEATURES: tuple[str, ...] = ("warmth", "brightness", "saturation", "hue_x", "hue_y", "texture")
-# Fixed centres and scales that map typical measurements to about [-1, 1]; fixed so that a creative's z-scores do not
-# depend on which other creatives exist.
-FEATURE_CENTRE = np.array([0.1, 0.45, 0.55, 0.1, 0.0, 0.035])
-FEATURE_SCALE = np.array([0.4, 0.2, 0.3, 0.35, 0.3, 0.02])
+from studio.imaging.descriptors import (
+    BACKGROUND_FEATURES,
+    FEATURE_CENTRE,
+    FEATURE_SCALE,
+    background_vector,
+    measure_background,
+)
 
 REGIONS: tuple[str, ...] = ("north", "south", "east", "west", "central")
 DEVICES: tuple[str, ...] = ("mobile", "desktop", "tablet")
 CATEGORY_NAMES: tuple[str, ...] = tuple(sorted(set(CATEGORIES.values())))
-
-
-def _as_rgb(image: Image.Image | np.ndarray) -> np.ndarray:
-    if isinstance(image, Image.Image):
-        image = np.asarray(image.convert("RGB"))
-    array = np.asarray(image)
-    if array.ndim != 3 or array.shape[2] not in (3, 4):
-        raise InputError(f"image must be RGB of shape (H, W, 3), got shape {array.shape}")
-    array = array[..., :3]
-    if array.dtype == np.uint8:
-        return array.astype(np.float64) / 255.0
-    array = array.astype(np.float64)
-    if array.min() < 0.0 or array.max() > 1.0:
-        raise InputError("a float image must hold values in [0, 1]; pass uint8 0-255 or float 0-1 pixels")
-    return array
-
-
-def _as_mask(product_mask: Image.Image | np.ndarray | None, shape: tuple[int, int]) -> np.ndarray:
-    """Boolean (H, W) mask, True on the product."""
-    if product_mask is None:
-        return np.zeros(shape, dtype=bool)
-    if isinstance(product_mask, Image.Image):
-        product_mask = np.asarray(product_mask.convert("L"))
-    mask = np.asarray(product_mask)
-    if mask.shape != shape:
-        raise InputError(f"product mask has shape {mask.shape}, the image is {shape}; pass a mask of the same size")
-    return mask > (0.5 if mask.dtype.kind in "bf" else 127)
-
-
-def measure_background(image: Image.Image | np.ndarray, product_mask: Image.Image | np.ndarray | None) -> dict:
-    """Measure the background of a creative (every pixel outside the product mask).
-
-    Args:
-        image: RGB, a PIL image or an (H, W, 3) array (uint8 0-255 or float 0-1).
-        product_mask: (H, W), non-zero / >127 on the product; None measures the whole image.
-
-    Returns:
-        A dict of floats:
-        ``warmth`` (colour temperature proxy, mean R - B, in [-1, 1]; warm > 0),
-        ``brightness`` (mean Rec. 709 luma, [0, 1]),
-        ``saturation`` (mean HSV saturation, [0, 1]),
-        ``hue`` (chroma-weighted circular mean hue in degrees [0, 360)) and its vector ``hue_x``, ``hue_y``
-        (chroma-weighted mean of cos/sin hue, [-1, 1]; near 0 for grey backgrounds),
-        ``texture`` (RMS of the luma gradient between neighbouring background pixels, luma units per pixel).
-    """
-    rgb = _as_rgb(image)
-    product = _as_mask(product_mask, rgb.shape[:2])
-    background = ~product
-    if background.sum() < 4:
-        raise InputError("the product mask covers (almost) the whole image; there is no background to measure")
-    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
-    luma = 0.2126 * r + 0.7152 * g + 0.0722 * b
-    high, low = rgb.max(axis=2), rgb.min(axis=2)
-    chroma = high - low
-    saturation = np.where(high > 0, chroma / np.maximum(high, 1e-12), 0.0)
-    # Hue angle of each pixel from the standard RGB hexagon projection.
-    angle = np.arctan2(np.sqrt(3.0) * (g - b), 2.0 * r - g - b)
-    hue_x = float((chroma * np.cos(angle))[background].mean())
-    hue_y = float((chroma * np.sin(angle))[background].mean())
-    # Texture: gradients only between two background pixels, so the product's edge is not counted as texture.
-    dx = np.diff(luma, axis=1)[background[:, 1:] & background[:, :-1]]
-    dy = np.diff(luma, axis=0)[background[1:, :] & background[:-1, :]]
-    gradients = np.concatenate([dx, dy])
-    texture = float(np.sqrt(np.mean(gradients**2))) if len(gradients) else 0.0
-    return {
-        "warmth": float((r - b)[background].mean()),
-        "brightness": float(luma[background].mean()),
-        "saturation": float(saturation[background].mean()),
-        "hue": float(np.degrees(np.arctan2(hue_y, hue_x)) % 360.0),
-        "hue_x": hue_x,
-        "hue_y": hue_y,
-        "texture": texture,
-    }
-
-
-def background_vector(measurement: dict) -> np.ndarray:
-    """The measurement as a (len(BACKGROUND_FEATURES),) array in `BACKGROUND_FEATURES` order."""
-    return np.array([measurement[name] for name in BACKGROUND_FEATURES], dtype=np.float64)
 
 
 @dataclass

@@ -135,24 +135,21 @@ def regret_over_time(events: pd.DataFrame, arms: pd.DataFrame, windows: int = 20
 
 
 def arm_scores(policy, entries: dict) -> pd.DataFrame:
-    """Each arm's LinUCB estimate (expected reward), uncertainty (standard error), score (estimate + alpha x
+    """Each arm's bandit estimate (expected reward), uncertainty (standard error), score (estimate + alpha x
     uncertainty) and impressions learned, per audience group and the cold-start group, with the arm's predicted
     CTR and prompt from the cache (`entries`: creative_id -> CachedCreative)."""
     rows = []
     groups = [*range(policy.n_groups), COLD_START_GROUP]
-    for (product, placement), bandit in sorted(policy.bandits.items(), key=lambda item: tuple(map(str, item[0]))):
-        arms = list(getattr(bandit, "arms_", []))
-        if not arms or bandit.n_features_in_ is None:
+    alpha = policy.model.alpha
+    for product, placement in sorted(policy.keys, key=lambda key: tuple(map(str, key))):
+        if not policy.arms((product, placement)):
             continue
-        contexts = policy.context(np.array(groups))
-        mean = contexts @ bandit.theta_.T
-        width = np.sqrt(np.maximum(np.einsum("nd,kde,ne->nk", contexts, bandit.A_inv_, contexts), 0.0))
-        learned = bandit.A_[:, -1, -1] - bandit.l2  # the intercept's diagonal counts the arm's learned impressions
+        arms, mean, width, learned = policy.estimates((product, placement))
         for g, group in enumerate(groups):
             for k, arm in enumerate(arms):
                 entry = entries.get(arm)
                 rows.append((product, placement, group, arm, float(mean[g, k]), float(width[g, k]),
-                             float(mean[g, k] + bandit.alpha * width[g, k]), round(learned[k]),
+                             float(mean[g, k] + alpha * width[g, k]), round(learned[g, k]),
                              None if entry is None else entry.predicted_ctr, "" if entry is None else entry.key.prompt))
     return pd.DataFrame(rows, columns=ARM_COLUMNS)
 
