@@ -42,18 +42,48 @@ def register(subparsers) -> None:
                       help="weighted-SFT steps of the prompt model per round (default 40)")
     loop.add_argument("--lora-steps", type=arguments.whole(1, 10_000), default=20,
                       help="LoRA steps of the generator per round (default 20)")
+    live = loop.add_argument_group("against a live server (docs/loop.md, 'Against a live server')")
+    live.add_argument("--prepare-server", metavar="DIR", default=None,
+                      help="write DIR (audience/, an empty cache/, server.json) for a studio serve of this world, print "
+                           "its command and exit")
+    live.add_argument("--serve-url", default=None,
+                      help="serve the 'loop' arm through the studio serve at this loopback URL (token: "
+                           "$STUDIO_API_TOKEN); the baselines stay in-process")
+    live.add_argument("--serve-dir", default=None, help="the folder --prepare-server wrote, which the server serves")
+    live.add_argument("--serve-db", default=None,
+                      help="the server's event log when it is not <serve-dir>/events.db (SQLite file or postgresql:// URL)")
+    live.add_argument("--serve-seconds", type=arguments.number(1, 86_400), default=600.0,
+                      help="time limit of each round's requests to the server (default 600)")
+    live.add_argument("--concurrency", type=arguments.whole(1, 256), default=8,
+                      help="requests to the server in flight (default 8)")
     loop.add_argument("--json", action="store_true", help="print the full report as JSON on stdout")
     loop.set_defaults(func=run_loop_command)
 
 
 def run_loop_command(args: argparse.Namespace) -> int:
-    from studio.jobs.loop import LoopConfig, run_loop
+    import os
+
+    from studio.jobs.loop import LoopConfig, prepare_server, run_loop
 
     config = LoopConfig(rounds=args.rounds, seed=args.seed, impressions=args.impressions, users=args.users,
                         groups=args.groups, candidates_per_group=args.candidates, top_k=args.top_k,
                         initial_per_group=args.initial, steps=args.steps, reward_epochs=args.reward_epochs,
-                        prompt_steps=args.prompt_steps, lora_steps=args.lora_steps)
-    report = run_loop(config, args.out, progress=not args.json)
+                        prompt_steps=args.prompt_steps, lora_steps=args.lora_steps, serve_url=args.serve_url,
+                        serve_dir=args.serve_dir, serve_db=args.serve_db, serve_seconds=args.serve_seconds,
+                        serve_concurrency=args.concurrency)
+    if args.prepare_server:
+        summary = prepare_server(config, args.prepare_server)
+        written = f"server folder written to {args.prepare_server} ({summary['groups']} audience groups)"
+        emit(summary, args.json, [f"{written}; start the server with", "  " + " ".join(summary["serve_command"])])
+        return 0
+    client = None
+    if config.serve_url is not None:
+        from studio.serving.drive import LoopClient
+
+        config.check()  # --serve-url without --serve-dir: one error before the client is built
+        client = LoopClient(config.serve_url, token=os.environ.get("STUDIO_API_TOKEN"), seconds=config.serve_seconds,
+                            concurrency=config.serve_concurrency)
+    report = run_loop(config, args.out, progress=not args.json, client=client)
     emit(report.to_dict(), args.json, _summary(report))
     return 0
 

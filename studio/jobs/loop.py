@@ -17,6 +17,10 @@ Three arms share the world, the traffic and the round-0 pool: "loop", "prompts_o
 CTR of what was served, the true gain against the reward model's predicted gain (the hacking gap), and the diversity
 of what the prompt model proposes. Each finished round is a staged folder and `loop.json` is rewritten after it, so
 a killed run keeps every finished round.
+
+Against a live server (`serve_url`): the "loop" arm's round-0 pool and new arms go into the cache a running
+`studio serve` serves, its traffic goes through the server over HTTP (the simulator still decides the clicks), and its
+reward retrains read the server's event log; the baselines stay in-process. See docs/loop.md, "Against a live server".
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from typing import Any
 import numpy as np
 
 from studio.core.atomic import check_output_folder, remove_stale_staging, staged_folder, write_file
-from studio.core.errors import InputError
+from studio.core.errors import InputError, StudioError
 from studio.core.vocabulary import CATEGORIES, PRODUCTS
 from studio.imaging.descriptors import backdrop_features
 from studio.jobs import loop_report
@@ -44,6 +48,8 @@ ARMS = ("loop", "prompts_only", "no_loop")
 REPORT_NAME = "loop.json"
 CATALOGUE_NAME = "catalogue.json"
 PLACEMENT = "1:1"
+SERVER_NAME = "server.json"  # what `prepare_server` wrote the server's folder for
+LIVE_ARM = "loop"  # the arm that serves through a live server
 
 
 @dataclass
@@ -57,6 +63,10 @@ class LoopConfig:
     reward retrain. prompt_steps, prompt_learning_rate, anchor_weight: the prompt model's weighted SFT (the anchor is
     the base model's own prompts at this share of the positive weight). lora_steps, lora_rank,
     lora_learning_rate, lora_scale: the generator's LoRA. alpha: LinUCB exploration. arms: which arms to run.
+    serve_url: the "loop" arm serves through the `studio serve` at this loopback URL (None: in-process), whose folder
+    `serve_dir` `prepare_server` wrote (audience/, cache/ the server serves, events.db unless `serve_db` names its
+    event log: a SQLite file or a postgresql:// URL); serve_seconds bounds each round's HTTP traffic, serve_concurrency
+    its requests in flight.
     """
 
     rounds: int = 3
@@ -85,6 +95,11 @@ class LoopConfig:
     prompt_model: str | None = None
     arms: tuple[str, ...] = ARMS
     batch_size: int = 256
+    serve_url: str | None = None
+    serve_dir: str | None = None
+    serve_db: str | None = None
+    serve_seconds: float = 600.0
+    serve_concurrency: int = 8
 
     def check(self) -> None:
         """Raise InputError for settings that cannot run."""
@@ -110,6 +125,17 @@ class LoopConfig:
         if not (self.alpha >= 0 and self.anchor_weight >= 0 and self.prompt_learning_rate > 0
                 and self.lora_learning_rate > 0):
             raise InputError("alpha and anchor_weight must be >= 0, learning rates > 0")
+        if (self.serve_url is None) != (self.serve_dir is None):
+            raise InputError("--serve-url and --serve-dir go together: the URL of the server and the folder "
+                             "studio loop --prepare-server wrote for it")
+        if self.serve_url is not None and LIVE_ARM not in self.arms:
+            raise InputError(f"--serve-url serves the {LIVE_ARM!r} arm through the server; add it to the arms")
+        if not (0 < self.serve_seconds <= 86_400 and 1 <= self.serve_concurrency <= 256):
+            raise InputError("serve_seconds must be in (0, 86400] and serve_concurrency in 1..256")
+
+    def world(self) -> dict:
+        """The settings that make the world (users, groups): a server prepared for one world serves only it."""
+        return {"seed": self.seed, "users": self.users, "segments": self.segments, "groups": self.groups}
 
 
 @dataclass
@@ -141,23 +167,17 @@ class _World:
         from prompts.loading import load_prompt_model
         from studio.imaging.creatives import CreativeSettings, build_canvas
         from studio.imaging.engine import default_model, load_engine
-        from studio.learning.audience import AudienceClustering
         from studio.sim.renderer import render_product
-        from studio.sim.simulator import AudienceSimulator
 
         self.config = config
-        self.simulator = AudienceSimulator(n_segments=config.segments, seed=config.seed)
-        self.users = self.simulator.sample_users(config.users)
-        k_range = (config.groups, config.groups) if config.groups else (2, 8)
-        self.clustering = AudienceClustering(n_groups=config.groups, k_range=k_range, seed=config.seed,
-                                             columns=["age", "region", "device"]).fit(self.users)
+        self.simulator, self.users, self.clustering = _audience(config)
         self.clustering.save_pretrained(out / "audience")
         self.group_of_user = self.clustering.labels_
         self.profiles = [profile.to_dict() for profile in self.clustering.profiles_]
         self.group_ids = [str(p["group_id"]) for p in self.profiles]
         self.group_vectors = {str(p.group_id): np.asarray(p.vector, dtype=np.float32)
                               for p in self.clustering.profiles_}
-        self.salt = f"loop-{config.seed}"
+        self.salt = _salt(config)
         bucketer = ServingPolicy(self.clustering.n_groups_, salt=self.salt)
         self.treated = np.array([bucketer.bucket(int(u)) == TREATMENT for u in self.users["user_id"]])
         self.visit = self.users["activity"].to_numpy() + 0.1
@@ -253,6 +273,23 @@ class _World:
                 self.painted[key] = (final / path.relative_to(staged), index)
 
 
+def _audience(config: LoopConfig):
+    """The world's simulator, its users and their audience clustering (the same for the same config)."""
+    from studio.learning.audience import AudienceClustering
+    from studio.sim.simulator import AudienceSimulator
+
+    simulator = AudienceSimulator(n_segments=config.segments, seed=config.seed)
+    users = simulator.sample_users(config.users)
+    k_range = (config.groups, config.groups) if config.groups else (2, 8)
+    clustering = AudienceClustering(n_groups=config.groups, k_range=k_range, seed=config.seed,
+                                    columns=["age", "region", "device"]).fit(users)
+    return simulator, users, clustering
+
+
+def _salt(config: LoopConfig) -> str:
+    return f"loop-{config.seed}"
+
+
 # ------------------------------------------------------------------------------------------------------------- arms
 
 
@@ -274,7 +311,7 @@ class _Creative:
 class _Arm:
     """One arm's state: its serving policy, event log, pool, prompt model, LoRA, cache and catalogue."""
 
-    def __init__(self, name: str, world: _World, out: Path):
+    def __init__(self, name: str, world: _World, out: Path, client=None):
         from prompts.loading import load_prompt_model
 
         self.name, self.world, self.out = name, world, out / name
@@ -282,13 +319,22 @@ class _Arm:
         config = world.config
         self.policy = ServingPolicy(world.clustering.n_groups_, alpha=config.alpha, salt=world.salt,
                                     seed=config.seed, rng=np.random.default_rng([config.seed, 7]))
-        self.log_path = self.out / "events.db"
+        self.log_path: str | Path = self.out / "events.db"
+        self.cache_path = self.out / "cache"
+        # a live server's client (studio.serving.drive.LoopClient): the server's cache, the server's event log
+        self.client = client
+        if client is not None:
+            self.cache_path = Path(config.serve_dir) / "cache"
+            self.log_path = config.serve_db or str(Path(config.serve_dir) / "events.db")
+        self.served_round: dict[str, int] = {}  # the server's impression id -> the round it served (live arm)
+        self.payloads: list[dict] | None = None  # each user's request features (live arm)
         self.catalogue: dict[str, _Creative] = {}
         self.pool: dict[str, list[str]] = {p["product_id"]: [] for p in world.products}
         self.writer = load_prompt_model(config.prompt_model) if name != "no_loop" else None
         self.lora: str | None = None
         self.lora_examples: list[_Creative] = []
         self.cache_ids: dict[str, str] = {}  # loop creative id -> cache id (the PNG's SHA-256)
+        self.loop_ids: dict[str, str] = {}  # cache id -> loop creative id (what a server's decision names)
         self.served: list[np.ndarray] = []  # per round: true CTR of each treatment request
         self.served_by: list[dict] = []  # per round: (product, group) -> {creative_id: count} in treatment
 
@@ -307,8 +353,11 @@ class _Arm:
 # ------------------------------------------------------------------------------------------------------------- run
 
 
-def run_loop(config: LoopConfig, out_dir: str | os.PathLike, progress: bool = True) -> LoopReport:
+def run_loop(config: LoopConfig, out_dir: str | os.PathLike, progress: bool = True, client=None) -> LoopReport:
     """Run the closed loop and its two baselines for `config.rounds` rounds; write everything under `out_dir`.
+
+    With `config.serve_url`, `client` is the server's client (`studio.serving.drive.LoopClient(serve_url, token)`;
+    studio.jobs cannot import studio.serving, so the caller builds it) and the "loop" arm serves through the server.
 
     Files: ``loop.json`` (the report, rewritten after every finished round), ``loop.png`` (CTR per round),
     ``audience/``, ``products/`` (product masks), ``pool-0/`` (the round-0 creatives), and per arm ``<arm>/``:
@@ -325,6 +374,8 @@ def run_loop(config: LoopConfig, out_dir: str | os.PathLike, progress: bool = Tr
     if final.exists() and any(final.iterdir()):
         raise InputError(f"--out {final} is a folder that is not empty; choose a new folder (a loop writes a whole "
                          "run folder)")
+    if config.serve_url is not None:
+        _check_server(config, client)
     try:
         final.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -342,10 +393,11 @@ def run_loop(config: LoopConfig, out_dir: str | os.PathLike, progress: bool = Tr
             if made < 2:  # the ranker holds one creative out for early stopping and trains on the rest
                 raise InputError(f"the round-0 pool has {made} creative(s) of {product['product_id']}; the reward "
                                  "model needs at least 2 per product: raise --initial or --groups")
-        arms = [_Arm(name, world, final) for name in config.arms]
+        arms = [_Arm(name, world, final, client if config.serve_url and name == LIVE_ARM else None)
+                for name in config.arms]
         for arm in arms:
             arm.add([replace(c) for c in pool0])
-        report = LoopReport(config=_jsonable(asdict(config)), seconds=0.0, world=_world_summary(world),
+        report = LoopReport(config=_public_config(config), seconds=0.0, world=_world_summary(world),
                             rounds={arm.name: [] for arm in arms},
                             files={"report": str(final / REPORT_NAME), "plot": str(final / "loop.png")})
         # 3. Rounds: every arm finishes round r before any starts r+1, so a killed run has comparable rounds
@@ -413,6 +465,11 @@ def _run_round(world: _World, arm: _Arm, round_index: int, traffic: dict, base_p
         elif arm.name != "no_loop":
             record.update(_evolve(world, arm, round_index, staging))
         added, removed = [], []
+        if arm.client is not None:
+            if round_index == 0:
+                _cache(arm, list(arm.catalogue.values()), [], 0, staging)  # the server serves the round-0 pool too
+            arm.client.refresh()  # the server follows the cache now, not at its next sync
+        # (the live arm's policy only keeps the books of added / removed arms: the server decides)
         for product in world.products:
             pool = arm.pool[product["product_id"]]
             # each creative is described by its PNG, as `studio serve` describes the cache's
@@ -423,7 +480,10 @@ def _run_round(world: _World, arm: _Arm, round_index: int, traffic: dict, base_p
             removed += r
         record["pool_size"] = sum(len(p) for p in arm.pool.values())
         record["added"], record["removed"] = sorted(map(str, added)), sorted(map(str, removed))
-        record.update(_serve(world, arm, round_index, traffic))
+        if arm.client is None:
+            record.update(_serve(world, arm, round_index, traffic))
+        else:
+            record.update(_serve_live(world, arm, round_index, traffic, staging))
         record["seconds"] = round(time.perf_counter() - started, 1)
         (staging / "round.json").write_text(json.dumps(_jsonable(record), indent=2) + "\n")
     world.remember(staging, final)
@@ -443,7 +503,6 @@ def _serve(world: _World, arm: _Arm, round_index: int, traffic: dict) -> dict:
     """Serve one round through the serving policy (decide, click, learn in mini-batches) and log it."""
     import pandas as pd
 
-    from studio.learning.abtest import bucket_stats
     from studio.learning.eventlog import EventLog
 
     config = world.config
@@ -475,6 +534,14 @@ def _serve(world: _World, arm: _Arm, round_index: int, traffic: dict) -> dict:
                 "model_version": f"{arm.name}-round-{round_index}",
             }), clicked=ids[part][clicked[part]].tolist(),
                 click_ts=round_index * n + np.flatnonzero(clicked[part]).astype(float) + start + 0.5)
+    return _round_stats(world, arm, traffic, product_ids, chosen, true_ctr, clicked)
+
+
+def _round_stats(world: _World, arm: _Arm, traffic: dict, product_ids: np.ndarray, chosen: np.ndarray,
+                 true_ctr: np.ndarray, clicked: np.ndarray) -> dict:
+    """The round's record of what was served (and the arm's memory of it), wherever it was served."""
+    from studio.learning.abtest import bucket_stats
+
     treated = traffic["treated"]
     arm.served.append(true_ctr[treated])
     served_by: dict = {}
@@ -496,6 +563,139 @@ def _serve(world: _World, arm: _Arm, round_index: int, traffic: dict) -> dict:
                                        "clicks": realised.clicks, "impressions": realised.impressions}}
 
 
+def _serve_live(world: _World, arm: _Arm, round_index: int, traffic: dict, staging: Path) -> dict:
+    """Serve one round through the live server: the round's requests (each user's features, as the clustering was
+    fitted on them) go to /v1/creative, the simulator draws each click from the served creative's true click
+    probability (with the round's shared uniform draws), and clicks go to /v1/clicks; the server logs and learns.
+    Every request must be served, in the loop's group and bucket, or the round is not comparable: one error."""
+    import pandas as pd
+
+    config = world.config
+    n = config.impressions
+    product_ids = np.array([p["product_id"] for p in world.products], dtype=object)[traffic["product"]]
+    users = traffic["user"]
+    if arm.payloads is None:
+        arm.payloads = arm.client.user_features(world.users, world.clustering)
+    user_ids = [str(int(u)) for u in world.users["user_id"]]
+    chosen = np.empty(n, dtype=object)
+    true_ctr, clicked = np.zeros(n), np.zeros(n, dtype=bool)
+    groups, buckets = np.full(n, -2), np.empty(n, dtype=object)
+
+    def body_of(i: int) -> dict:
+        return {"user_id": user_ids[users[i]], "product_id": str(product_ids[i]), "placement": PLACEMENT,
+                "features": arm.payloads[users[i]]}
+
+    def react(i: int, decision: dict) -> bool | None:
+        creative = arm.loop_ids.get(decision["creative_id"])
+        if creative is None:
+            return None
+        chosen[i], groups[i], buckets[i] = creative, decision["group_id"], decision["bucket"]
+        sim = np.array([arm.catalogue[creative].sim_index])
+        true_ctr[i] = world.simulator.click_probability(users[i:i + 1], sim)[0]
+        clicked[i] = traffic["draw"][i] < true_ctr[i]
+        return bool(clicked[i])
+
+    decisions, errors = arm.client.exchange(n, body_of, react)
+    served = sum(d is not None for d in decisions)
+    if served < n or errors:
+        raise StudioError(f"the server at {config.serve_url} served {served} of {n} requests of round {round_index} "
+                          f"within {config.serve_seconds:g} s (errors: {errors or 'none'}); a round must be served "
+                          "whole to compare the arms on the same requests")
+    if (groups != traffic["group"]).any():
+        raise StudioError(f"the server groups {int((groups != traffic['group']).sum())} of {n} users differently "
+                          f"from the loop's world: start it with --audience {Path(config.serve_dir) / 'audience'}")
+    if (buckets != np.where(traffic["treated"], TREATMENT, CONTROL)).any():
+        raise StudioError(f"the server splits users into other A/B buckets: start it with --salt {world.salt}")
+    impression_ids = [d["impression_id"] for d in decisions]
+    arm.served_round.update({i: round_index for i in impression_ids})
+    # what the server was sent and answered, for checking against its event log
+    pd.DataFrame({"impression_id": impression_ids, "creative_id": chosen.astype(str),
+                  "cache_id": [d["creative_id"] for d in decisions], "user_id": users, "group_id": groups,
+                  "bucket": buckets, "propensity": [d["propensity"] for d in decisions],
+                  "clicked": clicked.astype(int)}).to_csv(staging / "served.csv", index=False)
+    record = _round_stats(world, arm, traffic, product_ids, chosen, true_ctr, clicked)
+    record["server"] = {"url": config.serve_url, "impressions": n, "clicks": int(clicked.sum()),
+                        "served": "served.csv"}
+    return record
+
+
+def _read_log(arm: _Arm):
+    """The arm's impressions joined with clicks, ids as strings, one `model_version` "<arm>-round-<r>" per round.
+
+    In-process: the arm's own event log. Live: the server's event log (SQLite or PostgreSQL), the rows of the
+    impressions the loop sent (the server may serve others too), cache ids mapped back to the loop's creatives."""
+    from studio.learning.eventlog import EventLog
+    from studio.learning.log_dataset import read_impressions
+
+    if arm.client is None:
+        return read_impressions(arm.log_path)
+    with EventLog(arm.log_path) as log:
+        frame = log.read()
+    frame = frame[frame["impression_id"].isin(arm.served_round)].copy()
+    if len(frame) != len(arm.served_round):
+        raise StudioError(f"the server's event log holds {len(frame)} of the {len(arm.served_round)} impressions it "
+                          "acknowledged to the loop: is --serve-db the log the server writes?")
+    frame["creative_id"] = frame["creative_id"].map(arm.loop_ids)
+    frame["model_version"] = [f"{arm.name}-round-{arm.served_round[i]}" for i in frame["impression_id"]]
+    frame["group_id"] = frame["group_id"].astype(np.int64).astype(str)
+    for column in ("user_id", "product_id", "creative_id"):
+        frame[column] = frame[column].astype(str)
+    frame["clicked"] = frame["clicked"].astype(np.int64)
+    return frame.reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------------------------------- live server
+
+
+def prepare_server(config: LoopConfig, folder: str | os.PathLike) -> dict:
+    """Write the folder a `studio serve` serves this world's loop from, before the loop starts: ``audience/`` (the
+    clustering the loop fits for the same config), ``cache/`` (empty: the loop fills it) and ``server.json``.
+    Returns the paths and the `studio serve` command (the server's event log is ``events.db`` there)."""
+    from studio.jobs.cache import CreativeCache
+
+    config.check()
+    folder = check_output_folder(folder)
+    if folder.exists() and any(folder.iterdir()):
+        raise InputError(f"{folder} is not empty; choose a new folder for the server (one per loop run)")
+    folder.mkdir(parents=True, exist_ok=True)
+    _, _, clustering = _audience(config)
+    clustering.save_pretrained(folder / "audience")
+    with CreativeCache(folder / "cache"):
+        pass
+    command = ["studio", "serve", "--cache", str(folder / "cache"), "--audience", str(folder / "audience"), "--db",
+               str(folder / "events.db"), "--salt", _salt(config), "--alpha", f"{config.alpha:g}",
+               "--attribution-window", "2", "--sync-seconds", "1"]
+    summary = {"world": config.world(), "groups": int(clustering.n_groups_), "salt": _salt(config),
+               "audience": str(folder / "audience"), "cache": str(folder / "cache"), "db": str(folder / "events.db"),
+               "serve_command": command}
+    write_file(folder / SERVER_NAME, lambda path: path.write_text(json.dumps(summary, indent=2) + "\n"))
+    return summary
+
+
+def _check_server(config: LoopConfig, client) -> None:
+    """Before anything is painted: a client for the URL, a folder prepared for this world with an empty cache, and a
+    server that answers and takes the client's token."""
+    from studio.jobs.cache import CreativeCache
+
+    if client is None or getattr(client, "url", None) != config.serve_url.rstrip("/"):
+        raise InputError("serve_url needs client=studio.serving.drive.LoopClient(serve_url, token) for the same URL "
+                         "(studio loop --serve-url builds it)")
+    folder = Path(config.serve_dir)
+    try:
+        prepared = json.loads((folder / SERVER_NAME).read_text())
+    except (OSError, ValueError):
+        raise InputError(f"--serve-dir {folder} is not a folder `studio loop --prepare-server` wrote (no readable "
+                         f"{SERVER_NAME})") from None
+    if prepared.get("world") != config.world():
+        raise InputError(f"--serve-dir {folder} was prepared for the world {prepared.get('world')}, not "
+                         f"{config.world()}: prepare it with the loop's --seed, --users and --groups")
+    with CreativeCache(folder / "cache") as cache:
+        if cache.all_creatives():
+            raise InputError(f"the server's cache {folder / 'cache'} already holds creatives (an earlier run?); "
+                             "prepare a new folder for each loop run")
+    client.check()
+
+
 # ------------------------------------------------------------------------------------------------------ evolving
 
 
@@ -511,7 +711,9 @@ def _evolve(world: _World, arm: _Arm, round_index: int, staging: Path) -> dict:
     trained = set(trainer.split_.train) | set(trainer.split_.validation)
     seen_rounds = sorted({int(v.rsplit("-", 1)[1]) for v in dataset.impressions["model_version"].unique()})
     record["ranker"] = {"trained_creatives": sorted(trained), "trained_rounds": seen_rounds,
-                        "epochs": trainer.n_epochs_, "best_epoch": trainer.best_epoch_}
+                        "epochs": trainer.n_epochs_, "best_epoch": trainer.best_epoch_,
+                        "log": "server" if arm.client is not None else "in-process",
+                        "log_rows": len(dataset.impressions)}
 
     # 2. retire losers by logged CTR (smoothed with the ranker's Beta prior)
     retired = _retire(arm, dataset, trainer.prior_, config.keep_per_group, len(world.group_ids))
@@ -549,10 +751,9 @@ def _retrain_ranker(world: _World, arm: _Arm, round_index: int):
 
     from reward.data import RewardDataset, load_pixels
     from reward.training import RewardTrainer, TrainingConfig
-    from studio.learning.log_dataset import read_impressions
 
     config = world.config
-    impressions = read_impressions(arm.log_path)
+    impressions = _read_log(arm)
     ids = sorted(impressions["creative_id"].unique())
     creatives = pd.DataFrame([{"creative_id": c, "product_id": arm.catalogue[c].product_id,
                                "category": arm.catalogue[c].category, "prompt": arm.catalogue[c].prompt}
@@ -726,15 +927,17 @@ def _cache(arm: _Arm, selected: list[_Creative], retired: list[str], round_index
     from studio.jobs.cache import CacheKey, CreativeCache
 
     generator = "studio-mini" if arm.lora is None else f"studio-mini+{Path(arm.lora).parent.name}-lora"
-    with CreativeCache(arm.out / "cache") as cache:
-        items, order = [], sorted(selected, key=lambda c: (c.product_id, c.group, -c.predicted_ctr))
+    score = {c.creative_id: c.predicted_ctr or 0.0 for c in selected}  # the round-0 pool is unranked: 0
+    with CreativeCache(arm.cache_path) as cache:
+        items, order = [], sorted(selected, key=lambda c: (c.product_id, c.group, -score[c.creative_id]))
         for c in order:
-            rank = 1 + sum(o.predicted_ctr > c.predicted_ctr for o in order
+            rank = 1 + sum(score[o.creative_id] > score[c.creative_id] for o in order
                            if o.product_id == c.product_id and o.group == c.group)
             key = CacheKey(c.product_id, c.group, PLACEMENT, c.prompt, generator, f"{arm.name}-round-{round_index}")
-            items.append((Path(c.image).read_bytes(), key, c.predicted_ctr, rank, "accepted"))
+            items.append((Path(c.image).read_bytes(), key, score[c.creative_id], rank, "accepted"))
         stored = cache.put_unit(f"{arm.name}-round-{round_index}", items, keep_existing=True)
         arm.cache_ids.update({c.creative_id: s.creative_id for c, s in zip(order, stored)})
+        arm.loop_ids.update({s.creative_id: c.creative_id for c, s in zip(order, stored)})
         for creative_id in retired:
             if creative_id in arm.cache_ids:
                 cache.set_status(arm.cache_ids[creative_id], "retired")
@@ -870,6 +1073,16 @@ def _compare(arms: list[_Arm], report: LoopReport, config: LoopConfig) -> tuple[
         goals["diversity_at_least_half_of_round_0"] = least >= 0.5 * first
     goals["under_30_minutes"] = report.seconds <= 1800
     return _jsonable(comparisons), goals
+
+
+def _public_config(config: LoopConfig) -> dict:
+    """The config for the report, without the password of a postgresql:// event log."""
+    import re
+
+    values = asdict(config)
+    if values["serve_db"]:
+        values["serve_db"] = re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", values["serve_db"])
+    return _jsonable(values)
 
 
 def _world_summary(world: _World) -> dict:

@@ -29,7 +29,7 @@ import httpx
 import numpy as np
 
 from studio.core.atomic import write_file
-from studio.core.errors import InputError
+from studio.core.errors import InputError, StudioError
 from studio.jobs.cache import CacheKey, CreativeCache
 from studio.learning.abtest import bucket_stats, compare
 from studio.learning.audience import AudienceClustering, split_tags
@@ -115,17 +115,63 @@ def user_features(users, clustering: AudienceClustering) -> list[dict]:
     return payloads
 
 
-def check_loopback(url: str) -> str:
+def check_loopback(url: str, option: str = "--via-http") -> str:
     """The base URL, if it points at this machine; the driver never sends simulated traffic elsewhere."""
     parts = urlsplit(url)
-    host = parts.hostname or ""
     try:
+        host = parts.hostname or ""
         loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = False
     if parts.scheme not in ("http", "https") or not loopback:
-        raise InputError(f"--via-http {url!r} must be an http URL on a loopback address (127.0.0.1, ::1, localhost)")
+        raise InputError(f"{option} {url!r} must be an http URL on a loopback address (127.0.0.1, ::1, localhost)")
     return url.rstrip("/")
+
+
+def _count(errors: dict[str, int], what: str) -> None:
+    errors[what] = errors.get(what, 0) + 1
+
+
+async def exchange(client: httpx.AsyncClient, body: dict, react, headers: dict, errors: dict[str, int]) -> dict | None:
+    """One simulated request: ask the server for a creative (POST /v1/creative with `body`), let `react(decision)`
+    say whether the user clicks it (None: the decision names a creative the caller does not know), and send the click.
+    Returns the decision, or None when it was not served (the reason counted in `errors`)."""
+    reply = await client.post("/v1/creative", json=body)
+    if reply.status_code != 200:
+        _count(errors, str(reply.status_code))
+        return None
+    decision = reply.json()
+    clicked = react(decision)
+    if clicked is None:
+        _count(errors, "unknown creative")
+        return None
+    if clicked:
+        answer = await client.post("/v1/clicks", json={"impression_ids": [decision["impression_id"]]},
+                                   headers=headers)
+        if answer.status_code != 200:
+            _count(errors, f"click {answer.status_code}")
+    return decision
+
+
+async def exchange_all(client: httpx.AsyncClient, n: int, body_of, react, headers: dict, deadline: float,
+                       concurrency: int, errors: dict[str, int]) -> list[dict | None]:
+    """`exchange` requests 0..n-1 (`body_of(i)`, `react(i, decision)`), `concurrency` at a time, until `deadline`
+    (time.monotonic()). Returns one decision per request, None where it was not served."""
+    decisions: list[dict | None] = [None] * n
+    counter = iter(range(n))
+
+    async def worker() -> None:
+        for i in counter:
+            if time.monotonic() > deadline:
+                return
+            try:
+                decisions[i] = await exchange(client, body_of(i), lambda decision, i=i: react(i, decision), headers,
+                                              errors)
+            except httpx.HTTPError as error:
+                _count(errors, type(error).__name__)
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return decisions
 
 
 async def _drive(url: str, world: World, world_folder: Path, requests: int, seconds: float, concurrency: int,
@@ -146,42 +192,22 @@ async def _drive(url: str, world: World, world_folder: Path, requests: int, seco
     clicked = np.zeros(requests, dtype=bool)
     errors: dict[str, int] = {}
     headers = {"Authorization": f"Bearer {token}"} if token else {}
-    deadline = time.monotonic() + seconds
-    counter = iter(range(requests))
-
-    async def one(client: httpx.AsyncClient, i: int) -> None:
+    def body_of(i: int) -> dict:
         u = int(who[i])
-        body = {"user_id": user_ids[u], "product_id": products[product[i]], "placement": PLACEMENT,
+        return {"user_id": user_ids[u], "product_id": products[product[i]], "placement": PLACEMENT,
                 "features": payloads[u]}
-        reply = await client.post("/v1/creative", json=body)
-        if reply.status_code != 200:
-            errors[str(reply.status_code)] = errors.get(str(reply.status_code), 0) + 1
-            return
-        decision = reply.json()
+
+    def react(i: int, decision: dict) -> bool | None:
         creative = index_of.get(decision["creative_id"])
         if creative is None:
-            errors["unknown creative"] = errors.get("unknown creative", 0) + 1
-            return
+            return None
         served[i], treated[i] = creative, decision["bucket"] == "treatment"
-        if world.simulator.click(np.array([u]), np.array([creative]))[0]:
-            clicked[i] = True
-            answer = await client.post("/v1/clicks", json={"impression_ids": [decision["impression_id"]]},
-                                       headers=headers)
-            if answer.status_code != 200:
-                errors[f"click {answer.status_code}"] = errors.get(f"click {answer.status_code}", 0) + 1
-
-    async def worker(client: httpx.AsyncClient) -> None:
-        for i in counter:
-            if time.monotonic() > deadline:
-                return
-            try:
-                await one(client, i)
-            except httpx.HTTPError as error:
-                errors[type(error).__name__] = errors.get(type(error).__name__, 0) + 1
+        clicked[i] = world.simulator.click(np.array([int(who[i])]), np.array([creative]))[0]
+        return bool(clicked[i])
 
     started = time.perf_counter()
     async with httpx.AsyncClient(base_url=url, timeout=10.0) as client:
-        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+        await exchange_all(client, requests, body_of, react, headers, time.monotonic() + seconds, concurrency, errors)
         server_report = (await client.get("/v1/report")).json()
     elapsed = time.perf_counter() - started
 
@@ -216,6 +242,56 @@ def drive(url: str, world_folder: str | Path, requests: int = 20_000, seconds: f
         raise InputError("requests must be in 1..10^7, seconds in (0, 86400] and concurrency in 1..256")
     world = load_world(world_folder)
     return asyncio.run(_drive(url, world, Path(world_folder), requests, seconds, concurrency, token, seed))
+
+
+class LoopClient:
+    """The closed loop's way to a live `studio serve` (`studio loop --serve-url`, `studio.jobs.loop.run_loop`'s
+    `client`): loopback only, each round's requests bounded by `seconds`, `concurrency` at a time. studio.jobs sits
+    below studio.serving, so the caller builds this and hands it to the loop."""
+
+    def __init__(self, url: str, token: str | None = None, seconds: float = 600.0, concurrency: int = 8):
+        self.url = check_loopback(url, "--serve-url")
+        if not (0 < seconds <= 86_400 and 1 <= concurrency <= 256):
+            raise InputError("the serving time limit must be in (0, 86400] seconds and concurrency in 1..256")
+        self.token, self.seconds, self.concurrency = token, seconds, concurrency
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
+
+    user_features = staticmethod(user_features)
+
+    def check(self) -> dict:
+        """The server's health, after checking it answers and takes this client's token (a refresh needs it)."""
+        try:
+            health = httpx.get(self.url + "/healthz", timeout=5.0)
+            refresh = httpx.post(self.url + "/v1/admin/refresh", headers=self.headers, timeout=30.0)
+        except httpx.HTTPError as error:
+            raise InputError(f"no studio serve answers at {self.url} ({type(error).__name__}); start it first (see "
+                             "docs/loop.md, 'Against a live server')") from None
+        if health.status_code != 200:
+            raise InputError(f"{self.url}/healthz answered {health.status_code}: is this a studio serve?")
+        if refresh.status_code == 401:
+            raise InputError(f"the server at {self.url} wants its API token: set STUDIO_API_TOKEN to the token "
+                             "it was started with")
+        if refresh.status_code != 200:
+            raise InputError(f"{self.url}/v1/admin/refresh answered {refresh.status_code}: {refresh.text[:200]}")
+        return health.json()
+
+    def refresh(self) -> None:
+        """Make the server re-read the cache now (the loop just wrote it); one worker answers, so serve the loop
+        with one worker (or wait for the others' --sync-seconds)."""
+        reply = httpx.post(self.url + "/v1/admin/refresh", headers=self.headers, timeout=30.0)
+        if reply.status_code != 200:
+            raise StudioError(f"{self.url}/v1/admin/refresh answered {reply.status_code}: {reply.text[:200]}")
+
+    def exchange(self, n: int, body_of, react) -> tuple[list[dict | None], dict[str, int]]:
+        """Requests 0..n-1 through the server (see `exchange_all`); returns the decisions and the error counts."""
+        async def run():
+            errors: dict[str, int] = {}
+            async with httpx.AsyncClient(base_url=self.url, timeout=10.0) as client:
+                decisions = await exchange_all(client, n, body_of, react, self.headers,
+                                               time.monotonic() + self.seconds, self.concurrency, errors)
+            return decisions, errors
+
+        return asyncio.run(run())
 
 
 async def _acknowledged_load(url: str, products: list[str], seconds: float, concurrency: int, click_rate: float,
