@@ -93,3 +93,25 @@ def test_cli_bad_serving_input_is_one_line(served, tmp_path, capsys):
     assert "--cache" in errors[0] and "secret" not in errors[0]
     assert "no event log" in errors[1]
     assert "no creative" in errors[2]
+
+
+def test_a_postgresql_serving_log_gives_the_same_dataset(served, database_url):
+    """The same events in the other engine (`database_url` runs this on SQLite and on a fresh PostgreSQL schema):
+    the reward model's dataset is the same rows."""
+    from studio.jobs.serving_log import load_serving_dataset
+
+    folder, _, _ = served
+    cache, audience = folder / "world" / "cache", folder / "world" / "audience"
+    with EventLog(folder / "events.db") as source, EventLog(database_url) as copy:
+        events = source.read()
+        columns = ["impression_id", "ts", "user_id", "group_id", "product_id", "creative_id", "arm", "propensity",
+                   "policy", "bucket", "model_version"]
+        clicked = events[events["clicked"] == 1]
+        copy.log_impressions(events[columns], clicked=clicked["impression_id"].tolist(),
+                             click_ts=clicked["ts"].to_numpy() + 0.5)
+    expected = load_serving_dataset(folder / "events.db", cache, audience)
+    found = load_serving_dataset(database_url, cache, audience)
+    key = ["impression_id"]
+    pd.testing.assert_frame_equal(found.impressions.sort_values(key).reset_index(drop=True)[expected.impressions.columns],
+                                  expected.impressions.sort_values(key).reset_index(drop=True), check_dtype=False)
+    assert found.creatives.equals(expected.creatives)
