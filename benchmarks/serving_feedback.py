@@ -37,6 +37,7 @@ def replay(world, features, clustering, mode: str, seed: int, n: int, alpha: flo
     columns = list(FEATURES) if mode == "http-no-tags" else [*FEATURES, "interests"]
     user_group = clustering.predict(users[columns])
     rng = np.random.default_rng(seed)  # the driver's draws: who visits, which product
+    simulator.rng_ = np.random.default_rng([seed, 1])  # the clicks: each replay draws its own, in any order
     visit = users["activity"].to_numpy() + 0.1
     who = rng.choice(len(users), size=n, p=visit / visit.sum())
     products = len({c["product_id"] for c in world.creatives})
