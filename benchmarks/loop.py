@@ -1,6 +1,6 @@
 """Closed-loop benchmark: `studio loop --rounds 3` on several seeds, against the issue's goals.
 
-    python benchmarks/loop.py --seeds 0 1 2 [--out out/bench-loop] [--rounds 3]
+    python benchmarks/loop.py --seeds 0 1 2 [--out out/bench-loop] [--rounds 3] [--lora-per-group]
 
 Each seed runs `studio.jobs.loop.run_loop` with the CLI defaults into OUT/seed-S (a seed whose folder already holds a
 finished `loop.json` is read, not run again, so seeds can run in separate processes and be summarised after). Prints,
@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def run_seed(out: Path, seed: int, rounds: int) -> dict:
+def run_seed(out: Path, seed: int, rounds: int, lora_per_group: bool = False) -> dict:
     from studio.jobs.loop import LoopConfig, run_loop
 
     report = out / "loop.json"
@@ -30,7 +30,7 @@ def run_seed(out: Path, seed: int, rounds: int) -> dict:
         data = json.loads(report.read_text())
         if data.get("finished"):
             return data
-    return run_loop(LoopConfig(rounds=rounds, seed=seed), out, progress=True).to_dict()
+    return run_loop(LoopConfig(rounds=rounds, seed=seed, lora_per_group=lora_per_group), out, progress=True).to_dict()
 
 
 def row(seed: int, report: dict) -> dict:
@@ -57,9 +57,10 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", default="out/bench-loop")
+    parser.add_argument("--lora-per-group", action="store_true", help="one generator LoRA per audience group")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    rows = [row(seed, run_seed(Path(args.out) / f"seed-{seed}", seed, args.rounds)) for seed in args.seeds]
+    rows = [row(seed, run_seed(Path(args.out) / f"seed-{seed}", seed, args.rounds, args.lora_per_group)) for seed in args.seeds]
 
     def gain(value: dict) -> str:
         return f"{value['gain']:+.1%} [{value['ci'][0]:+.1%}, {value['ci'][1]:+.1%}]"

@@ -215,3 +215,37 @@ def test_a_pool_too_small_to_rank_is_one_clear_error(tmp_path):
     with pytest.raises(InputError, match="at least 2 per product"):
         run_loop(config, tmp_path / "run", progress=False)
     assert not (tmp_path / "run" / "loop.json").exists()
+
+
+@pytest.mark.slow
+def test_per_group_loras_train_on_their_group_and_paint_its_proposals(tmp_path, monkeypatch):
+    """`lora_per_group`: after round r each group has a LoRA fitted on its own selected creatives only, and round
+    r+1 paints that group's proposals with it (and no other group's)."""
+    from studio.jobs import loop
+
+    painted = []  # (round, group, lora) of every proposal painted
+    paint = loop._World.paint
+
+    def recording(self, product, prompt, seed, lora, folder, name):
+        if name.startswith("r"):
+            round_index, group = name[1:].split("-g")[0], name.split("-g")[1].split("-")[0]
+            painted.append((int(round_index), int(group), lora))
+        return paint(self, product, prompt, seed, lora, folder, name)
+
+    monkeypatch.setattr(loop._World, "paint", recording)
+    config = LoopConfig(rounds=2, seed=3, users=300, groups=2, impressions=2000, initial_per_group=2,
+                        candidates_per_group=4, top_k=1, steps=2, lora_steps=2, reward_epochs=20, prompt_steps=3,
+                        arms=("loop",), lora_per_group=True)
+    report = run_loop(config, tmp_path / "run", progress=False).to_dict()
+    rounds = report["rounds"]["loop"]
+    selected_by_group = {0: 0, 1: 0}
+    for record in rounds[1:]:
+        for creative in record["selected"]:
+            selected_by_group[int(creative.split("/g")[1].split("-")[0])] += 1
+        fits = record["lora"]["per_group"]
+        assert {int(g): fit["examples"] for g, fit in fits.items()} == selected_by_group  # its own group's, so far
+        for g in fits:
+            assert (tmp_path / "run" / "loop" / f"round-{record['round']}" / f"lora-g{g}").is_dir()
+    assert {(g, lora) for r, g, lora in painted if r == 1} == {(0, None), (1, None)}  # no LoRA before round 1's fit
+    assert {(g, Path(lora).name, Path(lora).parent.name) for r, g, lora in painted if r == 2} == {
+        (0, "lora-g0", "round-1"), (1, "lora-g1", "round-1")}

@@ -62,7 +62,8 @@ class LoopConfig:
     creatives kept per group by logged CTR (others retire). steps, guidance: denoising. reward_epochs: cap of each
     reward retrain. prompt_steps, prompt_learning_rate, anchor_weight: the prompt model's weighted SFT (the anchor is
     the base model's own prompts at this share of the positive weight). lora_steps, lora_rank,
-    lora_learning_rate, lora_scale: the generator's LoRA. alpha: LinUCB exploration. arms: which arms to run.
+    lora_learning_rate, lora_scale: the generator's LoRA; lora_per_group: one LoRA per audience group, each on its
+    group's selected creatives and painting its group's proposals (default: one LoRA on every group's). alpha: LinUCB exploration. arms: which arms to run.
     serve_url: the "loop" arm serves through the `studio serve` at this loopback URL (None: in-process), whose folder
     `serve_dir` `prepare_server` wrote (audience/, cache/ the server serves, events.db unless `serve_db` names its
     event log: a SQLite file or a postgresql:// URL); serve_seconds bounds each round's HTTP traffic, serve_concurrency
@@ -90,6 +91,7 @@ class LoopConfig:
     lora_rank: int = 4
     lora_learning_rate: float = 1e-3
     lora_scale: float = 1.0
+    lora_per_group: bool = False
     alpha: float = 0.25
     generator: str | None = None
     prompt_model: str | None = None
@@ -331,12 +333,16 @@ class _Arm:
         self.catalogue: dict[str, _Creative] = {}
         self.pool: dict[str, list[str]] = {p["product_id"]: [] for p in world.products}
         self.writer = load_prompt_model(config.prompt_model) if name != "no_loop" else None
-        self.lora: str | None = None
+        self.loras: dict[int | None, str] = {}  # group -> its LoRA; None -> the one LoRA of every group
         self.lora_examples: list[_Creative] = []
         self.cache_ids: dict[str, str] = {}  # loop creative id -> cache id (the PNG's SHA-256)
         self.loop_ids: dict[str, str] = {}  # cache id -> loop creative id (what a server's decision names)
         self.served: list[np.ndarray] = []  # per round: true CTR of each treatment request
         self.served_by: list[dict] = []  # per round: (product, group) -> {creative_id: count} in treatment
+
+    def lora(self, group: int) -> str | None:
+        """The LoRA that paints `group`'s proposals (None: the base generator)."""
+        return self.loras.get(group, self.loras.get(None))
 
     def add(self, creatives: list[_Creative]) -> None:
         for creative in creatives:
@@ -490,8 +496,8 @@ def _run_round(world: _World, arm: _Arm, round_index: int, traffic: dict, base_p
     for creative in arm.catalogue.values():
         if creative.image.startswith(str(staging)):
             creative.image = str(final / Path(creative.image).relative_to(staging))
-    if arm.lora is not None and arm.lora.startswith(str(staging)):
-        arm.lora = str(final / Path(arm.lora).relative_to(staging))
+    arm.loras = {g: str(final / Path(path).relative_to(staging)) if path.startswith(str(staging)) else path
+                 for g, path in arm.loras.items()}
     arm.write_catalogue()
     return _jsonable(record)
 
@@ -818,7 +824,7 @@ def _propose_and_rank(world: _World, arm: _Arm, ranker, dataset, round_index: in
             proposals[(product["product_id"], g)] = prompts
             batch = []
             for i, prompt in enumerate(prompts):
-                path, index = world.paint(product, prompt, _seed(config, round_index, g, 100 + i), arm.lora,
+                path, index = world.paint(product, prompt, _seed(config, round_index, g, 100 + i), arm.lora(g),
                                           staging / "creatives", f"r{round_index}-g{g}-{i}")
                 batch.append(_Creative(f"r{round_index}/{product['product_id']}/g{g}-{i}", product["product_id"],
                                        product["category"], g, round_index, prompt.positive, prompt.negative,
@@ -899,7 +905,7 @@ def _diversity(world: _World, proposals: dict, ranked: list[_Creative] | None) -
 def _generator_drift(world: _World, arm: _Arm, proposals: dict, round_index: int) -> float | None:
     """Mean absolute background difference (0-255) between the arm's LoRA and the base generator on the first
     proposal of each group at one seed; None without a LoRA."""
-    if arm.lora is None:
+    if not arm.loras:
         return None
     from studio.imaging.creatives import generate_creatives
     from studio.imaging.engine import LoraSpec
@@ -912,7 +918,7 @@ def _generator_drift(world: _World, arm: _Arm, proposals: dict, round_index: int
             if not prompts:
                 continue
             images = []
-            for lora in (None, LoraSpec(arm.lora, world.config.lora_scale)):
+            for lora in (None, LoraSpec(arm.lora(g), world.config.lora_scale)):
                 settings = replace(world.settings, negative_prompt=prompts[0].negative, lora=lora)
                 creative = generate_creatives(product["canvas"], prompts[0].positive, settings=settings, n=1,
                                               seed=_seed(world.config, round_index, g, 7), engine=world.engine,
@@ -926,7 +932,8 @@ def _cache(arm: _Arm, selected: list[_Creative], retired: list[str], round_index
     """The new round's best into the arm's creative cache (accepted); retired cached creatives are marked so."""
     from studio.jobs.cache import CacheKey, CreativeCache
 
-    generator = "studio-mini" if arm.lora is None else f"studio-mini+{Path(arm.lora).parent.name}-lora"
+    generator = ("studio-mini" if not arm.loras else
+                 f"studio-mini+{Path(next(iter(arm.loras.values()))).parent.name}-lora{'s' if len(arm.loras) > 1 else ''}")
     score = {c.creative_id: c.predicted_ctr or 0.0 for c in selected}  # the round-0 pool is unranked: 0
     with CreativeCache(arm.cache_path) as cache:
         items, order = [], sorted(selected, key=lambda c: (c.product_id, c.group, -score[c.creative_id]))
@@ -1003,8 +1010,24 @@ def _fine_tune_prompts(world: _World, arm: _Arm, ranked: list[_Creative], datase
 
 
 def _fine_tune_generator(world: _World, arm: _Arm, round_index: int, staging: Path) -> dict:
-    """A fresh LoRA on every creative selected so far (reward-ranked fine-tuning), captioned with its prompt; used
-    to paint the next round's proposals."""
+    """Reward-ranked fine-tuning: a fresh LoRA on every creative selected so far (or, with `lora_per_group`, one per
+    group on that group's), captioned with its prompt; it paints the next round's proposals."""
+    config = world.config
+    if not config.lora_per_group:
+        path, fit = _train_lora(world, arm.lora_examples, round_index, staging / "lora")
+        arm.loras = {None: path}
+        return {"examples": len(arm.lora_examples), "steps": config.lora_steps, **fit}
+    per_group = {}
+    for g in sorted({c.group for c in arm.lora_examples}):
+        mine = [c for c in arm.lora_examples if c.group == g]
+        arm.loras[g], fit = _train_lora(world, mine, round_index, staging / f"lora-g{g}")
+        per_group[str(g)] = {"examples": len(mine), **fit}
+    return {"per_group": per_group, "steps": config.lora_steps}
+
+
+def _train_lora(world: _World, examples: list, round_index: int, out: Path) -> tuple[str, dict]:
+    """One LoRA of the generator on `examples` (their images, prompts and the product masks kept): its folder, and
+    its first and final losses."""
     from PIL import Image
 
     from studio.training.trainer import (
@@ -1017,8 +1040,7 @@ def _fine_tune_generator(world: _World, arm: _Arm, round_index: int, staging: Pa
     )
 
     config = world.config
-    examples = arm.lora_examples
-    with tempfile.TemporaryDirectory(dir=staging) as scratch:
+    with tempfile.TemporaryDirectory(dir=out.parent) as scratch:
         shots = Path(scratch) / "shots"
         shots.mkdir()
         for i, creative in enumerate(examples):
@@ -1034,10 +1056,8 @@ def _fine_tune_generator(world: _World, arm: _Arm, round_index: int, staging: Pa
                             mask_modes={"product": 1.0}, seed=config.seed + round_index)
         data = encode_dataset(Components.from_pipeline(pipeline), FolderData(shots), train, progress=False)
         trainer = InpaintingTrainer(pipeline, train).fit(data, Path(scratch) / "run", progress=False)
-        saved = trainer.save(staging / "lora")
-    arm.lora = str(saved)
-    return {"examples": len(examples), "steps": config.lora_steps, "first_loss": float(trainer.losses_[0]),
-            "final_loss": float(np.mean(trainer.losses_[-5:]))}
+        saved = trainer.save(out)
+    return str(saved), {"first_loss": float(trainer.losses_[0]), "final_loss": float(np.mean(trainer.losses_[-5:]))}
 
 
 # ------------------------------------------------------------------------------------------------------ read-out
