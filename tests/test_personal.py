@@ -235,6 +235,43 @@ def test_zero_adapter_at_any_scale_is_text_only(tiny_engine, zero_conditioner_di
         assert np.array_equal(np.asarray(out), plain)
 
 
+@pytest.mark.slow
+def test_the_shipped_adapter_paints_toward_the_historys_warmth():
+    """studio-mini's shipped adapter (studio/models/studio-mini-personal, found without naming it): scale 0 is the
+    text-only image bit for bit; a warm (red/orange) history paints a warmer backdrop than a cool (blue) one, and the
+    difference grows with the history guidance (a dial), on every seed."""
+    from studio.imaging.descriptors import measure_background
+    from studio.sim.renderer import render_scene
+
+    engine = load_engine(None, device="cpu")
+    assert engine.history_method() == "latent-channels"  # the shipped adapter, found beside the model
+    scene = render_scene("white", "plain", "soft", "studio", "bottle", size=64, seed=0)
+    paint, product = _paint_mask(scene.product_mask), scene.product_mask
+    warm = [render_scene(colour, "plain", "soft", "studio", "bottle", size=64, seed=i).image
+            for i, colour in enumerate(("red", "orange", "red"))]
+    cool = [render_scene("blue", "plain", "soft", "studio", "bottle", size=64, seed=i).image for i in range(3)]
+    prompt = "a bottle"  # no colour named: the history decides it
+    for seed in (0, 1):
+        text_only = np.asarray(engine.generate(scene.image, paint, prompt=prompt, seed=seed,
+                                               settings=GenerationSettings(steps=10)))
+        zero = np.asarray(engine.generate(scene.image, paint, prompt=prompt, seed=seed, history=warm,
+                                          settings=GenerationSettings(steps=10, history_guidance=0.0)))
+        assert np.array_equal(zero, text_only)
+        gaps = []
+        for scale in (1.0, 2.0, 4.0):
+            on = GenerationSettings(steps=10, history_guidance=scale)
+            warmth = [measure_background(engine.generate(scene.image, paint, prompt=prompt, seed=seed,
+                                                         history=history, settings=on), product)["warmth"]
+                      for history in (warm, cool)]
+            gaps.append(warmth[0] - warmth[1])
+        assert 0 < gaps[0] < gaps[1] < gaps[2], gaps
+
+
+def _paint_mask(product_mask) -> Image.Image:
+    """The engine's mask: white where it paints (everything but the product)."""
+    return Image.fromarray(np.where(np.asarray(product_mask) > 127, 0, 255).astype(np.uint8), "L")
+
+
 # ----------------------------------------------------------------------------------------- the training recipe
 
 
