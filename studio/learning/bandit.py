@@ -40,7 +40,7 @@ from sklearn.base import BaseEstimator
 
 from studio.core.artefact import CONFIG_NAME, WEIGHTS_NAME, ArtefactError, load_artefact, save_artefact
 from studio.core.errors import InputError
-from studio.learning.estimator import NotFittedError, checked_tensors, is_int, plain_params
+from studio.learning.estimator import CheckedParams, NotFittedError, checked_tensors, is_int, plain_params
 
 FORMAT_VERSION = 2  # 1 kept the arrays in state.npz; 2 is the studio artefact format (model.safetensors)
 HINT = "save one with LinUCB.save_pretrained(folder) (studio simulate writes one per product under bandits/)"
@@ -71,7 +71,7 @@ def serving_distribution(scores: np.ndarray, epsilon: float, softmax_temperature
     return (1.0 - epsilon) * greedy + epsilon / n_arms
 
 
-class LinUCB(BaseEstimator):
+class LinUCB(CheckedParams, BaseEstimator):
     """Disjoint LinUCB over a changing set of arms (creative ids), in scikit-learn style.
 
     Args:
@@ -112,19 +112,9 @@ class LinUCB(BaseEstimator):
         self.refresh_every = refresh_every
         self.seed = seed
 
-    def set_params(self, **params: Any) -> "LinUCB":
-        """Set hyper-parameters; an invalid value raises InputError and changes nothing."""
-        before = self.get_params(deep=False)
+    def _params_changed(self) -> None:
         self._served = {}
-        super().set_params(**params)
-        try:
-            self._check_params()
-        except InputError:
-            super().set_params(**before)
-            raise
-        return self
 
-    # ------------------------------------------------------------------ arms
     def add_arm(self, key: Hashable) -> "LinUCB":
         """Add an arm with no data (prior ``A = l2 * I``, ``b = 0``); returns ``self``. Creates the state if needed."""
         try:

@@ -1,4 +1,5 @@
-"""What the learned estimators (LinUCB, AudienceClustering) share: the not-fitted error and artefact helpers."""
+"""What the learned estimators (the bandits, AudienceClustering) share: the not-fitted error, checked
+hyper-parameters and artefact helpers."""
 
 from __future__ import annotations
 
@@ -16,6 +17,26 @@ from studio.core.errors import InputError
 
 class NotFittedError(InputError, SklearnNotFittedError):
     """An estimator used before it learned anything; also scikit-learn's NotFittedError, so sklearn tools see it."""
+
+
+class CheckedParams:
+    """`set_params` that refuses a bad value and changes nothing (serving reads hyper-parameters on every event, so a
+    bad one must never get in). Mix in before `BaseEstimator`; subclasses define `_check_params` and may define
+    `_params_changed` to forget what depended on the old values."""
+
+    def set_params(self, **params: Any):
+        before = self.get_params(deep=False)
+        super().set_params(**params)
+        try:
+            self._check_params()
+        except InputError:
+            super().set_params(**before)
+            raise
+        self._params_changed()
+        return self
+
+    def _params_changed(self) -> None:
+        pass
 
 
 def is_int(value: Any) -> bool:

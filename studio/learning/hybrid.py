@@ -41,13 +41,13 @@ from sklearn.base import BaseEstimator
 from studio.core.artefact import CONFIG_NAME, WEIGHTS_NAME, ArtefactError, load_artefact, save_artefact
 from studio.core.errors import InputError
 from studio.learning.bandit import LinUCB, draw_arms, serving_distribution
-from studio.learning.estimator import NotFittedError, checked_tensors, is_int, plain_params
+from studio.learning.estimator import CheckedParams, NotFittedError, checked_tensors, is_int, plain_params
 
 FORMAT_VERSION = 1
 HINT = "save one with HybridLinUCB.save_pretrained(folder) (studio serve writes one into its --snapshot folder)"
 
 
-class HybridLinUCB(BaseEstimator):
+class HybridLinUCB(CheckedParams, BaseEstimator):
     """Hybrid LinUCB over a growing set of described arms (creatives) and a fixed set of contexts, scikit-learn style.
 
     Args:
@@ -75,21 +75,9 @@ class HybridLinUCB(BaseEstimator):
         self.softmax_temperature = softmax_temperature
         self.seed = seed
 
-    def set_params(self, **params: Any) -> "HybridLinUCB":
-        """Set hyper-parameters; an invalid value raises InputError and changes nothing."""
-        before = self.get_params(deep=False)
-        super().set_params(**params)
-        try:
-            self._check_params()
-        except InputError:
-            super().set_params(**before)
-            raise
+    def _params_changed(self) -> None:
         if hasattr(self, "arms_"):
-            if self.n_contexts != self.n_.shape[1]:
-                super().set_params(**before)
-                raise InputError("n_contexts is fixed once the model has state")
             self._changed()
-        return self
 
     # -- arms --------------------------------------------------------------------------------------------------------
     def add_arm(self, key: Hashable, features: Any = None) -> "HybridLinUCB":
@@ -327,6 +315,8 @@ class HybridLinUCB(BaseEstimator):
                seed=self.seed)._check_params()
         if not (is_int(self.n_contexts) and self.n_contexts >= 1):
             raise InputError(f"n_contexts must be an int >= 1, got {self.n_contexts!r}")
+        if hasattr(self, "n_") and self.n_contexts != self.n_.shape[1]:
+            raise InputError("n_contexts is fixed once the model has state")
         if not (isinstance(self.arm_l2, (int, float)) and not isinstance(self.arm_l2, bool)
                 and np.isfinite(self.arm_l2) and self.arm_l2 > 0):
             raise InputError(f"arm_l2 must be a finite number > 0 (impressions before a creative's own clicks "
