@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def quality(run: Path, model_dir: str | None, seed: int = 0) -> tuple[object, dict]:
-    from reward.evaluation import evaluate
+    from reward.evaluation import evaluate, uniform_rows
     from reward.model import RewardModel
     from reward.training import RewardTrainer, TrainingConfig, split_creatives
     from studio.learning.log_dataset import load_log_dataset
@@ -48,7 +48,8 @@ def quality(run: Path, model_dir: str | None, seed: int = 0) -> tuple[object, di
         model, split = trainer.model_, trainer.split_
     seconds = time.perf_counter() - started
     # test creatives only (never seen in training); the lookup table is fitted on the training creatives
-    report = evaluate(model, dataset, split.impressions(dataset.impressions, "test"), SimulatorOracle.from_run(run),
+    report = evaluate(model, dataset, uniform_rows(split.impressions(dataset.impressions, "test")),
+                      SimulatorOracle.from_run(run),
                       split.impressions(dataset.impressions, "train"))
     report["train_seconds"] = seconds if not model_dir else float("nan")
     return model, report

@@ -55,6 +55,16 @@ class LookupTable:
         return merged.fillna(self.prior.mean).to_numpy(), merged.notna().to_numpy()
 
 
+def uniform_rows(impressions: pd.DataFrame) -> pd.DataFrame:
+    """The impressions a uniformly random policy served (``policy == "uniform"``: the A/B control bucket) when the log
+    has any, else all of them. Ranking metrics read on the rows an adaptive bandit chose mostly measure what the bandit
+    already knew to serve to whom (it shows each group what that group likes, leaving little to rank); the uniform
+    rows sample every (creative, group) pair alike."""
+    if "policy" in impressions and (impressions["policy"] == "uniform").any():
+        return impressions[impressions["policy"] == "uniform"]
+    return impressions
+
+
 def evaluate(
     model: RewardModel,
     dataset: RewardDataset,

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from studio.learning.log_dataset import load_log_dataset, read_impressions
-from reward.evaluation import evaluate
+from reward.evaluation import evaluate, uniform_rows
 from studio.sim.oracle import SimulatorOracle
 from reward.model import RewardConfig, RewardModel
 from reward.training import RewardTrainer, TrainingConfig, split_creatives
@@ -74,7 +74,7 @@ def test_the_split_is_by_creative_and_seeded(trained):
 
 def test_training_beats_a_constant_predictor_on_unseen_creatives(trained):
     dataset, trainer = trained
-    test = trainer.split_.impressions(dataset.impressions, "test")
+    test = uniform_rows(trainer.split_.impressions(dataset.impressions, "test"))
     report = evaluate(trainer.model_, dataset, test)
     clicked = test["clicked"].to_numpy()
     constant = np.full(len(test), trainer.prior_.mean)  # the best constant a trainer could know: the training CTR
@@ -89,7 +89,7 @@ def test_training_beats_a_constant_predictor_on_unseen_creatives(trained):
 def test_the_model_beats_the_lookup_table_on_unseen_creatives(trained, run_dir):
     dataset, trainer = trained
     split = trainer.split_
-    report = evaluate(trainer.model_, dataset, split.impressions(dataset.impressions, "test"),
+    report = evaluate(trainer.model_, dataset, uniform_rows(split.impressions(dataset.impressions, "test")),
                       SimulatorOracle.from_run(run_dir), split.impressions(dataset.impressions, "train"))
     # the lookup table never saw a test creative: it scores them all with the prior, so it ranks nothing
     assert report["lookup_coverage"] == 0.0

@@ -57,7 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run_reward_train(args: argparse.Namespace) -> int:
     import torch
 
-    from reward.evaluation import evaluate
+    from reward.evaluation import evaluate, uniform_rows
     from reward.model import RewardConfig
     from reward.training import RewardTrainer, TrainingConfig
     from studio.core.atomic import write_file
@@ -84,7 +84,7 @@ def run_reward_train(args: argparse.Namespace) -> int:
     trainer = RewardTrainer(config).fit(dataset)
     trainer.model_.save_pretrained(out)
     split = trainer.split_
-    test = evaluate(trainer.model_, dataset, split.impressions(dataset.impressions, "test"),
+    test = evaluate(trainer.model_, dataset, uniform_rows(split.impressions(dataset.impressions, "test")),
                     train_impressions=split.impressions(dataset.impressions, "train"))
     report = {"model": str(out), "epochs": trainer.n_epochs_, "best_epoch": trainer.best_epoch_,
               "prior_alpha": trainer.prior_.alpha, "prior_beta": trainer.prior_.beta,
@@ -109,7 +109,7 @@ def _log_name(log: str) -> str:
 
 
 def run_reward_eval(args: argparse.Namespace) -> int:
-    from reward.evaluation import evaluate
+    from reward.evaluation import evaluate, uniform_rows
     from reward.model import RewardModel, resolve_model_folder
     from reward.training import CreativeSplit
     from studio.learning.log_dataset import load_log_dataset
@@ -129,7 +129,7 @@ def run_reward_eval(args: argparse.Namespace) -> int:
             impressions, split = parts.impressions(dataset.impressions, "test"), "test creatives"
             train = parts.impressions(dataset.impressions, "train")
     oracle = SimulatorOracle.from_run(Path(args.log).parent)
-    report = {"split": split, **evaluate(model, dataset, impressions, oracle, train)}
+    report = {"split": split, **evaluate(model, dataset, uniform_rows(impressions), oracle, train)}
     emit(report, args.json)
     return 0
 

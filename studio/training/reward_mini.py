@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from reward.evaluation import evaluate
+from reward.evaluation import evaluate, uniform_rows
 from reward.model import SHIPPED_MODELS
 from reward.training import RewardTrainer, TrainingConfig
 from studio.core.atomic import write_file
@@ -48,7 +48,7 @@ def train_mini(out: str | Path = MINI, run_dir: str | Path | None = None, progre
         # The groups the model scores by id, with their readable profiles (what `studio demo` writes prompts for).
         AudienceClustering.from_pretrained(run / "audience").save_pretrained(Path(out) / "audience")
         split = trainer.split_
-        report = evaluate(trainer.model_, dataset, split.impressions(dataset.impressions, "test"),
+        report = evaluate(trainer.model_, dataset, uniform_rows(split.impressions(dataset.impressions, "test")),
                           SimulatorOracle.from_run(run), split.impressions(dataset.impressions, "train"))
     report = {"seconds": round(time.perf_counter() - started, 1), "epochs": trainer.n_epochs_,
               "best_epoch": trainer.best_epoch_, "split": "test creatives (never seen in training)", **report}
