@@ -90,6 +90,8 @@ class HybridLinUCB(CheckedParams, BaseEstimator):
             hash(key)
         except TypeError:
             raise InputError(f"arm keys must be hashable (a creative id), got {type(key).__name__}") from None
+        if key in self._index and features is None:
+            return self  # nothing changes: the scores and the served distributions stay valid
         if key not in self._index:
             self._index[key] = len(self.arms_)
             self.arms_.append(key)
