@@ -97,11 +97,13 @@ class ServingPolicy:
         self.describe(features or {})
         wanted = tuple(dict.fromkeys(_plain(arm) for arm in arms))
         current = self.candidates.get(key, ())
+        if wanted == current:
+            return [], []  # the catch-up tick's common case: every arm is known, nothing to compare
         for arm in wanted:
             self.model.add_arm(arm)
-        if wanted != current:
-            self.candidates[key] = wanted
-        return [arm for arm in wanted if arm not in set(current)], [arm for arm in current if arm not in set(wanted)]
+        self.candidates[key] = wanted
+        before, after = set(current), set(wanted)
+        return [arm for arm in wanted if arm not in before], [arm for arm in current if arm not in after]
 
     def describe(self, features: Mapping[Hashable, np.ndarray]) -> None:
         """Give creatives their feature vectors (`studio.imaging.descriptors.backdrop_features`)."""
