@@ -109,3 +109,26 @@ def test_bad_inputs_are_refused():
         sim.click(np.array([0, 1]), np.array([0]))
     with pytest.raises(InputError, match="n_segments"):
         AudienceSimulator(n_segments=0)
+
+
+def test_backdrop_features_read_the_frame_band_and_refuse_bad_input():
+    """The serving bandit's creative features: the outer band of a PNG, standardised; a product in the centre does
+    not move them, a different backdrop does; corrupt bytes and a band of half the side are one clear error."""
+    import io
+
+    from studio.imaging.descriptors import backdrop_features
+
+    def png(backdrop, centre):
+        pixels = np.full((64, 64, 3), backdrop, dtype=np.uint8)
+        pixels[20:44, 20:44] = centre
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, format="PNG")
+        return buffer.getvalue()
+
+    red_with_blue, red_with_green = png((200, 30, 35), (35, 85, 205)), png((200, 30, 35), (45, 150, 65))
+    np.testing.assert_allclose(backdrop_features(red_with_blue), backdrop_features(red_with_green))
+    assert backdrop_features(red_with_blue)[0] > backdrop_features(png((35, 85, 205), (35, 85, 205)))[0]  # warmth
+    with pytest.raises(InputError, match="cannot read the creative's image"):
+        backdrop_features(b"\x89PNG not really")
+    with pytest.raises(InputError, match="band must be"):
+        backdrop_features(red_with_blue, band=0.5)
