@@ -57,7 +57,7 @@ def replay(world, features, clustering, mode: str, seed: int, n: int, alpha: flo
         due = []
         while ticks and ticks[0][0] <= now:
             due.append(heapq.heappop(ticks)[1])
-        due = np.array([i for i in due if bucket[i] == TREATMENT], dtype=np.int64)
+        due = np.array(due, dtype=np.int64)
         policy.learn(group[due], list(product[due] * arms + served[due]), clicked[due].astype(float))
         picked, _ = policy.decide(product[rows], group[rows], bucket[rows])
         served[rows] = picked.astype(np.int64) - product[rows] * arms

@@ -2,11 +2,13 @@
 a group's taste across creatives, and its own clicks still win when features say nothing."""
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from studio.core.artefact import ArtefactError
 from studio.core.errors import InputError
 from studio.learning.hybrid import HybridLinUCB
+from studio.learning.policy import CONTROL, TREATMENT, ServingPolicy
 
 
 def _joint_ridge(features, n, s, l2, arm_l2):
@@ -120,6 +122,25 @@ def test_with_uninformative_features_each_creatives_own_clicks_find_the_best():
         arms = arms.astype(int)
         model.partial_fit(contexts, list(arms), (rng.random(100) < true_ctr[arms, contexts]).astype(float))
     assert [model.select_one(g, [0, 1, 2])[0] for g in (0, 1)] == [1, 0]
+
+
+def test_the_control_buckets_uniform_impressions_teach_the_treatment_policy():
+    """Rewards logged only in the control bucket (uniform draws) move the treatment's pick to each group's truly best
+    creative."""
+    rng = np.random.default_rng(5)
+    true_ctr = {"a": (0.02, 0.08), "b": (0.08, 0.02), "c": (0.04, 0.04)}  # (group 0, group 1)
+    policy = ServingPolicy(2, seed=0)
+    policy.sync_arms("bottle", ["a", "b", "c"], {arm: rng.normal(size=3) for arm in true_ctr})
+    groups = rng.integers(2, size=6000)
+    arms, _ = policy.decide(np.full(6000, "bottle"), groups, np.full(6000, CONTROL))
+    clicks = (rng.random(6000) < [true_ctr[a][g] for a, g in zip(arms, groups)]).astype(float)
+    rewards = pd.DataFrame({"product_id": "bottle", "placement": None, "group_id": groups, "arm": arms,
+                            "reward": clicks, "bucket": CONTROL})
+    before = [policy.decide_one("bottle", g, TREATMENT).arm for g in (0, 1)]
+    assert before[0] == before[1]  # no evidence yet: both groups score the creatives alike
+    assert policy.apply_rewards(rewards) == 6000
+    picks = {g: policy.decide(np.full(200, "bottle"), np.full(200, g), np.full(200, TREATMENT))[0] for g in (0, 1)}
+    assert (picks[0] == "b").mean() > 0.9 and (picks[1] == "a").mean() > 0.9
 
 
 @pytest.mark.parametrize("epsilon", [0.0, 0.1])

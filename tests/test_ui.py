@@ -352,11 +352,12 @@ def test_ctr_over_time_ends_at_each_buckets_ctr(served):
 def test_arm_scores_and_why_this_creative_wins(served):
     config, ids = served
     arms = experiments.read_experiment(config).arms
-    for arm in "AB":  # the bandit learned the treatment bucket only, per group (cold start: none)
+    for arm in "AB":  # the bandit learned both buckets, per group (cold start: none)
         for group in (0, 1, -1):
-            treated = experiment_log.TRAFFIC[("treatment", group, arm)][0] if group >= 0 else 0
+            served = sum(experiment_log.TRAFFIC[(bucket, group, arm)][0] for bucket in ("control", "treatment")
+                         ) if group >= 0 else 0
             row = (arms["creative_id"] == ids[arm]) & (arms["group_id"] == group)
-            assert arms.loc[row, "learned"].tolist() == [treated]
+            assert arms.loc[row, "learned"].tolist() == [served]
     for group, winner, loser in ((0, "A", "B"), (1, "B", "A")):
         part = arms[arms["group_id"] == group].set_index("creative_id")
         assert part.loc[ids[winner], "estimate"] > part.loc[ids[loser], "estimate"]

@@ -525,8 +525,7 @@ def _serve(world: _World, arm: _Arm, round_index: int, traffic: dict) -> dict:
         sims = np.array([arm.catalogue[c].sim_index for c in chosen[rows]])
         true_ctr[rows] = world.simulator.click_probability(traffic["user"][rows], sims)
         clicked[rows] = traffic["draw"][rows] < true_ctr[rows]
-        treat = rows[traffic["treated"][rows]]
-        arm.policy.learn(traffic["group"][treat], list(chosen[treat]), clicked[treat].astype(float))
+        arm.policy.learn(traffic["group"][rows], list(chosen[rows]), clicked[rows].astype(float))
     ids = np.array([f"r{round_index}-{i}" for i in range(n)])
     with EventLog(arm.log_path) as log:
         for start in range(0, n, 8192):

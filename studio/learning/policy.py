@@ -179,24 +179,27 @@ class ServingPolicy:
 
     # -- learning ------------------------------------------------------------------------------------------------
     def learn(self, groups: np.ndarray, arms: Sequence[Hashable], rewards: np.ndarray) -> None:
-        """Learn served treatment events (an arm not known yet joins the model, undescribed)."""
+        """Learn served events of either bucket (an arm not known yet joins the model, undescribed).
+
+        The control bucket's impressions are uniform draws, independent of the model, so they are as valid for its
+        regression as the treatment bucket's own: learning from both halves the data each decision waits for.
+        """
         if len(arms):
             self.model.partial_fit(self.context(groups), [_plain(arm) for arm in arms],
                                    np.asarray(rewards, dtype=np.float64))
 
     def apply_rewards(self, rewards: pd.DataFrame, key_of=None) -> int:
-        """Learn rows of `EventLog.rewards_since` (treatment bucket only); returns how many were learned.
+        """Learn rows of `EventLog.rewards_since` (both buckets; see `learn`); returns how many were learned.
 
         Every key seen is registered (with no candidates until `sync_arms` gives it its creatives), so a worker
         follows the cache of every product any worker served. `key_of(product_id, placement)` names the key.
         """
-        rows = rewards[rewards["bucket"] == TREATMENT]
         key_of = key_of or (lambda product, placement: product)
-        for product, placement in rows[["product_id", "placement"]].fillna("").drop_duplicates().itertuples(
+        for product, placement in rewards[["product_id", "placement"]].fillna("").drop_duplicates().itertuples(
                 index=False):
             self.candidates.setdefault(key_of(product, placement), ())
-        self.learn(rows["group_id"].to_numpy(), rows["arm"].tolist(), rows["reward"].to_numpy())
-        return len(rows)
+        self.learn(rewards["group_id"].to_numpy(), rewards["arm"].tolist(), rewards["reward"].to_numpy())
+        return len(rewards)
 
     def _candidates(self, key: Hashable) -> tuple:
         arms = self.candidates.get(key)

@@ -8,7 +8,8 @@ One run:
    hybrid LinUCB: each group's taste model over the creatives' backdrop features, shared by all products, plus each
    creative's own clicks), with stable hash bucketing;
 4. serves `impressions` requests (users visit in proportion to their activity) in small mini-batches: decide with the
-   current model, log every impression with the propensity used at decision time, draw clicks, then learn;
+   current model, log every impression with the propensity used at decision time, draw clicks, then learn from
+   both buckets (the control bucket's uniform draws inform the regression as much as the bandit's own);
 5. reads the log back and reports CTR per bucket with Wilson intervals, the lift with its interval, regret against
    the simulator's oracle, and the treatment policy's CTR estimated off-policy from the control bucket alone.
 """
@@ -204,8 +205,7 @@ def _simulate(config: ExperimentConfig, out: Path, final: Path, progress: bool) 
                 picked, propensity[rows] = policy.decide(product[rows], group[rows], buckets[rows])
                 chosen[rows] = picked.astype(np.int64) - product[rows] * arms
                 clicked[rows] = simulator.click(user[rows], product[rows] * arms + chosen[rows])
-                treat = rows[in_treatment[rows]]
-                policy.learn(group[treat], list(product[treat] * arms + chosen[treat]), clicked[treat].astype(float))
+                policy.learn(group[rows], list(product[rows] * arms + chosen[rows]), clicked[rows].astype(float))
                 pending += len(rows)
                 if pending >= config.log_every or rows[-1] == n - 1:
                     _log_rows(log, np.arange(rows[-1] + 1 - pending, rows[-1] + 1), user, group, product, chosen,
