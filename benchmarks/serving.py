@@ -50,6 +50,32 @@ end
 """
 
 
+# Paced load without wrk2 (Debian has none): each wrk thread hands every request the next slot of a fixed schedule
+# (a monotonic clock through LuaJIT's ffi), so the offered rate is the target whatever the latency, as long as a
+# connection is free; a slot missed while all are busy is sent at once, late.
+PACED = """
+local ffi = require("ffi")
+ffi.cdef[[
+typedef struct { long tv_sec; long tv_nsec; } studio_timespec;
+int clock_gettime(int clock_id, studio_timespec *tp);
+]]
+local clock = ffi.new("studio_timespec")
+local interval, next_slot = %f, nil
+delay = function()
+  ffi.C.clock_gettime(1, clock)  -- CLOCK_MONOTONIC
+  local now = tonumber(clock.tv_sec) * 1000 + tonumber(clock.tv_nsec) / 1e6
+  next_slot = math.max(next_slot or now, now - 1000) + interval  -- at most a second of missed slots catches up
+  return math.max(0, next_slot - now)
+end
+"""
+WRK_THREADS = 2
+
+
+def paced_lua(rate: float) -> str:
+    """The Lua of a paced run at `rate` requests/s over all of wrk's threads."""
+    return PACED % (WRK_THREADS * 1000.0 / rate)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -89,7 +115,7 @@ def wrk(url: str, script: Path | None, seconds: int, connections: int) -> dict:
     """One wrk run: with `script` the decision requests it writes, without it a plain GET of `url`."""
     load = os.getloadavg()[0]
     lua = ["-s", str(script)] if script else []
-    out = subprocess.run(["wrk", "-t2", f"-c{connections}", f"-d{seconds}s", "--latency", *lua, url],
+    out = subprocess.run(["wrk", f"-t{WRK_THREADS}", f"-c{connections}", f"-d{seconds}s", "--latency", *lua, url],
                          capture_output=True, text=True, timeout=seconds + 60).stdout
     p99 = re.search(r"99%\s+([\d.]+)(us|ms|s)", out)
     scale = {"us": 1e-3, "ms": 1.0, "s": 1e3}
@@ -103,8 +129,9 @@ def wrk(url: str, script: Path | None, seconds: int, connections: int) -> dict:
 
 
 def throughput(world: Path, db: str, products: list[str], args, paced: bool = False) -> dict:
-    """Closed loop (each connection sends as soon as it has an answer: the saturation rate), or `paced`: each of
-    32 connections waits so that the offered rate is about ``--rate`` (the latency goal is stated at 1,000/s)."""
+    """Closed loop (each connection sends as soon as it has an answer: the saturation rate), or `paced`: 32
+    connections send on one fixed schedule (`paced_lua`), so the offered rate is ``--rate`` whatever the latency (the
+    latency goal is stated at 1,000/s)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     # A few audience profiles, URL-encoded JSON (the clustering maps each to its group once, then from a cache).
@@ -113,8 +140,7 @@ def throughput(world: Path, db: str, products: list[str], args, paced: bool = Fa
     encoded = [httpx.QueryParams({"f": json.dumps(p)}).__str__()[2:] for p in profiles]
     script = Path(tempfile.mkdtemp()) / "decide.lua"
     connections = 32 if paced else args.connections
-    # wrk's delay() waits before each next request of a connection: 32 connections x (delay + ~3 ms) ~ the rate.
-    delay = f"delay = function() return {max(0.0, 32_000 / args.rate - 3):.1f} end" if paced else ""
+    delay = paced_lua(args.rate) if paced else ""
     script.write_text(LUA % (", ".join(f'"{p}"' for p in products), ", ".join(f'"{e}"' for e in encoded), 0, delay))
     server = start_server(world, db, port)
     try:

@@ -5,7 +5,8 @@ factor of 2–3; alternating puts every variant in the same conditions).
     python benchmarks/serving_ab.py [--before SRC] [--postgres URL] [--rounds 3] [--seconds 5] [--paced]
 
 Variants: SQLite with ``--sqlite-sync full`` and ``normal``; with ``--before SRC``, an older source tree (e.g.
-``git archive <commit> | tar -x -C SRC``) run with its own code; with ``--postgres``, PostgreSQL. Closed loop: 8
+``git archive <commit> | tar -x -C SRC``) run with its own code; with ``--postgres``, PostgreSQL (for both
+trees with ``--before``). Closed loop: 8
 connections, each followed by the same load on /healthz (the ratio's baseline); ``--paced``: 32 connections at ~1,000
 requests/s as in `benchmarks/serving.py`. Prints each run and the medians.
 """
@@ -58,18 +59,21 @@ def main() -> None:
                 "sqlite-normal": (ROOT, str(root / "normal.db"), ["--sqlite-sync", "normal"])}
     if args.before is not None:
         variants = {"before": (args.before.resolve(), str(root / "before.db"), []), **variants}
+    schemas: list[str] = []
     if args.postgres:
         import psycopg
 
-        schema = f"bench_ab_{os.getpid()}"
-        with psycopg.connect(args.postgres, autocommit=True) as connection:
-            connection.execute(f"CREATE SCHEMA {schema}")
-        variants["postgresql"] = (ROOT, f"{args.postgres}?options=-csearch_path%3D{schema}", [])
+        sources = {"postgresql": ROOT, **({"before-postgresql": args.before.resolve()} if args.before else {})}
+        for name, source in sources.items():
+            schemas.append(f"bench_ab_{len(schemas)}_{os.getpid()}")
+            with psycopg.connect(args.postgres, autocommit=True) as connection:
+                connection.execute(f"CREATE SCHEMA {schemas[-1]}")
+            variants[name] = (source, f"{args.postgres}?options=-csearch_path%3D{schemas[-1]}", [])
     profiles = [{"age": a, "region": r, "device": d} for a, r, d in
                 [(25, "north", "mobile"), (41, "east", "desktop"), (63, "west", "tablet"), (33, "south", "mobile")]]
     encoded = [str(httpx.QueryParams({"f": json.dumps(p)}))[2:] for p in profiles]
     connections = 32 if args.paced else 8
-    delay = f"delay = function() return {32_000 / 1000 - 3:.1f} end" if args.paced else ""
+    delay = bench.paced_lua(1000.0) if args.paced else ""
     script = root / "decide.lua"
     script.write_text(bench.LUA % (", ".join(f'"{p}"' for p in products), ", ".join(f'"{e}"' for e in encoded), 0,
                                    delay))
@@ -99,9 +103,10 @@ def main() -> None:
     finally:
         for _, server in servers.values():
             bench.stop(server)
-        if args.postgres:
+        if schemas:
             with psycopg.connect(args.postgres, autocommit=True) as connection:
-                connection.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+                for schema in schemas:
+                    connection.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
         shutil.rmtree(root, ignore_errors=True)
     for name, runs in results.items():
         median = {key: statistics.median(run[key] for run in runs) for key in runs[0]}

@@ -74,3 +74,22 @@ def test_sqlite_sync_sets_what_a_commit_waits_for_and_refuses_other_values(tmp_p
         EventLog(tmp_path / "a.db", sqlite_sync="off")
     with pytest.raises(InputError, match="sqlite_sync must be one of full, normal"):
         ServeConfig(db="x.db", cache="c", sqlite_sync="off").check()
+
+
+def test_a_serving_writer_leaves_checkpoints_to_the_catch_up_connection(tmp_path):
+    """A commit that crosses SQLite's ~1,000-page mark copies the write-ahead log into the database file itself
+    (the default); a writer opened with autocheckpoint=False never does, and `checkpoint` on another connection
+    does it instead."""
+    rows = [{"impression_id": f"i{n:06d}", "user_id": f"u{n}", "product_id": "p", "creative_id": f"c{n % 6}",
+             "arm": f"c{n % 6}", "propensity": 0.5, "bucket": "control", "group_id": n % 4} for n in range(50_000)]
+    # (Both stay open: the last connection to close checkpoints whatever is left.)
+    with EventLog(tmp_path / "auto.db") as auto, EventLog(tmp_path / "serving.db", autocheckpoint=False) as serving:
+        auto.log_impressions(rows)
+        serving.log_impressions(rows)
+        copied = (tmp_path / "auto.db").stat().st_size
+        assert copied > 4_000_000  # the commit checkpointed: the pages are in the database file
+        assert (tmp_path / "serving.db").stat().st_size < copied / 10  # still only in the WAL file
+        with EventLog(tmp_path / "serving.db") as catch_up:
+            catch_up.checkpoint()
+            assert (tmp_path / "serving.db").stat().st_size >= copied * 0.9
+            assert catch_up.counts() == {"impressions": 50_000, "clicks": 0}

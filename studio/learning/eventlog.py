@@ -170,9 +170,13 @@ class EventLog:
             a power cut; "normal": a commit is in the WAL file before the call returns and survives any crash or kill
             of the process, but an operating-system crash or power cut may lose the last commits (SQLite's
             ``synchronous=NORMAL``; an fsync costs milliseconds on many disks). PostgreSQL: the server decides.
+        autocheckpoint: SQLite copies its write-ahead log back into the database file every ~1,000 pages, inside the
+            commit that crosses the mark; a writer whose commits must stay fast passes False and leaves it to another
+            connection's `checkpoint` (a serving worker's catch-up tick).
     """
 
-    def __init__(self, path: str | os.PathLike, timeout: float = 30.0, sqlite_sync: str = "full") -> None:
+    def __init__(self, path: str | os.PathLike, timeout: float = 30.0, sqlite_sync: str = "full",
+                 autocheckpoint: bool = True) -> None:
         if sqlite_sync not in SQLITE_SYNC:
             raise InputError(f"sqlite_sync must be one of {', '.join(SQLITE_SYNC)}, got {sqlite_sync!r}")
         self.path = str(path) if is_postgres_url(path) else Path(path)
@@ -191,6 +195,8 @@ class EventLog:
             self._lock_file = open(f"{self.path}.lock", "a+b")  # noqa: SIM115 -- held open for the log's life
             if sqlite_sync == "normal":
                 self._read("PRAGMA synchronous=NORMAL")
+            if not autocheckpoint:
+                self._read("PRAGMA wal_autocheckpoint=0")
         self._shard = os.getpid() % SHARDS
         self._fill_report_cells()
 
@@ -275,6 +281,12 @@ class EventLog:
             yield
         finally:
             fcntl.flock(self._lock_file, fcntl.LOCK_UN)
+
+    def checkpoint(self) -> None:
+        """SQLite: copy the write-ahead log into the database file as far as readers allow, without waiting for or
+        blocking writers (``wal_checkpoint(PASSIVE)``). PostgreSQL checkpoints on its own: nothing to do."""
+        if self._db.dialect == "sqlite":
+            self._read("PRAGMA wal_checkpoint(PASSIVE)")
 
     def close(self) -> None:
         """Close the connection (every acknowledged write is already durable)."""

@@ -1,8 +1,9 @@
 """One serving worker: the decision path, clicks, the report, and catching up from the shared event log.
 
-All database work of a worker runs on one thread (`Store`): requests that arrive while a commit is under way are
-committed together in the next transaction (group commit), and each request waits for its own commit before its
-response goes out, so an acknowledged impression is durable. Deciding and learning happen on the event loop, so the
+A worker's impressions are committed on a thread of their own (`Store`): requests that arrive while a commit is
+under way are committed together in the next transaction (group commit), and each request waits for its own commit
+before its response goes out, so an acknowledged impression is durable. Every other database call (catching up,
+clicks, the report) runs on a second thread with its own connection, so a decision never waits behind them. Deciding and learning happen on the event loop, so the
 bandit is never read and written at once.
 
 A worker's bandit state is a fold of the log's ``rewards`` table up to its watermark (impressions and clicks per
@@ -58,66 +59,101 @@ class AuthError(StudioError):
 
 
 class Store:
-    """The worker's event log and creative cache, used from one thread; see the module docstring."""
+    """The worker's event log and creative cache on two threads, each with its own connection (see the module
+    docstring): one only commits impressions, so a decision never waits behind a catch-up, a click or a report."""
 
     def __init__(self, config: ServeConfig) -> None:
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        opened: Future = Future()
-        self._thread = threading.Thread(target=self._run, args=(config, opened), name="studio-store", daemon=True)
-        self._thread.start()
-        opened.result()  # the log and the cache open (or fail) before the worker serves
+        self._impressions: queue.SimpleQueue = queue.SimpleQueue()
+        self._calls: queue.SimpleQueue = queue.SimpleQueue()
+        opened: list[Future] = [Future(), Future()]
+        self._threads = [
+            threading.Thread(target=self._commit_impressions, args=(config, opened[0]), name="studio-impressions",
+                             daemon=True),
+            threading.Thread(target=self._run_calls, args=(config, opened[1]), name="studio-store", daemon=True)]
+        for thread in self._threads:
+            thread.start()
+        try:
+            for future in opened:
+                future.result()  # the logs and the cache open (or fail) before the worker serves
+        except BaseException:
+            self.close()
+            raise
 
     def call(self, work) -> Future:
         """Run ``work(log, cache)`` on the store thread."""
         future: Future = Future()
-        self._queue.put(("call", work, future))
+        self._calls.put((work, future))
         return future
 
     def log_impression(self, row: dict) -> Future:
         """Commit one impression (with others waiting at the same time); the future is done after the commit."""
         future: Future = Future()
-        self._queue.put(("impression", row, future))
+        self._impressions.put((row, future))
         return future
 
     def close(self) -> None:
-        self._queue.put(("stop", None, None))
-        self._thread.join(30)
+        for waiting in (self._impressions, self._calls):
+            waiting.put(None)
+        for thread in self._threads:
+            thread.join(30)
 
-    def _run(self, config: ServeConfig, opened: Future) -> None:
-        try:
-            log = EventLog(config.db, sqlite_sync=config.sqlite_sync)
-            cache = CreativeCache(config.cache, config.cache_blobs)
+    @staticmethod
+    def _pending(waiting: queue.SimpleQueue) -> tuple[list, bool]:
+        """Everything queued (waiting for the first), without the ones cancelled while they waited (their client
+        or the server went away: never acknowledged); and whether a stop came."""
+        items = [waiting.get()]
+        while True:
+            try:
+                items.append(waiting.get_nowait())
+            except queue.Empty:
+                break
+        stop = None in items
+        # The others can no longer be cancelled, so setting their results cannot fail.
+        return [item for item in items if item is not None and item[1].set_running_or_notify_cancel()], stop
+
+    def _commit_impressions(self, config: ServeConfig, opened: Future) -> None:
+        try:  # the catch-up tick checkpoints SQLite's write-ahead log, so no impression commit pays for it
+            log = EventLog(config.db, sqlite_sync=config.sqlite_sync, autocheckpoint=False)
         except BaseException as error:
             opened.set_exception(error)
             return
         opened.set_result(None)
         try:
             while True:
-                items = [self._queue.get()]
-                while True:  # everything that queued up during the last commit goes into the next one
+                items, stop = self._pending(self._impressions)  # what queued during the last commit goes together
+                if items:
                     try:
-                        items.append(self._queue.get_nowait())
-                    except queue.Empty:
-                        break
-                # A request cancelled while it waited (its client or the server went away) is dropped: it was never
-                # acknowledged. The others can no longer be cancelled, so setting their results cannot fail.
-                items = [item for item in items if item[0] == "stop" or item[2].set_running_or_notify_cancel()]
-                impressions = [item for item in items if item[0] == "impression"]
-                if impressions:
-                    try:
-                        log.log_impressions([row for _, row, _ in impressions])
-                        for _, _, future in impressions:
+                        log.log_impressions([row for row, _ in items])
+                        for _, future in items:
                             future.set_result(None)
                     except BaseException as error:
-                        for _, _, future in impressions:
+                        for _, future in items:
                             future.set_exception(error)
-                for kind, work, future in items:
-                    if kind == "call":
-                        try:
-                            future.set_result(work(log, cache))
-                        except BaseException as error:
-                            future.set_exception(error)
-                if any(kind == "stop" for kind, _, _ in items):
+                if stop:
+                    return
+        finally:
+            log.close()
+
+    def _run_calls(self, config: ServeConfig, opened: Future) -> None:
+        log = None
+        try:
+            log = EventLog(config.db, sqlite_sync=config.sqlite_sync)
+            cache = CreativeCache(config.cache, config.cache_blobs)
+        except BaseException as error:
+            if log is not None:
+                log.close()
+            opened.set_exception(error)
+            return
+        opened.set_result(None)
+        try:
+            while True:
+                items, stop = self._pending(self._calls)
+                for work, future in items:
+                    try:
+                        future.set_result(work(log, cache))
+                    except BaseException as error:
+                        future.set_exception(error)
+                if stop:
                     return
         finally:
             log.close()
@@ -185,6 +221,7 @@ class Service:
 
         def work(log: EventLog, cache: CreativeCache):
             log.close_windows(before, since)
+            log.checkpoint()
             rewards = log.rewards_since(self.watermark)
             arms = {key: [c.creative_id for c in cache.creatives(key[0], placement=key[1])] for key in keys}
             seen = [*rewards["arm"], *(arm for ids in arms.values() for arm in ids)]
