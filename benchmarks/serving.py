@@ -40,7 +40,14 @@ TOKEN = "benchmark-token"
 LUA = """
 local products = {%s}
 local features = {%s}
-math.randomseed(%d)
+local seed, threads = %d, 0
+function setup(thread)  -- in the main state: number the threads
+  threads = threads + 1
+  thread:set("thread_number", threads)
+end
+function init(args)  -- each thread its own random stream (users, products, arrival gaps)
+  math.randomseed(seed + thread_number)
+end
 %s
 request = function()
   local u = math.random(1, 1000000)
@@ -50,9 +57,10 @@ end
 """
 
 
-# Paced load without wrk2 (Debian has none): each wrk thread hands every request the next slot of a fixed schedule
-# (a monotonic clock through LuaJIT's ffi), so the offered rate is the target whatever the latency, as long as a
-# connection is free; a slot missed while all are busy is sent at once, late.
+# Paced load without wrk2 (Debian has none): each wrk thread hands every request the next slot of its schedule, a
+# Poisson process (exponential gaps, as independent users arrive) on a monotonic clock through LuaJIT's ffi, so the
+# offered rate is the target whatever the latency, as long as a connection is free; a slot missed while all are busy
+# is sent at once, late.
 PACED = """
 local ffi = require("ffi")
 ffi.cdef[[
@@ -64,7 +72,8 @@ local interval, next_slot = %f, nil
 delay = function()
   ffi.C.clock_gettime(1, clock)  -- CLOCK_MONOTONIC
   local now = tonumber(clock.tv_sec) * 1000 + tonumber(clock.tv_nsec) / 1e6
-  next_slot = math.max(next_slot or now, now - 1000) + interval  -- at most a second of missed slots catches up
+  local gap = -math.log(1 - math.random()) * interval
+  next_slot = math.max(next_slot or now, now - 1000) + gap  -- at most a second of missed slots catches up
   return math.max(0, next_slot - now)
 end
 """
@@ -130,7 +139,7 @@ def wrk(url: str, script: Path | None, seconds: int, connections: int) -> dict:
 
 def throughput(world: Path, db: str, products: list[str], args, paced: bool = False) -> dict:
     """Closed loop (each connection sends as soon as it has an answer: the saturation rate), or `paced`: 32
-    connections send on one fixed schedule (`paced_lua`), so the offered rate is ``--rate`` whatever the latency (the
+    connections send on a Poisson schedule (`paced_lua`), so the offered rate is ``--rate`` whatever the latency (the
     latency goal is stated at 1,000/s)."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
