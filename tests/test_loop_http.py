@@ -81,8 +81,10 @@ def test_an_unreachable_server_is_one_input_error_before_any_painting(tmp_path):
 # -- one tiny run against a real server --------------------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def live(tmp_path_factory):
+@pytest.fixture(scope="module", params=["sqlite, one worker", "postgresql, two workers"])
+def live(request, tmp_path_factory):
+    """One tiny loop run against a real server: on its SQLite file with one worker, and on a PostgreSQL schema
+    with two workers (every worker learns from the shared log, and the loop's retrains read it)."""
     from studio.learning.eventlog import EventLog
 
     root = tmp_path_factory.mktemp("loop-http")
@@ -91,17 +93,35 @@ def live(tmp_path_factory):
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     # the command prepare_server prints, on a free port
-    server = subprocess.Popen([sys.executable, "-m", "studio.cli", *summary["serve_command"][1:], "--port", str(port),
-                               "--sqlite-sync", "normal"],
-                              env={**os.environ, "STUDIO_API_TOKEN": TOKEN, "OMP_NUM_THREADS": "1"})
+    command = [sys.executable, "-m", "studio.cli", *summary["serve_command"][1:], "--port", str(port)]
+    if request.param.startswith("sqlite"):
+        db = str(server_dir / "events.db")
+        command += ["--sqlite-sync", "normal"]
+    else:
+        base = request.getfixturevalue("postgres_url")
+        schema = f"loop_http_{os.getpid()}"
+        import psycopg
+
+        def drop() -> None:
+            with psycopg.connect(base, autocommit=True) as connection:
+                connection.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
+
+        drop()
+        with psycopg.connect(base, autocommit=True) as connection:
+            connection.execute(f"CREATE SCHEMA {schema}")
+        request.addfinalizer(drop)
+        db = f"{base}?options=-csearch_path%3D{schema}"
+        command[command.index("--db") + 1] = db
+        command += ["--workers", "2"]
+    server = subprocess.Popen(command, env={**os.environ, "STUDIO_API_TOKEN": TOKEN, "OMP_NUM_THREADS": "1"})
     try:
         _wait_healthy(url)
-        config = replace(TINY, serve_url=url, serve_dir=str(server_dir))
+        config = replace(TINY, serve_url=url, serve_dir=str(server_dir), serve_db=None if db.endswith(".db") else db)
         report = run_loop(config, out, progress=False, client=LoopClient(url, TOKEN, seconds=120)).to_dict()
     finally:
         server.send_signal(signal.SIGTERM)
         server.wait(30)
-    with EventLog(server_dir / "events.db") as log:
+    with EventLog(db) as log:
         events = log.read().set_index("impression_id")
     served = {r: pd.read_csv(out / "loop" / f"round-{r}" / "served.csv") for r in range(3)}
     return report, out, server_dir, events, served
