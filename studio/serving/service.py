@@ -3,8 +3,8 @@
 A worker's impressions are committed on a thread of their own (`Store`): requests that arrive while a commit is
 under way are committed together in the next transaction (group commit), and each request waits for its own commit
 before its response goes out, so an acknowledged impression is durable. Every other database call (catching up,
-clicks, the report) runs on a second thread with its own connection, so a decision never waits behind them. Deciding and learning happen on the event loop, so the
-bandit is never read and written at once.
+clicks, the report) runs on a second thread with its own connection, so a decision never waits behind them.
+Deciding and learning happen on the event loop, so the bandit is never read and written at once.
 
 A worker's bandit state is a fold of the log's ``rewards`` table up to its watermark (impressions and clicks per
 creative and group are sums) plus each creative's backdrop features, measured from its cached PNG: it rebuilds it on
