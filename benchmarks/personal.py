@@ -1,7 +1,7 @@
 """Personal conditions benchmark: does history guidance paint for a group's taste, and does its CTR gain?
 
     python benchmarks/personal.py --adapter runs/personal/adapter [--model M] [--scales 0 1 2 4] [--seeds 0 1]
-                                  [--json] [--out out/bench-personal]
+                                  [--history-projection none|perpendicular] [--json] [--out out/bench-personal]
 
 The world is `studio.sim.histories.simulate_histories` (96 rendered creatives, 60 000 uniform impressions, the
 simulator's 4 segments as the groups, taste_strength 2.0); each group's history is its clicked creatives (weights =
@@ -58,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=4.0)
     parser.add_argument("--out", default=None, help="folder for the simulated world (default: a temporary one)")
+    parser.add_argument("--history-projection", choices=("none", "perpendicular"), default="none",
+                        help="history guidance as given, or made orthogonal to the text's")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
@@ -84,7 +86,8 @@ def main(argv: list[str] | None = None) -> int:
             for colour, material, seed in cases:
                 scene = neutral_scene(64, seed)
                 product = scene.attributes["product"]
-                settings = GenerationSettings(steps=args.steps, guidance=args.guidance, history_guidance=scale)
+                settings = GenerationSettings(steps=args.steps, guidance=args.guidance, history_guidance=scale,
+                                              history_projection=args.history_projection)
                 started = time.perf_counter()
                 image = engine.generate(scene.image, scene.background_mask, prompt=f"a {product} on a {colour} "
                                         f"{material} backdrop", seed=seed, settings=settings,
@@ -109,7 +112,7 @@ def main(argv: list[str] | None = None) -> int:
     base_scale = args.scales[0]
     result: dict = {"conditions": "2-core CPU shared with other jobs, 1 torch thread; studio-mini 64 px, "
                                   f"{args.steps} steps, text guidance {args.guidance}",
-                    "adapter": args.adapter, "scales": args.scales, "cases_per_group": len(cases),
+                    "adapter": args.adapter, "history_projection": args.history_projection, "scales": args.scales, "cases_per_group": len(cases),
                     "distance": {}, "monotone": {}, "adherence": {}, "gain": {}, "cross_gain": {}, "latency": {}}
     for group in world.groups:
         distances = [statistics.mean(records[i]["distance"] for i in pick(group, s)) for s in args.scales]

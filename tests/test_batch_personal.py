@@ -114,6 +114,14 @@ def test_history_guidance_in_a_batch_is_recorded_changes_the_scene_and_keeps_the
     before_keys = {e.key for e, _ in entries}
     assert len(after) == 10 and before_keys < {e.key for e, _ in after}
     assert sorted(e.key.group_id for e, _ in after if e.key not in before_keys) == [0, 0]
+    projected = run_batch(BatchConfig(history=str(history), history_guidance=2.0, history_projection="perpendicular",
+                                      history_adapter=str(conditioner_dir), **common))
+    assert (projected.skipped, projected.made) == (0, 1)  # another formula: a new unit, new keys for group 0 only
+    assert projected.personal["history_projection"] == "perpendicular"
+    newest = {e.key: data for e, data in cached(tmp_path / "cache") if e.key not in {e.key for e, _ in after}}
+    assert sorted(key.group_id for key in newest) == [0, 0]
+    assert all(recipe_of(data, tmp_path, f"perp-{n}").history["projection"] == "perpendicular"
+               for n, data in enumerate(newest.values()))
 
 
 @pytest.mark.slow
@@ -153,6 +161,7 @@ def no_models(monkeypatch):
     ("adapter-wrong-kind", "no history adapter"),
     ("category", "unknown product category 'cars'"),
     ("broken-history", "not an image PIL can read"),
+    ("projection", "history_projection must be one of none, perpendicular"),
 ])
 def test_bad_personal_specs_are_one_clear_error(case, expected, tmp_path, no_models):
     path = catalogue(tmp_path / "cat", 1)
@@ -173,6 +182,7 @@ def test_bad_personal_specs_are_one_clear_error(case, expected, tmp_path, no_mod
         "adapter-wrong-kind": dict(history_adapter=str(flat)),
         "category": dict(category="cars", category_guidance=1.0),
         "broken-history": dict(history=str(broken), history_guidance=1.0),
+        "projection": dict(history_projection="sideways"),
     }[case]
     config = BatchConfig(catalogue=str(path), cache=str(tmp_path / "cache"), out=str(tmp_path / "out"), groups=(0,),
                          progress=False, **spec)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -160,6 +161,57 @@ def test_nested_guidance_formula(tiny_engine, random_conditioner_dir):
     assert torch.allclose(guided, expected, atol=1e-5)
     assert not torch.allclose(eps_tch, eps_t, atol=1e-3)  # the conditions do act, so the check means something
     assert torch.equal(plain_after, base)  # the hook is gone after the block
+
+
+def test_perpendicular_history_guidance_cannot_cancel_the_text(tiny_engine, random_conditioner_dir):
+    """With perpendicular set, the history step adds s_h times its difference less the component along the text's
+    direction eps(t) − eps(∅), per image; the rest of the formula is unchanged."""
+    import torch
+
+    from studio.imaging.personal import load_conditioner
+
+    unet = tiny_engine.pipeline.unet
+    conditioner = load_conditioner(random_conditioner_dir)
+    handles = conditioner.hook(unet)
+    try:
+        generator = torch.Generator().manual_seed(1)
+        sample = torch.randn(2, 9, 8, 8, generator=generator)
+        text = torch.randn(2, 77, 32, generator=generator)
+        history = torch.randn(1, 4, 8, 8, generator=generator)
+        t = torch.tensor(300)
+        s_text, s_hist = 3.0, 2.5
+        with torch.no_grad():
+            base = unet(sample, t, text).sample
+            unconditional, eps_t = base[:1], base[1:]
+            with conditioner.conditions(history=history):
+                eps_th = unet(sample[1:], t, text[1:]).sample
+            steps = [ConditionStep("history", s_hist, lambda: conditioner.conditions(history=history),
+                                   perpendicular=True)]
+            with personal_guidance(unet, steps, s_text, cfg=True):
+                hooked = unet(sample, t, encoder_hidden_states=text).sample
+    finally:
+        for handle in handles:
+            handle.remove()
+    direction, difference = (eps_t - unconditional).flatten(), (eps_th - eps_t).flatten()
+    along = (difference @ direction) / (direction @ direction)
+    assert abs(float(along)) > 1e-3  # the history does push along the text here, so the projection matters
+    kept = (difference - along * direction).view_as(eps_t)
+    guided = hooked[:1] + s_text * (hooked[1:] - hooked[:1])
+    assert torch.allclose(guided, unconditional + s_text * (eps_t - unconditional) + s_hist * kept, atol=1e-5)
+    plain = unconditional + s_text * (eps_t - unconditional) + s_hist * (eps_th - eps_t)
+    assert not torch.allclose(guided, plain, atol=1e-3)
+
+
+def test_a_history_projection_that_does_not_exist_or_lacks_text_guidance_is_one_clear_error(tiny_engine,
+                                                                                            random_conditioner_dir):
+    with pytest.raises(InputError, match="history_projection must be one of none, perpendicular"):
+        GenerationSettings(history_projection="sideways").check()
+    image, mask = _canvas()
+    with pytest.raises(InputError, match="needs text guidance above 1"):
+        tiny_engine.generate(image, mask, prompt="a bottle", seed=0, history=_history(),
+                             history_adapter=str(random_conditioner_dir),
+                             settings=GenerationSettings(steps=2, guidance=1.0, history_guidance=1.0,
+                                                         history_projection="perpendicular"))
 
 
 def test_zero_initialised_conditioner_reproduces_the_unconditioned_unet(tiny_engine):
@@ -375,6 +427,11 @@ def test_ip_adapter_records_in_the_recipe(tiny_pipeline_dir, ip_adapter_dir, pro
     assert recipe.history["method"] == IP_ADAPTER and recipe.history["count"] == 3
     assert recipe.history["hash"] == load_history(_history()).digest
     assert (recipe.history_guidance, recipe.category, recipe.category_guidance) == (2.5, "beverage", 1.0)
+    assert "projection" not in recipe.history  # the default formula; old recipes read the same
+    projected = generate_creatives(product_photo, "red marble", n=1, engine=engine, out_dir=tmp_path / "perpendicular",
+                                   progress=False, settings=replace(settings, history_projection="perpendicular"))
+    assert projected[0].recipe.history["projection"] == "perpendicular"
+    assert read_recipe(projected[0].path).history == projected[0].recipe.history
     text_only = generate_creatives(product_photo, "red marble", n=1, engine=engine, progress=False,
                                    settings=CreativeSettings(size=128, steps=2, history_guidance=3.0))
     assert text_only[0].recipe.history == {"source": None, "note": "no history given: painted from the text alone"}

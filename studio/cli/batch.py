@@ -56,6 +56,9 @@ def register(subparsers) -> None:
                                "category, with --category-guidance)")
     personal.add_argument("--category-guidance", type=arguments.number(0, 20), default=0.0,
                           help="guidance scale of the category condition (0: left out)")
+    personal.add_argument("--history-projection", choices=("none", "perpendicular"), default="none",
+                          help="perpendicular: the history's guidance is made orthogonal to the text's "
+                               "(the history adds to the prompt but cannot cancel it: the prompt's colour survives higher history scales)")
     personal.add_argument("--history-adapter", metavar="DIR", default=None,
                           help="history adapter: a PersonalConditioner (studio-mini) or an IP-Adapter folder; "
                                "default: the model's own")
@@ -83,7 +86,7 @@ def run_batch_command(args: argparse.Namespace) -> int:
         reward_model=args.reward_model, device=args.device, engine=args.engine, ray_address=args.ray_address,
         workers=args.workers, progress=not args.no_progress, history=args.history, history_world=args.history_world,
         history_guidance=args.history_guidance, category=args.category, category_guidance=args.category_guidance,
-        history_adapter=args.history_adapter,
+        history_adapter=args.history_adapter, history_projection=args.history_projection,
     )
     torch.set_num_threads(cpu_threads(args.model, args.threads))  # Ray actors use the same count
     report = run_batch(config)

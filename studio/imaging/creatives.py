@@ -181,6 +181,8 @@ def personal_record(engine: Engine, settings: CreativeSettings) -> dict:
     if settings.history is not None:
         history = settings.history.record(engine.history_method(settings.history_adapter) if history_guidance else
                                           "unused (history guidance 0)")
+        if history_guidance and settings.history_projection != "none":
+            history["projection"] = settings.history_projection
     elif float(settings.history_guidance) > 0:
         history = {"source": None, "note": "no history given: painted from the text alone"}
     else:

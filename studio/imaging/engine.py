@@ -88,13 +88,17 @@ class GenerationSettings:
     # Personal conditions (studio.imaging.personal): a guidance scale per condition; 0 leaves it out.
     history_guidance: float = 0.0
     category_guidance: float = 0.0
+    history_projection: str = "none"  # "perpendicular": the history cannot cancel the prompt (studio.imaging.personal)
 
     def check(self) -> None:
         """Raise InputError for settings no sampler can run."""
-        from studio.imaging.personal import check_scale
+        from studio.imaging.personal import HISTORY_PROJECTIONS, check_scale
 
         check_scale("history_guidance", self.history_guidance)
         check_scale("category_guidance", self.category_guidance)
+        if self.history_projection not in HISTORY_PROJECTIONS:
+            raise InputError(f"history_projection must be one of {', '.join(HISTORY_PROJECTIONS)}, got "
+                             f"{self.history_projection!r}")
         if not isinstance(self.steps, int) or not 1 <= self.steps <= 1000:
             raise InputError(f"steps must be a whole number from 1 to 1000, got {self.steps!r}")
         if not 0.0 <= float(self.guidance) <= 50.0:
@@ -704,6 +708,12 @@ class PersonalAdapters:
             steps = self._mini_steps(kwargs, adapter, history if s_hist > 0 else None, category, s_hist, s_cat)
         if not steps:
             return contextlib.nullcontext()
+        if settings.history_projection == "perpendicular" and s_hist > 0:
+            if not cfg:
+                raise InputError("history_projection perpendicular needs text guidance above 1 (it projects the "
+                                 "history against the text's direction); raise guidance or use history_projection none")
+            for step in steps:
+                step.perpendicular = step.name == "history"
         return personal.personal_guidance(unet, steps, float(settings.guidance), cfg)
 
     # -- studio-mini: the PersonalConditioner ----------------------------------------------------------------------

@@ -14,6 +14,10 @@ Each condition has its own classifier-free guidance scale; the conditions nest (
 
     eps = eps(∅) + s_text·(eps(t) − eps(∅)) + s_cat·(eps(t, c) − eps(t)) + s_hist·(eps(t, c, h) − eps(t, c))
 
+With ``history_projection="perpendicular"`` the history's difference is first made orthogonal to the text's,
+eps(t) − eps(∅), per image (as Perp-Neg, Armandpour et al. 2023, does for negative prompts): the history can add to
+what the prompt asks for but not cancel any of it, so the prompt's colour survives higher history scales.
+
 A condition that is absent or has scale 0 is left out (no extra pass, and the output equals the text-only one
 bit-exactly). The pipeline computes eps(∅) and eps(t) as usual; `personal_guidance` adds the extra UNet passes from a
 forward hook on the UNet: one text-only pass shaped like the conditioned ones (so a condition that changes nothing
@@ -40,6 +44,7 @@ from studio.imaging.images import ImageSource, load_image
 
 MAX_GUIDANCE = 20.0
 MAX_HISTORY = 256
+HISTORY_PROJECTIONS = ("none", "perpendicular")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
 # Category 0 is "no category"; its embedding is fixed at zero.
 CATEGORY_NAMES: tuple[str, ...] = tuple(sorted(set(CATEGORIES.values())))  # as studio.imaging.conditioner's
@@ -190,6 +195,7 @@ class ConditionStep:
     scale: float
     enter: Callable[[], Any] = field(default=contextlib.nullcontext)
     kwargs: Callable[[dict], dict] = field(default=lambda kwargs: kwargs)
+    perpendicular: bool = False  # project its difference orthogonal to the text's (see the module docstring)
 
 
 @contextlib.contextmanager
@@ -224,7 +230,10 @@ def personal_guidance(unet, steps: list[ConditionStep], text_guidance: float, cf
                     stack.enter_context(active.enter())
                     pass_kwargs = active.kwargs(pass_kwargs)
                 current = module.forward(**pass_kwargs)[0]
-            added = added + step.scale * (current - previous)
+            difference = current - previous
+            if step.perpendicular:
+                difference = _orthogonal(difference, prediction[half:] - prediction[:half])
+            added = added + step.scale * difference
             previous = current
         conditioned = prediction[half:] + (added / text_guidance if cfg else added)
         guided = torch.cat([prediction[:half], conditioned]) if cfg else conditioned
@@ -239,6 +248,13 @@ def personal_guidance(unet, steps: list[ConditionStep], text_guidance: float, cf
     finally:
         if handle is not None:
             handle.remove()
+
+
+def _orthogonal(difference, text_direction):
+    """`difference` less its component along `text_direction`, per image (computed in float32)."""
+    flat, along = difference.float().flatten(1), text_direction.float().flatten(1)
+    coefficient = (flat * along).sum(dim=1, keepdim=True) / along.pow(2).sum(dim=1, keepdim=True).clamp_min(1e-12)
+    return (flat - coefficient * along).view_as(difference).to(difference.dtype)
 
 
 def _text_half(value, half: int):

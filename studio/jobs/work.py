@@ -101,6 +101,7 @@ class BatchConfig:
     category: str | None = None
     category_guidance: float = 0.0
     history_adapter: str | None = None
+    history_projection: str = "none"
 
     @property
     def personal(self) -> bool:
@@ -146,7 +147,7 @@ class BatchConfig:
         return CreativeSettings(size=self.size, steps=self.steps or CreativeSettings.steps, placement=placement,
                                 history_guidance=self.history_guidance, category_guidance=self.category_guidance,
                                 category=self.category if self.category is None else normalise_category(self.category),
-                                history_adapter=self.history_adapter)
+                                history_adapter=self.history_adapter, history_projection=self.history_projection)
 
     def group_settings(self, settings: CreativeSettings, product: Product,
                        history: History | None) -> CreativeSettings:
@@ -341,8 +342,9 @@ def personal_version(config: BatchConfig, histories: dict[int, History | None]) 
         return None
     adapter = weights_hash(config.history_adapter) if config.history_adapter else None
     groups = sorted((group, None if h is None else [h.source, h.digest]) for group, h in histories.items())
+    projection = () if config.history_projection == "none" else (config.history_projection,)
     return digest("personal", float(config.history_guidance), float(config.category_guidance), config.category,
-                  adapter, config.history, groups)[:16]
+                  adapter, config.history, groups, *projection)[:16]
 
 
 def key_version(config: BatchConfig, version: Versions, settings: CreativeSettings) -> str:
@@ -357,8 +359,9 @@ def key_version(config: BatchConfig, version: Versions, settings: CreativeSettin
     s_cat = float(settings.category_guidance) if settings.category is not None else 0.0
     adapter = weights_hash(config.history_adapter) if config.history_adapter and (s_hist or s_cat) else None
     no_history = history is None and float(settings.history_guidance) > 0  # the recipe's text-only note
+    projection = () if not s_hist or settings.history_projection == "none" else (settings.history_projection,)
     conditions = digest(None if history is None else [history.source, history.digest], s_hist, settings.category,
-                        s_cat, adapter, no_history)[:8]
+                        s_cat, adapter, no_history, *projection)[:8]
     return f"{version.generator}+{conditions}"
 
 
