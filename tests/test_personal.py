@@ -388,6 +388,24 @@ def test_tiny_training_run_learns_and_keeps_the_text_only_model(tiny_pipeline_di
 # ------------------------------------------------------------------------------------ diffusers models: IP-Adapter
 
 
+def test_a_conditioner_asked_for_after_an_ip_adapter_paints_as_on_a_fresh_engine(tiny_pipeline_dir, ip_adapter_dir,
+                                                                                     random_conditioner_dir):
+    """One engine serves many calls (the UI, a batch worker): an IP-Adapter loaded by an earlier call must not take
+    the history of a later call that names a PersonalConditioner."""
+    engine = load_engine(str(tiny_pipeline_dir), device="cpu", dtype="fp32")
+    image, mask = _canvas()
+    on = GenerationSettings(steps=3, history_guidance=2.0)
+
+    def with_conditioner():
+        return np.asarray(engine.generate(image, mask, prompt="red", seed=7, settings=on, history=_history(),
+                                          history_adapter=str(random_conditioner_dir)))
+
+    before = with_conditioner()
+    engine.generate(image, mask, prompt="red", seed=7, settings=on, history=_history(),
+                    history_adapter=str(ip_adapter_dir))
+    assert np.array_equal(with_conditioner(), before)
+
+
 def test_ip_adapter_history(tiny_pipeline_dir, ip_adapter_dir):
     from diffusers.models.attention_processor import IPAdapterAttnProcessor2_0
 

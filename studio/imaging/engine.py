@@ -700,6 +700,10 @@ class PersonalAdapters:
                                  " with a PersonalConditioner folder (studio-mini) or an IP-Adapter folder")
             kind = personal.adapter_kind(adapter)
         steps: list = []
+        if kind == personal.MINI_ADAPTER and self.ip_adapter_loaded:
+            # an earlier call's IP-Adapter would take this call's history: a conditioner was asked for
+            self.engine.pipeline.unload_ip_adapter()
+            self.ip_adapter = None
         if kind == personal.IP_ADAPTER or self.ip_adapter_loaded:
             if kind == personal.IP_ADAPTER:
                 self._load_ip_adapter(adapter)
