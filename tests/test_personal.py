@@ -3,6 +3,7 @@ adapter (zero-init, dropout, recipe), IP-Adapter image prompts for diffusers mod
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import replace
@@ -120,21 +121,32 @@ def test_unknown_category_and_missing_adapter_are_errors(tiny_engine):
 # ------------------------------------------------------------------------------------------------- the formula
 
 
-def test_nested_guidance_formula(tiny_engine, random_conditioner_dir):
-    """The hooked UNet, called as the pipeline calls it ([∅, text] batch), returns a prediction that the pipeline's
-    own guidance step turns into eps(∅) + s_t(eps(t) − eps(∅)) + s_c(eps(t,c) − eps(t)) + s_h(eps(t,c,h) − eps(t,c))."""
+@contextlib.contextmanager
+def _hooked_unet(tiny_engine, conditioner_dir, seed: int):
+    """The tiny UNet with a conditioner hooked, and random inputs shaped as the pipeline passes them: a [∅, text]
+    sample and text batch, and a pooled history latent."""
     import torch
 
     from studio.imaging.personal import load_conditioner
 
     unet = tiny_engine.pipeline.unet
-    conditioner = load_conditioner(random_conditioner_dir)
+    conditioner = load_conditioner(conditioner_dir)
     handles = conditioner.hook(unet)
+    generator = torch.Generator().manual_seed(seed)
     try:
-        generator = torch.Generator().manual_seed(0)
-        sample = torch.randn(2, 9, 8, 8, generator=generator)
-        text = torch.randn(2, 77, 32, generator=generator)
-        history = torch.randn(1, 4, 8, 8, generator=generator)
+        yield (unet, conditioner, torch.randn(2, 9, 8, 8, generator=generator),
+               torch.randn(2, 77, 32, generator=generator), torch.randn(1, 4, 8, 8, generator=generator))
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def test_nested_guidance_formula(tiny_engine, random_conditioner_dir):
+    """The hooked UNet, called as the pipeline calls it ([∅, text] batch), returns a prediction that the pipeline's
+    own guidance step turns into eps(∅) + s_t(eps(t) − eps(∅)) + s_c(eps(t,c) − eps(t)) + s_h(eps(t,c,h) − eps(t,c))."""
+    import torch
+
+    with _hooked_unet(tiny_engine, random_conditioner_dir, seed=0) as (unet, conditioner, sample, text, history):
         category = category_index("beverage")
         t = torch.tensor(500)
         s_text, s_cat, s_hist = 3.0, 1.5, 2.0
@@ -151,9 +163,6 @@ def test_nested_guidance_formula(tiny_engine, random_conditioner_dir):
             with personal_guidance(unet, steps, s_text, cfg=True):
                 hooked = unet(sample, t, encoder_hidden_states=text).sample
             plain_after = unet(sample, t, text).sample
-    finally:
-        for handle in handles:
-            handle.remove()
     guided = hooked[:1] + s_text * (hooked[1:] - hooked[:1])
     expected = (unconditional + s_text * (eps_t - unconditional) + s_cat * (eps_tc - eps_t)
                 + s_hist * (eps_tch - eps_tc))
@@ -168,16 +177,7 @@ def test_perpendicular_history_guidance_cannot_cancel_the_text(tiny_engine, rand
     direction eps(t) − eps(∅), per image; the rest of the formula is unchanged."""
     import torch
 
-    from studio.imaging.personal import load_conditioner
-
-    unet = tiny_engine.pipeline.unet
-    conditioner = load_conditioner(random_conditioner_dir)
-    handles = conditioner.hook(unet)
-    try:
-        generator = torch.Generator().manual_seed(1)
-        sample = torch.randn(2, 9, 8, 8, generator=generator)
-        text = torch.randn(2, 77, 32, generator=generator)
-        history = torch.randn(1, 4, 8, 8, generator=generator)
+    with _hooked_unet(tiny_engine, random_conditioner_dir, seed=1) as (unet, conditioner, sample, text, history):
         t = torch.tensor(300)
         s_text, s_hist = 3.0, 2.5
         with torch.no_grad():
@@ -189,9 +189,6 @@ def test_perpendicular_history_guidance_cannot_cancel_the_text(tiny_engine, rand
                                    perpendicular=True)]
             with personal_guidance(unet, steps, s_text, cfg=True):
                 hooked = unet(sample, t, encoder_hidden_states=text).sample
-    finally:
-        for handle in handles:
-            handle.remove()
     direction, difference = (eps_t - unconditional).flatten(), (eps_th - eps_t).flatten()
     along = (difference @ direction) / (direction @ direction)
     assert abs(float(along)) > 1e-3  # the history does push along the text here, so the projection matters
