@@ -18,7 +18,9 @@ is painted at each history guidance scale (text guidance 4, 20 steps; the same s
   averaged (goal >= +5 %, CI excluding 0);
 - cross-check: the same creatives' gain for the *other* groups (a personal gain should not be a global one);
 - latency: median seconds per creative at each scale, and the ratio to text-only (each extra condition costs UNet
-  passes). Peak memory is not measured on the CPU (the process's RSS high-water mark does not separate scales).
+  passes);
+- memory (`--memory`): for each scale a fresh process loads the model and paints 4 creatives; its peak RSS, and the
+  difference to the text-only process (one process per scale, because a process's high-water mark never falls).
 """
 
 from __future__ import annotations
@@ -49,6 +51,36 @@ def bootstrap_gain(treated: np.ndarray, base: np.ndarray, seed: int = 0, n: int 
     return gain, float(np.quantile(boot, 0.025)), float(np.quantile(boot, 0.975))
 
 
+def _paint_four(args, scale: float, history) -> float:
+    """In a fresh process: load the model, paint 4 creatives at `scale`, return the peak RSS in MiB."""
+    import resource
+
+    import torch
+
+    from studio.imaging.engine import GenerationSettings, load_engine
+    from studio.training.mini.probes import neutral_scene
+
+    torch.set_num_threads(1)
+    engine = load_engine(args.model, device="cpu")
+    settings = GenerationSettings(steps=args.steps, guidance=args.guidance, history_guidance=scale,
+                                  history_projection=args.history_projection)
+    for seed in range(4):
+        scene = neutral_scene(64, seed)
+        engine.generate(scene.image, scene.background_mask, prompt=f"a {scene.attributes['product']} on a red marble "
+                        "backdrop", seed=seed, settings=settings, history=history if scale > 0 else None,
+                        history_adapter=args.adapter)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def peak_rss_mib(args, scale: float, history) -> float:
+    """`_paint_four` in a process of its own (spawned: nothing of this one's memory is inherited)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    with ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_paint_four, args, scale, history).result()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--adapter", required=True, help="history adapter (PersonalConditioner or IP-Adapter folder)")
@@ -60,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=None, help="folder for the simulated world (default: a temporary one)")
     parser.add_argument("--history-projection", choices=("none", "perpendicular"), default="none",
                         help="history guidance as given, or made orthogonal to the text's")
+    parser.add_argument("--memory", action="store_true", help="also the peak RSS of a fresh process per scale")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
 
@@ -112,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     base_scale = args.scales[0]
     result: dict = {"conditions": "2-core CPU shared with other jobs, 1 torch thread; studio-mini 64 px, "
                                   f"{args.steps} steps, text guidance {args.guidance}",
-                    "adapter": args.adapter, "history_projection": args.history_projection, "scales": args.scales, "cases_per_group": len(cases),
+                    "adapter": args.adapter, "history_projection": args.history_projection, "scales": args.scales,
+                    "cases_per_group": len(cases),
                     "distance": {}, "monotone": {}, "adherence": {}, "gain": {}, "cross_gain": {}, "latency": {}}
     for group in world.groups:
         distances = [statistics.mean(records[i]["distance"] for i in pick(group, s)) for s in args.scales]
@@ -134,6 +168,11 @@ def main(argv: list[str] | None = None) -> int:
             cross[group] = round(float(np.mean(others)), 4)
         result["gain"][scale] = {"per_group": own, "mean": round(float(np.mean([v[0] for v in own.values()])), 4)}
         result["cross_gain"][scale] = {"per_group": cross, "mean": round(float(np.mean(list(cross.values()))), 4)}
+    if args.memory:
+        peaks = {scale: peak_rss_mib(args, scale, histories[world.groups[0]]) for scale in args.scales}
+        result["memory"] = {scale: {"peak_rss_mib": round(peak, 1),
+                                    "over_text_only_mib": round(peak - peaks[base_scale], 1)}
+                            for scale, peak in peaks.items()}
     base = result["adherence"][base_scale]
     result["goals"] = {
         "distance_falls_on_every_group": all(result["monotone"].values()),
@@ -156,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
                 line += (f"  own-group CTR gain {result['gain'][scale]['mean']:+.3f} "
                          f"{result['gain'][scale]['per_group']}  other groups {result['cross_gain'][scale]['mean']:+.3f}")
             print(line)
+        if args.memory:
+            print("peak RSS (MiB) per scale, each in a fresh process:", json.dumps(result["memory"]))
         print("goals", json.dumps(result["goals"]))
     if scratch is not None:
         scratch.cleanup()

@@ -276,11 +276,26 @@ class LoopClient:
         return health.json()
 
     def refresh(self) -> None:
-        """Make the server re-read the cache now (the loop just wrote it); one worker answers, so serve the loop
-        with one worker (or wait for the others' --sync-seconds)."""
+        """Make every worker serve the cache the loop just wrote. The worker that takes the refresh re-reads it now
+        and names the state it serves; the others do at their next catch-up, within --sync-seconds. Returns once two
+        such periods have passed (each worker has caught up since the write) and no worker answering /healthz in
+        the last period served another state."""
         reply = httpx.post(self.url + "/v1/admin/refresh", headers=self.headers, timeout=30.0)
         if reply.status_code != 200:
             raise StudioError(f"{self.url}/v1/admin/refresh answered {reply.status_code}: {reply.text[:200]}")
+        state, started, stale = reply.json()["cache_state"], time.monotonic(), None
+        while True:
+            health = httpx.get(self.url + "/healthz", timeout=5.0).json()  # a new connection: any worker may answer
+            now = time.monotonic()
+            if health["cache_state"] != state:
+                stale = now
+            period = float(health["sync_seconds"])
+            if now - started >= 2 * period and (stale is None or now - stale >= period):
+                return
+            if now - started > 4 * period + 30:
+                raise StudioError(f"a worker of {self.url} still serves another cache state {now - started:.0f} s "
+                                  "after a refresh; is it stuck?")
+            time.sleep(0.05)
 
     def exchange(self, n: int, body_of, react) -> tuple[list[dict | None], dict[str, int]]:
         """Requests 0..n-1 through the server (see `exchange_all`); returns the decisions and the error counts."""

@@ -119,11 +119,15 @@ class Health(BaseModel):
     watermark: int
     keys: int
     arms: int
+    cache_state: str = Field(description="a digest of the creatives this worker serves per key (equal on every "
+                                         "worker that has caught up with the cache)")
+    sync_seconds: float = Field(description="how often each worker catches up with the log and the cache")
 
 
 class RefreshResponse(BaseModel):
     learned: int
     watermark: int
+    cache_state: str = Field(description="the answering worker's cache state after the refresh (see Health)")
 
 
 class ErrorResponse(BaseModel):

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import hashlib
 import hmac
 import json
 import math
@@ -429,8 +430,15 @@ class Service:
                                ci_high=estimate.ci_high, n=estimate.n,
                                effective_sample_size=estimate.effective_sample_size)
 
+    def cache_state(self) -> str:
+        """A digest of the creatives this worker serves per key: equal on every worker that follows the same cache."""
+        served = sorted((json.dumps(key, default=str), sorted(map(str, arms)))
+                        for key in self.policy.keys if (arms := self.policy.arms(key)))
+        return hashlib.sha256(json.dumps(served).encode()).hexdigest()[:16]
+
     def health(self) -> Health:
-        return Health(status="ok", pid=os.getpid(), watermark=self.watermark,
+        return Health(status="ok", pid=os.getpid(), watermark=self.watermark, cache_state=self.cache_state(),
+                      sync_seconds=self.config.sync_seconds,
                       keys=len(self.policy.keys), arms=sum(len(self.policy.arms(k)) for k in self.policy.keys))
 
 
