@@ -19,8 +19,8 @@ is painted at each history guidance scale (text guidance 4, 20 steps; the same s
 - cross-check: the same creatives' gain for the *other* groups (a personal gain should not be a global one);
 - latency: median seconds per creative at each scale, and the ratio to text-only (each extra condition costs UNet
   passes);
-- memory (`--memory`): for each scale a fresh process loads the model and paints 4 creatives; its peak RSS, and the
-  difference to the text-only process (one process per scale, because a process's high-water mark never falls).
+- memory (`--memory`, Linux): for each scale a fresh process loads the model, resets its RSS high-water mark and
+  paints 4 creatives; the peak RSS while painting, and the difference to the text-only process.
 """
 
 from __future__ import annotations
@@ -52,9 +52,8 @@ def bootstrap_gain(treated: np.ndarray, base: np.ndarray, seed: int = 0, n: int 
 
 
 def _paint_four(args, scale: float, history) -> float:
-    """In a fresh process: load the model, paint 4 creatives at `scale`, return the peak RSS in MiB."""
-    import resource
-
+    """In a fresh process: load the model, paint 4 creatives at `scale`, return the peak RSS while painting in MiB
+    (Linux: the high-water mark is reset once the model is loaded, so loading's own peak does not hide it)."""
     import torch
 
     from studio.imaging.engine import GenerationSettings, load_engine
@@ -64,12 +63,14 @@ def _paint_four(args, scale: float, history) -> float:
     engine = load_engine(args.model, device="cpu")
     settings = GenerationSettings(steps=args.steps, guidance=args.guidance, history_guidance=scale,
                                   history_projection=args.history_projection)
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := the current RSS
     for seed in range(4):
         scene = neutral_scene(64, seed)
         engine.generate(scene.image, scene.background_mask, prompt=f"a {scene.attributes['product']} on a red marble "
                         "backdrop", seed=seed, settings=settings, history=history if scale > 0 else None,
                         history_adapter=args.adapter)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    peak = next(line for line in Path("/proc/self/status").read_text().splitlines() if line.startswith("VmHWM:"))
+    return int(peak.split()[1]) / 1024  # kB
 
 
 def peak_rss_mib(args, scale: float, history) -> float:
