@@ -20,7 +20,7 @@ is painted at each history guidance scale (text guidance 4, 20 steps; the same s
 - latency: median seconds per creative at each scale, and the ratio to text-only (each extra condition costs UNet
   passes);
 - memory (`--memory`, Linux): for each scale a fresh process loads the model, resets its RSS high-water mark and
-  paints 4 creatives; the peak RSS while painting, and the difference to the text-only process.
+  paints 4 creatives; the peak RSS while painting, its difference to the text-only process and their ratio.
 """
 
 from __future__ import annotations
@@ -91,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=4.0)
     parser.add_argument("--out", default=None, help="folder for the simulated world (default: a temporary one)")
-    parser.add_argument("--history-projection", choices=("none", "perpendicular"), default="none",
+    from studio.imaging.personal import HISTORY_PROJECTIONS
+
+    parser.add_argument("--history-projection", choices=HISTORY_PROJECTIONS, default="none",
                         help="history guidance as given, or made orthogonal to the text's")
     parser.add_argument("--memory", action="store_true", help="also the peak RSS of a fresh process per scale")
     parser.add_argument("--json", action="store_true")
@@ -172,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.memory:
         peaks = {scale: peak_rss_mib(args, scale, histories[world.groups[0]]) for scale in args.scales}
         result["memory"] = {scale: {"peak_rss_mib": round(peak, 1),
-                                    "over_text_only_mib": round(peak - peaks[base_scale], 1)}
+                                    "over_text_only_mib": round(peak - peaks[base_scale], 1),
+                                    "ratio_to_text_only": round(peak / peaks[base_scale], 3)}
                             for scale, peak in peaks.items()}
     base = result["adherence"][base_scale]
     result["goals"] = {

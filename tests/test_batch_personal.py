@@ -197,6 +197,8 @@ def test_bad_personal_specs_are_one_clear_error(case, expected, tmp_path, no_mod
 def test_bad_personal_flags_are_one_line(tmp_path, capsys, no_models):
     path = catalogue(tmp_path / "cat", 1)
     assert "--history-guidance" in refused(capsys, cli(path, tmp_path, "--history-guidance", "nan"))
+    assert "history_projection must be one of none, perpendicular" in refused(
+        capsys, cli(path, tmp_path, "--history-projection", "sideways"))
     assert "is not a folder" in refused(capsys, cli(path, tmp_path, "--history", str(tmp_path / "nope"),
                                                     "--history-guidance", "1"))
     assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()

@@ -43,3 +43,12 @@ def number(low: float, high: float, what: str = "") -> Callable[[str], float]:
 
 
 seed = whole(0, MAX_SEED)
+
+
+def history_projection(group) -> None:
+    """`--history-projection` of `studio generate` and `studio batch`. The value is checked where the settings are
+    (`GenerationSettings.check`, one error line before any model loads), so the CLI need not import the imaging
+    code to list it."""
+    group.add_argument("--history-projection", default="none", metavar="none|perpendicular",
+                       help="perpendicular: the history's guidance is made orthogonal to the text's (the history adds "
+                            "to the prompt but cannot cancel it: the prompt's colour survives higher history scales)")

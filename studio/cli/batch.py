@@ -56,10 +56,7 @@ def register(subparsers) -> None:
                                "category, with --category-guidance)")
     personal.add_argument("--category-guidance", type=arguments.number(0, 20), default=0.0,
                           help="guidance scale of the category condition (0: left out)")
-    personal.add_argument("--history-projection", choices=("none", "perpendicular"), default="none",
-                          help="perpendicular: the history's guidance is made orthogonal to the text's (the "
-                               "history adds to the prompt but cannot cancel it: the prompt's colour survives higher "
-                               "history scales)")
+    arguments.history_projection(personal)
     personal.add_argument("--history-adapter", metavar="DIR", default=None,
                           help="history adapter: a PersonalConditioner (studio-mini) or an IP-Adapter folder; "
                                "default: the model's own")

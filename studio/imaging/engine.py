@@ -99,6 +99,10 @@ class GenerationSettings:
         if self.history_projection not in HISTORY_PROJECTIONS:
             raise InputError(f"history_projection must be one of {', '.join(HISTORY_PROJECTIONS)}, got "
                              f"{self.history_projection!r}")
+        if self.history_projection == "perpendicular" and float(self.history_guidance) > 0 and \
+                float(self.guidance) <= 1.0:
+            raise InputError("history_projection perpendicular needs text guidance above 1 (it projects the history "
+                             "against the text's direction); raise guidance or use history_projection none")
         if not isinstance(self.steps, int) or not 1 <= self.steps <= 1000:
             raise InputError(f"steps must be a whole number from 1 to 1000, got {self.steps!r}")
         if not 0.0 <= float(self.guidance) <= 50.0:
@@ -712,10 +716,7 @@ class PersonalAdapters:
             steps = self._mini_steps(kwargs, adapter, history if s_hist > 0 else None, category, s_hist, s_cat)
         if not steps:
             return contextlib.nullcontext()
-        if settings.history_projection == "perpendicular" and s_hist > 0:
-            if not cfg:
-                raise InputError("history_projection perpendicular needs text guidance above 1 (it projects the "
-                                 "history against the text's direction); raise guidance or use history_projection none")
+        if settings.history_projection == "perpendicular":  # settings.check: only with text guidance (cfg)
             for step in steps:
                 step.perpendicular = step.name == "history"
         return personal.personal_guidance(unet, steps, float(settings.guidance), cfg)

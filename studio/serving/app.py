@@ -169,7 +169,7 @@ def create_app(config: ServeConfig) -> FastAPI:
     async def refresh(worker: Worker):
         """Catch up from the event log and re-read the cache now (workers also do it every sync interval)."""
         learned = await worker.refresh()
-        return RefreshResponse(learned=learned, watermark=worker.watermark, cache_state=worker.cache_state())
+        return RefreshResponse(learned=learned, watermark=worker.watermark, cache_state=worker.cache_state)
 
     @app.post("/v1/admin/snapshot", response_model=Health, responses=WRITE_ERRORS,
               dependencies=[Authorised])

@@ -119,8 +119,8 @@ class Health(BaseModel):
     watermark: int
     keys: int
     arms: int
-    cache_state: str = Field(description="a digest of the creatives this worker serves per key (equal on every "
-                                         "worker that has caught up with the cache)")
+    cache_state: str = Field(description="a digest of the creatives this worker served per key at its last catch-up "
+                                         "(equal on every worker that has caught up with the cache)")
     sync_seconds: float = Field(description="how often each worker catches up with the log and the cache")
 
 
