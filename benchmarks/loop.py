@@ -6,7 +6,7 @@ Each seed runs `studio.jobs.loop.run_loop` with the CLI defaults into OUT/seed-S
 finished `loop.json` is read, not run again, so seeds can run in separate processes and be summarised after). Prints,
 per seed: the true CTR (the simulator's oracle) of the served treatment at round 0 and the last round, the loop's gain
 over round 0 and over the no-loop baseline (the bandit over the fixed round-0 pool, same requests), the
-prompts-only arm against both, the hacking gap per round, the least distinct prompts per group, and the wall time;
+prompts-only arm against both, the hacking gap per round (the held-out checker's, and the ranker's own), the least distinct prompts per group, and the wall time;
 then the medians over seeds.
 """
 
@@ -45,6 +45,8 @@ def row(seed: int, report: dict) -> dict:
         **{name: comparisons[name] for name in ("loop_vs_round_0", "loop_vs_no_loop", "prompts_only_vs_no_loop",
                                                  "loop_vs_prompts_only", "no_loop_vs_round_0")},
         "hacking_gap_points": [r["hacking"]["gap_points"] for r in loop if "hacking" in r],
+        "selection_gap_points": [r["hacking"].get("selection_gap_points", float("nan")) for r in loop
+                                 if "hacking" in r],
         "new_arm_share_last": loop[-1]["origin"]["new_arm_share"],
         "distinct_prompts": [r["diversity"]["mean_distinct_prompts"] for r in loop],
         "goals": report["goals"],
@@ -71,7 +73,8 @@ def main() -> None:
         print(f"  loop vs round 0 {gain(r['loop_vs_round_0'])}; loop vs no-loop {gain(r['loop_vs_no_loop'])}; "
               f"prompts-only vs no-loop {gain(r['prompts_only_vs_no_loop'])}; loop vs prompts-only "
               f"{gain(r['loop_vs_prompts_only'])}; no-loop vs its round 0 {gain(r['no_loop_vs_round_0'])}")
-        print(f"  hacking gap (points) {', '.join(f'{g:+.1f}' for g in r['hacking_gap_points'])}; distinct prompts "
+        print(f"  hacking gap (points) {', '.join(f'{g:+.1f}' for g in r['hacking_gap_points'])} (the ranker's own: "
+              f"{', '.join(f'{g:+.1f}' for g in r['selection_gap_points'])}); distinct prompts "
               f"per group {r['distinct_prompts']}; new-arm share of treatment {r['new_arm_share_last']:.0%}; "
               f"{r['seconds']:.0f} s")
         print(f"  goals: {r['goals']}")

@@ -108,6 +108,33 @@ def test_ranker_never_trained_on_the_round_it_ranks(run):
 
 
 @pytest.mark.slow
+def test_the_held_out_check_is_its_own_models_and_changes_nothing_the_loop_does(run, tmp_path, monkeypatch):
+    """The predicted gain is read from CHECKERS reward models fitted beside the ranker on the same rounds; they select
+    nothing, so the same run with one checker selects, serves and fine-tunes exactly the same."""
+    from studio.jobs import loop
+
+    _, report, out = run
+    for record in report["rounds"]["loop"][1:]:
+        folder = out / "loop" / f"round-{record['round']}"
+        assert sorted(p.name for p in folder.glob("reward-check-*")) == [f"reward-check-{k}"
+                                                                          for k in range(loop.CHECKERS)]
+        hacking = record["hacking"]
+        assert hacking["gap_points"] == pytest.approx(100 * (hacking["predicted_gain"] - hacking["true_gain"]))
+        assert hacking["selection_gap_points"] == pytest.approx(
+            100 * (hacking["selection_predicted_gain"] - hacking["true_gain"]))
+    monkeypatch.setattr(loop, "CHECKERS", 1)
+    config = LoopConfig(rounds=2, seed=3, users=300, groups=2, impressions=2000, initial_per_group=2,
+                        candidates_per_group=4, top_k=1, steps=2, lora_steps=2, reward_epochs=20, prompt_steps=3)
+    again = run_loop(config, tmp_path / "one-checker", progress=False).to_dict()
+    for arm in ("loop", "prompts_only"):
+        for mine, theirs in zip(report["rounds"][arm], again["rounds"][arm], strict=True):
+            assert mine.get("selected") == theirs.get("selected") and mine["true_ctr"] == theirs["true_ctr"]
+            if "hacking" in mine:
+                assert mine["hacking"]["selection_gap_points"] == theirs["hacking"]["selection_gap_points"]
+    assert not (tmp_path / "one-checker" / "loop" / "round-1" / "reward-check-1").exists()
+
+
+@pytest.mark.slow
 def test_new_arms_enter_the_bandit_and_losers_leave(run):
     _, report, out = run
     log = _log(out, "loop")

@@ -45,6 +45,8 @@ from studio.jobs import loop_report
 from studio.learning.policy import CONTROL, TREATMENT, ServingPolicy
 
 ARMS = ("loop", "prompts_only", "no_loop")
+CHECKERS = 3  # reward models in the held-out check of the predicted gain
+CHECKER_SEED = 500_009  # each checker's seed offset from the ranker's
 REPORT_NAME = "loop.json"
 CATALOGUE_NAME = "catalogue.json"
 PLACEMENT = "1:1"
@@ -707,12 +709,23 @@ def _check_server(config: LoopConfig, client) -> None:
 def _evolve(world: _World, arm: _Arm, round_index: int, staging: Path) -> dict:
     """Retrain the ranker, retire losers, propose + paint + rank new arms, cache them, fine-tune the prompt model
     (and, for the "loop" arm, the generator). Returns this part of the round's record."""
+    import torch
+
     config = world.config
     record: dict[str, Any] = {}
 
     # 1. the ranker, on every round served so far (never on the round it ranks: that round is not served yet)
-    trainer, dataset = _retrain_ranker(world, arm, round_index)
+    dataset = _log_dataset(world, arm)
+    trainer = _fit_ranker(world, dataset, seed=config.seed + round_index)
     trainer.model_.save_pretrained(staging / "reward")
+    # the held-out check: reward models (other validation creatives, other initial weights) that select nothing, so
+    # their predicted gain of the selected arms escapes the winner's curse of the ranker's own; averaged, because
+    # one model's error on creatives it never saw is large
+    checkers = []
+    with torch.random.fork_rng():  # the check changes nothing the loop does next
+        for k in range(CHECKERS):
+            checkers.append(_fit_ranker(world, dataset, seed=config.seed + round_index + CHECKER_SEED * (k + 1)).model_)
+            checkers[-1].save_pretrained(staging / f"reward-check-{k}")
     trained = set(trainer.split_.train) | set(trainer.split_.validation)
     seen_rounds = sorted({int(v.rsplit("-", 1)[1]) for v in dataset.impressions["model_version"].unique()})
     record["ranker"] = {"trained_creatives": sorted(trained), "trained_rounds": seen_rounds,
@@ -735,7 +748,7 @@ def _evolve(world: _World, arm: _Arm, round_index: int, staging: Path) -> dict:
         for g in range(len(world.group_ids)):
             mine = [c for c in ranked if c.product_id == product["product_id"] and c.group == g]
             selected += sorted(mine, key=_rank_key)[: config.top_k]
-    record["hacking"] = _hacking(world, arm, trainer.model_, dataset, selected)
+    record["hacking"] = _hacking(world, arm, trainer.model_, checkers, dataset, selected)
     record["diversity"] = _diversity(world, proposals, ranked)
     record["generator_drift"] = _generator_drift(world, arm, proposals, round_index)
     arm.add(selected)
@@ -751,13 +764,12 @@ def _evolve(world: _World, arm: _Arm, round_index: int, staging: Path) -> dict:
     return record
 
 
-def _retrain_ranker(world: _World, arm: _Arm, round_index: int):
+def _log_dataset(world: _World, arm: _Arm):
+    """The arm's event log so far as a reward dataset (each served creative's PNG, prompt and category)."""
     import pandas as pd
 
     from reward.data import RewardDataset, load_pixels
-    from reward.training import RewardTrainer, TrainingConfig
 
-    config = world.config
     impressions = _read_log(arm)
     ids = sorted(impressions["creative_id"].unique())
     creatives = pd.DataFrame([{"creative_id": c, "product_id": arm.catalogue[c].product_id,
@@ -766,11 +778,16 @@ def _retrain_ranker(world: _World, arm: _Arm, round_index: int):
     pixels, errors = load_pixels([arm.catalogue[c].image for c in ids], 64)
     if any(errors):
         raise InputError(f"a served creative cannot be read: {next(e for e in errors if e)}")
-    dataset = RewardDataset(creatives, pixels, world.group_vectors, impressions)
-    trainer = RewardTrainer(TrainingConfig(max_epochs=config.reward_epochs, patience=max(10, config.reward_epochs // 4),
-                                           validation_fraction=0.2, test_fraction=0.0,
-                                           seed=config.seed + round_index, progress=False)).fit(dataset)
-    return trainer, dataset
+    return RewardDataset(creatives, pixels, world.group_vectors, impressions)
+
+
+def _fit_ranker(world: _World, dataset, seed: int):
+    """A reward model on `dataset`; `seed` draws its validation creatives (early stopping) and its initial weights."""
+    from reward.training import RewardTrainer, TrainingConfig
+
+    epochs = world.config.reward_epochs
+    return RewardTrainer(TrainingConfig(max_epochs=epochs, patience=max(10, epochs // 4), validation_fraction=0.2,
+                                        test_fraction=0.0, seed=seed, progress=False)).fit(dataset)
 
 
 def _smoothed_ctr(dataset, prior) -> Any:
@@ -805,18 +822,11 @@ def _propose_and_rank(world: _World, arm: _Arm, ranker, dataset, round_index: in
     predicted CTR is capped at the highest the ranker predicts for any logged creative of the product in that group,
     so the loop never believes (or fine-tunes toward) a CTR beyond what its evidence reached; the uncapped score
     only breaks ties. Returns (ranked creatives, proposals per (product, group), caps)."""
-    import pandas as pd
-
-    from reward.data import load_pixels
-    from reward.training import predict_pairs
-
     config = world.config
     ranked, proposals, caps = [], {}, {}
     for product in world.products:
-        logged = dataset.creatives.index[dataset.creatives["product_id"] == product["product_id"]].tolist()
         for g in range(len(world.group_ids)):
-            pairs = pd.DataFrame({"creative_id": logged, "group_id": [world.group_ids[g]] * len(logged)})
-            cap = float(predict_pairs(ranker, dataset, pairs).max()) if logged else 1.0
+            cap = _trust_cap([ranker], dataset, product["product_id"], world.group_ids[g])
             caps[f"{product['product_id']}/{world.group_ids[g]}"] = cap
             prompts = world.propose(arm.writer, product, g, config.candidates_per_group,
                                     seed=_seed(config, round_index, g, 1))
@@ -830,26 +840,24 @@ def _propose_and_rank(world: _World, arm: _Arm, ranker, dataset, round_index: in
                                        str(path), index))
             if not batch:
                 continue
-            pixels, _ = load_pixels([c.image for c in batch], ranker.config.image_size)
-            scores = ranker.predict_ctr(pixels, [c.prompt for c in batch], [world.group_ids[g]] * len(batch),
-                                        [c.category for c in batch])
-            for creative, value in zip(batch, scores):
+            for creative, value in zip(batch, _predict(ranker, batch, world.group_ids[g])):
                 creative.raw_predicted_ctr = float(value)
                 creative.predicted_ctr = min(float(value), cap)
             ranked += batch
     return ranked, proposals, caps
 
 
-def _hacking(world: _World, arm: _Arm, ranker, dataset, selected: list[_Creative]) -> dict:
-    """The ranker's predicted relative gain of the new arms over what the last round served, per group, against
-    the oracle's true gain; gap_points = 100 x (predicted - true), with the trust-region (capped) predictions the loop
-    acts on, and uncapped_gap_points with the ranker's raw ones."""
+def _hacking(world: _World, arm: _Arm, ranker, checkers: list, dataset, selected: list[_Creative]) -> dict:
+    """Predicted relative gain of the new arms over what the last round served, per group, against the oracle's
+    true gain. ``gap_points`` = 100 x (predicted - true) with the held-out checkers' mean predictions (capped to
+    their own trust region); ``selection_gap_points`` with the ranker's capped ones (the scores it selected by, so
+    biased up by the selection), ``uncapped_gap_points`` with the ranker's raw ones."""
     import pandas as pd
 
     from reward.training import predict_pairs
 
     last = arm.served_by[-1]
-    by_group, pred_new, raw_new, pred_old, true_new, true_old, weights = {}, [], [], [], [], [], []
+    by_group, rows = {}, []
     for (product, g), counts in sorted(last.items()):
         mine = [c for c in selected if c.product_id == product and c.group == g]
         if not mine:
@@ -857,28 +865,64 @@ def _hacking(world: _World, arm: _Arm, ranker, dataset, selected: list[_Creative
         served = list(counts)
         share = np.array([counts[c] for c in served], dtype=float)
         share /= share.sum()
-        pairs = pd.DataFrame({"creative_id": served, "group_id": [world.group_ids[g]] * len(served)})
-        old_pred = float(share @ predict_pairs(ranker, dataset, pairs))
-        new_pred = float(np.mean([c.predicted_ctr for c in mine]))
-        new_raw = float(np.mean([c.raw_predicted_ctr for c in mine]))
+        group_id = world.group_ids[g]
+        pairs = pd.DataFrame({"creative_id": served, "group_id": [group_id] * len(served)})
+        checked = np.minimum(np.mean([_predict(m, mine, group_id) for m in checkers], axis=0),
+                             _trust_cap(checkers, dataset, product, group_id))
         truth = world.group_true_ctr([arm.catalogue[c].sim_index for c in served] + [c.sim_index for c in mine])[g]
-        old_true, new_true = float(share @ truth[: len(served)]), float(truth[len(served):].mean())
-        by_group[f"{product}/{world.group_ids[g]}"] = {
-            "predicted_gain": new_pred / old_pred - 1, "uncapped_predicted_gain": new_raw / old_pred - 1,
-            "true_gain": new_true / old_true - 1}
-        pred_new.append(new_pred)
-        raw_new.append(new_raw)
-        pred_old.append(old_pred)
-        true_new.append(new_true)
-        true_old.append(old_true)
-        weights.append(sum(counts.values()))
-    w = np.asarray(weights, dtype=float) / max(1.0, float(np.sum(weights)))
-    predicted = float(w @ pred_new / (w @ pred_old) - 1) if len(w) else float("nan")
-    uncapped = float(w @ raw_new / (w @ pred_old) - 1) if len(w) else float("nan")
-    true = float(w @ true_new / (w @ true_old) - 1) if len(w) else float("nan")
-    return {"predicted_gain": predicted, "true_gain": true, "gap_points": 100 * (predicted - true),
-            "uncapped_predicted_gain": uncapped, "uncapped_gap_points": 100 * (uncapped - true),
-            "by_group": by_group}
+        row = {"weight": float(sum(counts.values())),
+               "old": float(share @ np.mean([predict_pairs(m, dataset, pairs) for m in checkers], axis=0)),
+               "new": float(checked.mean()),
+               "selection_old": float(share @ predict_pairs(ranker, dataset, pairs)),
+               "selection_new": float(np.mean([c.predicted_ctr for c in mine])),
+               "uncapped_new": float(np.mean([c.raw_predicted_ctr for c in mine])),
+               "true_old": float(share @ truth[: len(served)]), "true_new": float(truth[len(served):].mean())}
+        by_group[f"{product}/{group_id}"] = {
+            "predicted_gain": row["new"] / row["old"] - 1,
+            "selection_predicted_gain": row["selection_new"] / row["selection_old"] - 1,
+            "uncapped_predicted_gain": row["uncapped_new"] / row["selection_old"] - 1,
+            "true_gain": row["true_new"] / row["true_old"] - 1}
+        rows.append(row)
+    if not rows:
+        nan = float("nan")
+        return {"predicted_gain": nan, "true_gain": nan, "gap_points": nan, "selection_predicted_gain": nan,
+                "selection_gap_points": nan, "uncapped_predicted_gain": nan, "uncapped_gap_points": nan,
+                "by_group": by_group}
+    table = pd.DataFrame(rows)
+    w = table["weight"].to_numpy() / table["weight"].sum()
+
+    def gain(new: str, old: str) -> float:  # impression-weighted over groups
+        return float(w @ table[new] / (w @ table[old]) - 1)
+
+    true = gain("true_new", "true_old")
+    out = {"predicted_gain": gain("new", "old"), "selection_predicted_gain": gain("selection_new", "selection_old"),
+           "uncapped_predicted_gain": gain("uncapped_new", "selection_old"), "true_gain": true}
+    return out | {"gap_points": 100 * (out["predicted_gain"] - true),
+                  "selection_gap_points": 100 * (out["selection_predicted_gain"] - true),
+                  "uncapped_gap_points": 100 * (out["uncapped_predicted_gain"] - true), "by_group": by_group}
+
+
+def _trust_cap(models: list, dataset, product_id: str, group_id: str) -> float:
+    """The highest CTR the `models` (their mean) predict for any logged creative of the product in the group (1.0 if
+    none)."""
+    import pandas as pd
+
+    from reward.training import predict_pairs
+
+    logged = dataset.creatives.index[dataset.creatives["product_id"] == product_id].tolist()
+    if not logged:
+        return 1.0
+    pairs = pd.DataFrame({"creative_id": logged, "group_id": [group_id] * len(logged)})
+    return float(np.mean([predict_pairs(model, dataset, pairs) for model in models], axis=0).max())
+
+
+def _predict(model, creatives: list[_Creative], group_id: str) -> np.ndarray:
+    """`model`'s predicted CTR of `creatives` (read from their PNGs) for one group."""
+    from reward.data import load_pixels
+
+    pixels, _ = load_pixels([c.image for c in creatives], model.config.image_size)
+    return np.asarray(model.predict_ctr(pixels, [c.prompt for c in creatives], [group_id] * len(creatives),
+                                        [c.category for c in creatives]), dtype=float)
 
 
 def _diversity(world: _World, proposals: dict, ranked: list[_Creative] | None) -> dict:
