@@ -75,3 +75,16 @@ def test_inspect_a_png_without_a_recipe(tmp_path):
     result = studio("inspect", str(plain), cache=tmp_path / "cache")
     lines = result.stderr.strip().splitlines()
     assert result.returncode != 0 and len(lines) == 1 and "has no Creative Studio recipe" in lines[0]
+
+
+def test_generate_says_what_studio_mini_read_of_a_sentence(product_photo, tmp_path):
+    result = studio(
+        "generate", "--product", str(product_photo), "--prompt", "a crimson marble table in a sunny kitchen",
+        "--steps", "2", "--size", "64", "--out", str(tmp_path / "out"), "--json", cache=tmp_path / "cache",
+    )
+    assert result.returncode == 0, result.stderr
+    reading = json.loads(result.stdout)["prompt_reading"]
+    assert reading == {"prompt_read": "a red marble in a sunny", "prompt_replaced": {"crimson": "red"},
+                       "prompt_dropped": ["table", "kitchen"]}
+    note = next(line for line in result.stderr.splitlines() if "closed vocabulary" in line)
+    assert "'crimson' read as 'red'" in note and "left out: table, kitchen" in note

@@ -119,10 +119,16 @@ def test_the_token_counter_counts_as_the_generator_reads_and_knows_its_limit():
     from studio.imaging.engine import load_engine
 
     tokenizer = load_engine(None).pipeline.tokenizer
-    text = "a teal marble table, soft light"
+    text = "a teal marble backdrop, soft light"  # studio-mini's own words: read as typed
     counted = create.token_count(text)
     assert counted == create.TokenCount(len(tokenizer(text).input_ids), tokenizer.model_max_length)
     assert counted.text() == f"{counted.count} / {counted.limit} tokens"
+    # a marketer's sentence: counted as the model reads it, and the reading shown
+    sentence = create.token_count("a crimson marble table in a kitchen, soft light")
+    read = "a red marble in a, soft light"
+    assert sentence == create.TokenCount(len(tokenizer(read).input_ids), tokenizer.model_max_length, read,
+                                         (("crimson", "red"),), ("table", "kitchen"))
+    assert sentence.text().endswith(f"the model reads “{read}” (crimson → red; left out: table, kitchen)")
     long = create.token_count(" ".join(["marble"] * 60))
     assert long.count == 62 and "too long by" in long.text()  # 60 words + start and end tokens
 

@@ -149,6 +149,7 @@ def run_generate(args: argparse.Namespace) -> int:
         "history_guidance": first.history_guidance,
         "category": first.category,
         "category_guidance": first.category_guidance,
+        "prompt_reading": first.prompt_reading,
         "note": RANDOM_INIT_NOTE if first.random_init else None,
         "creatives": [
             {"path": str(c.path), "seed": c.recipe.seed, "size": list(c.image.size), "timings_s": c.timings}
@@ -158,6 +159,12 @@ def run_generate(args: argparse.Namespace) -> int:
     emit(summary, args.json, (f"{c.path}  seed={c.recipe.seed}  {c.timings['total']:.2f}s" for c in creatives))
     if first.random_init:
         print(f"studio: note: {RANDOM_INIT_NOTE}", file=sys.stderr)
+    if first.prompt_reading:
+        reading = first.prompt_reading
+        mapped = "".join(f"; {word!r} read as {colour!r}" for word, colour in reading["prompt_replaced"].items())
+        left_out = f"; left out: {', '.join(reading['prompt_dropped'])}" if reading["prompt_dropped"] else ""
+        print(f"studio: note: the model knows a closed vocabulary and read the prompt as {reading['prompt_read']!r}"
+              f"{mapped}{left_out} (docs/generation.md#what-studio-mini-reads)", file=sys.stderr)
     if first.inpaint_method == MASK_BLENDING:
         print("studio: note: a text-to-image model (4-channel UNet): painted with mask blending, which matches the "
               "product's surroundings less well than an inpainting model", file=sys.stderr)

@@ -170,6 +170,7 @@ def make_recipe(engine: Engine, canvas: Canvas, settings: CreativeSettings, *, p
         model_size=model_size,
         inpaint_method=engine.inpaint_method,
         engine_options=engine.options.describe(),
+        prompt_reading=engine.read_prompt(prompt).record() or None,
         **personal_record(engine, settings),
     )
 

@@ -29,6 +29,7 @@ from studio.core import hub
 from studio.core.artefact import PIPELINE_CLASS, PIPELINE_FORMAT, check_manifest
 from studio.core.errors import InputError, ModelNotFoundError, StudioError
 from studio.core.quiet import quiet_loading
+from studio.imaging.prompt_reading import PromptReading, read_prompt
 from studio.imaging.provenance import weights_hash
 from studio.imaging.tiny import RANDOM_INIT_MARKER, build_tiny_pipeline
 
@@ -390,6 +391,10 @@ class Engine:
         self._lock = threading.Lock()  # one generation at a time: the scheduler and LoRA state are shared
         self._embeddings: dict[str, Any] = {}
         self._personal = PersonalAdapters(self)
+        # a closed vocabulary (studio-mini) reads only the words it learned (studio.imaging.prompt_reading)
+        manifest = check_manifest(folder, PIPELINE_CLASS, PIPELINE_FORMAT) if folder and Path(folder).is_dir() else {}
+        self.closed_vocabulary = manifest.get("vocabulary") == "closed"
+        self._known_words: dict[str, bool] = {}
 
     # ---------------------------------------------------------------------------------------------------------------
     def check_prompt(self, prompt: str, *, name: str = "prompt", allow_empty: bool = False) -> None:
@@ -405,14 +410,33 @@ class Engine:
         tokenizers = [t for t in tokenizers if t is not None and t.model_max_length < 100_000]  # 1e30 = no limit
         if not tokenizers:
             return
+        reading = self.read_prompt(prompt)
+        if not any(character.isalpha() for character in reading.text):
+            raise InputError(f"{name} has no word this model knows ({', '.join(reading.dropped)} left out); "
+                             "name a colour, a material and a light, e.g. 'a teal marble backdrop, soft light'")
         tokenizer = max(tokenizers, key=lambda t: t.model_max_length)
-        count = len(tokenizer(prompt, truncation=False).input_ids)
+        count = len(tokenizer(reading.text, truncation=False).input_ids)
         limit = tokenizer.model_max_length
         if count > limit:
             raise InputError(
                 f"{name} is {count} tokens long (with start and end tokens); the model reads at most {limit}, "
                 f"so shorten it by {count - limit} tokens"
             )
+
+    def read_prompt(self, prompt: str) -> PromptReading:
+        """What the model reads of `prompt`: as typed, unless its vocabulary is closed (see
+        studio.imaging.prompt_reading: unknown words left out, colour names mapped to the vocabulary's colours)."""
+        if not self.closed_vocabulary:
+            return PromptReading(prompt, prompt)
+        return read_prompt(prompt, self._knows)
+
+    def _knows(self, word: str) -> bool:
+        """Whether the tokenizer holds `word` whole (one token that ends a word)."""
+        known = self._known_words.get(word)
+        if known is None:
+            tokens = self.pipeline.tokenizer.tokenize(word)
+            known = self._known_words[word] = len(tokens) == 1 and tokens[0].endswith("</w>")
+        return known
 
     def _scheduler(self, name: str | None):
         if name is None:
@@ -499,7 +523,7 @@ class Engine:
         # 2. Define call parameters: a CPU generator makes a seed mean the same noise everywhere
         generator = torch.Generator("cpu").manual_seed(int(seed))
         kwargs: dict[str, Any] = dict(
-            prompt=prompt,
+            prompt=self.read_prompt(prompt).text,
             image=image.convert("RGB"),
             mask_image=mask_image.convert("L"),
             height=height,
@@ -507,7 +531,7 @@ class Engine:
             num_inference_steps=settings.steps,
             guidance_scale=float(settings.guidance),
             strength=float(settings.strength),
-            negative_prompt=settings.negative_prompt or None,
+            negative_prompt=self.read_prompt(settings.negative_prompt).text or None,
             num_images_per_prompt=1,
             generator=generator,
         )
@@ -641,8 +665,8 @@ class Engine:
             # 3. Scheduler, and the text embeddings (cached per text)
             pipeline.scheduler = self._scheduler(settings.scheduler)
             self._apply_lora(None)
-            positive = torch.cat([self._embedding(prompt) for prompt in prompts])
-            negative = torch.cat([self._embedding(text) for text in negative_prompts])
+            positive = torch.cat([self._embedding(self.read_prompt(text).text) for text in prompts])
+            negative = torch.cat([self._embedding(self.read_prompt(text).text) for text in negative_prompts])
 
             # 4. Denoise and decode the whole batch
             with torch.inference_mode():

@@ -83,6 +83,9 @@ class Recipe:
     history_guidance: float = 0.0
     category: str | None = None
     category_guidance: float = 0.0
+    # What a closed-vocabulary model read of the prompt (studio.imaging.prompt_reading): {"prompt_read",
+    # "prompt_replaced", "prompt_dropped"}; None when it read the prompt as typed.
+    prompt_reading: dict[str, Any] | None = None
     studio_version: str = field(default=__version__)
 
     def to_json(self) -> str:
@@ -119,7 +122,7 @@ _FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "placement": (str,), "random_init": (bool,), "lora": (dict, type(None)), "size": (list, type(None)),
     "model_size": (list, type(None)), "studio_version": (str,), "inpaint_method": (str, type(None)),
     "engine_options": (str,), "history": (dict, type(None)), "history_guidance": (int, float),
-    "category": (str, type(None)), "category_guidance": (int, float),
+    "category": (str, type(None)), "category_guidance": (int, float), "prompt_reading": (dict, type(None)),
 }
 
 

@@ -147,22 +147,36 @@ def suggest(profile: dict, *, title: str, category: str, n: int = 4, seed: int =
 class TokenCount:
     count: int  # tokens the text encoder reads, with its start and end tokens
     limit: int  # the most it reads (77 for Stable Diffusion's CLIP; studio-mini's own encoder reads 32)
+    read_as: str | None = None  # what a closed-vocabulary model reads of the prompt (None: the prompt as typed)
+    replaced: tuple[tuple[str, str], ...] = ()  # (colour name, the vocabulary colour it was read as)
+    left_out: tuple[str, ...] = ()
 
     def text(self) -> str:
         if self.count > self.limit:
-            return f"**{self.count} / {self.limit} tokens**: too long by {self.count - self.limit}; shorten the prompt"
-        return f"{self.count} / {self.limit} tokens"
+            counted = f"**{self.count} / {self.limit} tokens**: too long by {self.count - self.limit}; shorten the prompt"
+        else:
+            counted = f"{self.count} / {self.limit} tokens"
+        if self.read_as is None:
+            return counted
+        changes = [f"{word} → {colour}" for word, colour in self.replaced]
+        changes += [f"left out: {', '.join(self.left_out)}"] if self.left_out else []
+        return f"{counted} · the model reads “{self.read_as}” ({'; '.join(changes)})"
 
 
 def token_count(text: str | None, model: str | None = None) -> TokenCount:
-    """Count a prompt's tokens as the generator's text encoder reads them (the tokenizer `Engine.check_prompt` uses)."""
-    tokenizers = [getattr(load_engine(model or None).pipeline, name, None)
-                  for name in ("tokenizer", "tokenizer_2", "tokenizer_3")]
+    """Count a prompt's tokens as the generator's text encoder reads them (the tokenizer `Engine.check_prompt` uses),
+    after a closed-vocabulary model's reading (studio.imaging.prompt_reading), which it shows."""
+    engine = load_engine(model or None)
+    tokenizers = [getattr(engine.pipeline, name, None) for name in ("tokenizer", "tokenizer_2", "tokenizer_3")]
     tokenizers = [t for t in tokenizers if t is not None and t.model_max_length < 100_000]
     if not tokenizers:
         raise InputError("this generator's text encoder has no token limit to count against")
     tokenizer = max(tokenizers, key=lambda t: t.model_max_length)
-    return TokenCount(len(tokenizer(text or "", truncation=False).input_ids), int(tokenizer.model_max_length))
+    reading = engine.read_prompt(text or "")
+    count = TokenCount(len(tokenizer(reading.text, truncation=False).input_ids), int(tokenizer.model_max_length))
+    if not reading.changed:
+        return count
+    return replace(count, read_as=reading.text, replaced=tuple(reading.replaced.items()), left_out=reading.dropped)
 
 
 # -- the settings of a run, personal conditions included ----------------------------------------------------------

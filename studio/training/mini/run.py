@@ -161,7 +161,7 @@ def export_model(source: str | os.PathLike, folder: str | os.PathLike = MODEL_FO
     with staged_folder(folder) as staging:
         shutil.copytree(source, staging, dirs_exist_ok=True,
                         ignore=shutil.ignore_patterns("*.bin", "*.pt", "*.pkl", "*.tmp"))
-        write_manifest(staging, PIPELINE_CLASS, PIPELINE_FORMAT, name="studio-mini")
+        write_manifest(staging, PIPELINE_CLASS, PIPELINE_FORMAT, name="studio-mini", vocabulary="closed")
     return folder
 
 

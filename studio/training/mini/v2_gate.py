@@ -89,7 +89,7 @@ def _renderer_cutout(index: int) -> Image.Image:
     return render_product(PRODUCTS[index % len(PRODUCTS)], GATE_SEED_BASE + index, 128, NEUTRAL_PRODUCT_COLOUR)
 
 
-def _generate(pipeline, images, masks, prompts, seeds, width, height, steps, guidance, device) -> list[np.ndarray]:
+def _paint(pipeline, images, masks, prompts, seeds, width, height, steps, guidance) -> list[np.ndarray]:
     """Repaint `masks` (bool, True = repaint) of `images` per prompt and seed; the kept pixels are pasted back, as
     the studio does. Returns uint8 (H, W, 3) arrays."""
     import torch
@@ -180,15 +180,22 @@ def evaluate_v2(model: str | os.PathLike, device: str = "cpu", steps: int = 30, 
     smoke test, not a measurement). heldout: an `export_heldout` folder (default: the installed packages).
     """
     import torch
-    from diffusers import StableDiffusionInpaintPipeline
+
+    from studio.imaging.engine import load_engine
 
     model = Path(model)
     if not (model / "model_index.json").is_file():
         raise InputError(f"{model} is not a diffusers pipeline folder (no model_index.json)")
     say = print if progress else (lambda *args, **kwargs: None)
     started = time.perf_counter()
-    pipeline = StableDiffusionInpaintPipeline.from_pretrained(model).to(device)
-    pipeline.set_progress_bar_config(disable=True)
+    # the engine `studio generate` paints with: it reads each prompt as that command does (studio.imaging.prompt_reading)
+    engine = load_engine(str(model), device=device, dtype="fp32")
+    pipeline = engine.pipeline
+
+    def _generate(images, masks, prompts, seeds, width, height, steps, guidance) -> list[np.ndarray]:
+        return _paint(pipeline, images, masks, [engine.read_prompt(p).text for p in prompts], seeds, width, height,
+                      steps, guidance)
+
     side = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
     buckets = aspect_buckets(side)
     cutouts = list(heldout_cutouts(heldout).items())
@@ -198,7 +205,8 @@ def evaluate_v2(model: str | os.PathLike, device: str = "cpu", steps: int = 30, 
     colours = ["red", "teal", "white"] if quick else list(COLOURS)
     synonyms = [word for word in COLOUR_SYNONYMS if COLOUR_SYNONYMS[word] in colours] if quick else list(
         COLOUR_SYNONYMS)
-    report: dict = {"model": str(model), "native_size": side, "buckets": buckets, "steps": steps,
+    report: dict = {"model": str(model), "prompt_reading": "closed vocabulary" if engine.closed_vocabulary else
+                    "as typed", "native_size": side, "buckets": buckets, "steps": steps,
                     "guidance": guidance, "quick": quick, "heldout_cutouts": [name for name, _ in cutouts],
                     "heldout_photos": [name for name, _ in photos]}
     hits: dict[str, list[bool]] = {}
@@ -216,8 +224,8 @@ def evaluate_v2(model: str | os.PathLike, device: str = "cpu", steps: int = 30, 
                     cases.append((image, ~product, gate_prompt(style, word, index, material), next(seeds), target,
                                   cutout))
                 say(f"gate: {source} {bucket} {style} ({len(cases)} cases)", flush=True)
-                results = _generate(pipeline, [c[0] for c in cases], [c[1] for c in cases], [c[2] for c in cases],
-                                    [c[3] for c in cases], width, height, steps, guidance, device)
+                results = _generate([c[0] for c in cases], [c[1] for c in cases], [c[2] for c in cases],
+                                    [c[3] for c in cases], width, height, steps, guidance)
                 for (image, region, prompt, seed, target, cutout), result in zip(cases, results):
                     ok = nearest_colour(result[region].mean(0)) == target
                     for key in (f"{style}", f"{style}/{source}", f"{style}/{bucket}", f"{style}/{source}/{bucket}"):
@@ -249,8 +257,8 @@ def evaluate_v2(model: str | os.PathLike, device: str = "cpu", steps: int = 30, 
         prompts.append(f"a {colour} {material} backdrop, soft light")
     results = []
     for start in range(0, len(cases), 24):
-        results += _generate(pipeline, images[start:start + 24], regions[start:start + 24], prompts[start:start + 24],
-                             [next(seeds) for _ in images[start:start + 24]], side, side, steps, guidance, device)
+        results += _generate(images[start:start + 24], regions[start:start + 24], prompts[start:start + 24],
+                             [next(seeds) for _ in images[start:start + 24]], side, side, steps, guidance)
     predicted = classifier.predict(texture_features(np.stack(results), np.stack(regions)))
     report["material_adherence"] = float(np.mean(predicted == np.array([m for m, _ in cases])))
     report["material_classifier"] = classifier_kind
@@ -265,8 +273,7 @@ def evaluate_v2(model: str | os.PathLike, device: str = "cpu", steps: int = 30, 
         for bucket, (width, height) in buckets.items():
             fitted = _fit(photo, width, height)
             mask = _gate_bands(width, height, 1 + (index + len(seams)) % 4)
-            result = _generate(pipeline, [fitted], [mask], [""], [next(seeds)], width, height, steps, guidance,
-                               device)[0]
+            result = _generate([fitted], [mask], [""], [next(seeds)], width, height, steps, guidance)[0]
             seams.append(_seam_ratio(np.asarray(fitted), result, mask))
             # the photo's own band through the VAE, pasted next to the kept pixels: the seam a perfect UNet leaves
             through_vae = np.where(mask[..., None], _vae_roundtrip(pipeline, [fitted])[0], np.asarray(fitted))

@@ -1,0 +1,88 @@
+"""What studio-mini reads of a marketer's sentence: its own words, colour names as its colours, nothing else."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from studio.core.errors import InputError
+from studio.core.vocabulary import COLOURS
+from studio.imaging.creatives import CreativeSettings, generate_creatives
+from studio.imaging.engine import load_engine
+from studio.imaging.prompt_reading import colour_word, read_prompt
+from studio.imaging.provenance import read_recipe
+from studio.sim.renderer import render_product
+
+KNOWN = {"a", "teal", "red", "marble", "plain", "in", "on", "bright", "soft", "light", ","}
+
+
+def knows(word: str) -> bool:
+    return word.lower() in KNOWN
+
+
+def test_unknown_words_are_left_out_and_known_ones_kept_in_order():
+    reading = read_prompt("a teal marble table in a bright kitchen, soft light", knows)
+    assert reading.text == "a teal marble in a bright, soft light"
+    assert reading.dropped == ("table", "kitchen")
+    assert reading.replaced == {}
+    assert reading.record() == {"prompt_read": reading.text, "prompt_replaced": {},
+                                "prompt_dropped": ["table", "kitchen"]}
+
+
+def test_a_prompt_of_known_words_is_read_as_typed():
+    prompt = "a  red marble ,soft light"  # odd spacing survives: the model reads exactly what was typed
+    reading = read_prompt(prompt, knows)
+    assert reading.text == prompt and not reading.changed and reading.record() == {}
+
+
+def test_colour_names_become_the_vocabulary_colour_unless_the_prompt_names_one():
+    reading = read_prompt("a crimson plain backdrop", knows)
+    assert reading.text == "a red plain" and reading.replaced == {"crimson": "red"}
+    # an explicit vocabulary colour wins: the colour name is left out, not turned into a second colour
+    explicit = read_prompt("a teal crimson plain backdrop", knows)
+    assert explicit.text == "a teal plain" and explicit.replaced == {} and "crimson" in explicit.dropped
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ("crimson", "red"), ("scarlet", "red"), ("emerald", "green"), ("ivory", "white"), ("charcoal", "black"),
+    ("tangerine", "orange"), ("mustard", "yellow"), ("chocolate", "brown"), ("turquoise", "teal"), ("Azure", "blue"),
+])
+def test_colour_names_map_to_the_palette_colour_nearest_their_xkcd_colour(name, expected):
+    assert colour_word(name) == expected
+
+
+def test_words_that_name_no_hue_map_to_nothing():
+    for word in ("kitchen", "table", "dark", "pale", "the"):
+        assert colour_word(word) is None
+    assert set(COLOURS) >= {colour_word(name) for name in ("navy", "lilac", "olive", "rust")}
+
+
+@pytest.mark.slow
+def test_studio_mini_paints_a_sentence_as_the_words_it_knows_and_records_the_reading(tmp_path):
+    engine = load_engine(device="cpu")
+    assert engine.closed_vocabulary
+    product = render_product("box", seed=3, size=128)
+    settings = CreativeSettings(size=64, steps=4)
+
+    def paint(prompt: str, name: str):
+        creative = generate_creatives(product, prompt, settings=settings, n=1, seed=5, engine=engine,
+                                      out_dir=tmp_path, name=name, progress=False)[0]
+        return np.asarray(creative.image), read_recipe(creative.path)
+
+    sentence, sentence_recipe = paint("our gift on a crimson marble table in a sunlit kitchen, soft light", "sentence")
+    terse, terse_recipe = paint("on a red marble in a, soft light", "terse")
+    assert np.array_equal(sentence, terse)  # the same text reached the model
+    assert sentence_recipe.prompt_reading == {"prompt_read": "on a red marble in a, soft light",
+                                              "prompt_replaced": {"crimson": "red"},
+                                              "prompt_dropped": ["our", "gift", "table", "sunlit", "kitchen"]}
+    assert terse_recipe.prompt_reading is None  # read as typed
+    with pytest.raises(InputError, match="no word this model knows"):
+        engine.check_prompt("our gift, sunlit kitchen!")
+
+
+@pytest.mark.slow
+def test_an_open_vocabulary_model_reads_every_prompt_as_typed(tiny_pipeline_dir):
+    engine = load_engine(str(tiny_pipeline_dir), device="cpu")
+    assert not engine.closed_vocabulary
+    prompt = "our gift on a crimson table in a sunlit kitchen"
+    assert engine.read_prompt(prompt).text == prompt
