@@ -122,6 +122,15 @@ def test_history_guidance_in_a_batch_is_recorded_changes_the_scene_and_keeps_the
     assert sorted(key.group_id for key in newest) == [0, 0]
     assert all(recipe_of(data, tmp_path, f"perp-{n}").history["projection"] == "perpendicular"
                for n, data in enumerate(newest.values()))
+    known = {e.key for e, _ in cached(tmp_path / "cache")}
+    late = run_batch(BatchConfig(history=str(history), history_guidance=2.0, history_interval=0.4,
+                                 history_adapter=str(conditioner_dir), **common))
+    assert (late.skipped, late.made) == (0, 1)  # another interval: a new unit, new keys for group 0 only
+    assert late.personal["history_interval"] == 0.4
+    latest = {e.key: data for e, data in cached(tmp_path / "cache") if e.key not in known}
+    assert sorted(key.group_id for key in latest) == [0, 0]
+    assert all(recipe_of(data, tmp_path, f"late-{n}").history["interval"] == 0.4
+               for n, data in enumerate(latest.values()))
 
 
 @pytest.mark.slow
@@ -162,6 +171,7 @@ def no_models(monkeypatch):
     ("category", "unknown product category 'cars'"),
     ("broken-history", "not an image PIL can read"),
     ("projection", "history_projection must be one of none, perpendicular"),
+    ("interval", "history_interval must be in (0, 1]"),
 ])
 def test_bad_personal_specs_are_one_clear_error(case, expected, tmp_path, no_models):
     path = catalogue(tmp_path / "cat", 1)
@@ -183,6 +193,7 @@ def test_bad_personal_specs_are_one_clear_error(case, expected, tmp_path, no_mod
         "category": dict(category="cars", category_guidance=1.0),
         "broken-history": dict(history=str(broken), history_guidance=1.0),
         "projection": dict(history_projection="sideways"),
+        "interval": dict(history_interval=0.0),
     }[case]
     config = BatchConfig(catalogue=str(path), cache=str(tmp_path / "cache"), out=str(tmp_path / "out"), groups=(0,),
                          progress=False, **spec)
@@ -199,6 +210,7 @@ def test_bad_personal_flags_are_one_line(tmp_path, capsys, no_models):
     assert "--history-guidance" in refused(capsys, cli(path, tmp_path, "--history-guidance", "nan"))
     assert "history_projection must be one of none, perpendicular" in refused(
         capsys, cli(path, tmp_path, "--history-projection", "sideways"))
+    assert "history_interval must be in (0, 1]" in refused(capsys, cli(path, tmp_path, "--history-interval", "1.5"))
     assert "is not a folder" in refused(capsys, cli(path, tmp_path, "--history", str(tmp_path / "nope"),
                                                     "--history-guidance", "1"))
     assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()

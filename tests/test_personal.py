@@ -211,6 +211,59 @@ def test_a_history_projection_that_does_not_exist_or_lacks_text_guidance_is_one_
                                                          history_projection="perpendicular"))
 
 
+def test_the_history_interval_guides_only_the_steps_at_or_below_it(tiny_engine, random_conditioner_dir):
+    """With `until`, a step's condition applies at timesteps <= until and nowhere else: above it the hooked UNet
+    returns the text-only prediction bit for bit, with no extra pass; at or below it the full formula."""
+    import torch
+
+    with _hooked_unet(tiny_engine, random_conditioner_dir, seed=2) as (unet, conditioner, sample, text, history):
+        steps = [ConditionStep("history", 2.0, lambda: conditioner.conditions(history=history), until=400.0)]
+        calls, forward = [], unet.forward
+
+        def counted(*args, **kwargs):  # the hook's extra passes call forward directly
+            calls.append(1)
+            return forward(*args, **kwargs)
+
+        unet.forward = counted
+        try:
+            with torch.no_grad():
+                for t, guided in ((torch.tensor(401), False), (torch.tensor(400), True)):
+                    base = unet(sample, t, text).sample
+                    with conditioner.conditions(history=history):
+                        eps_th = unet(sample[1:], t, text[1:]).sample
+                    calls.clear()
+                    with personal_guidance(unet, steps, 3.0, cfg=True):
+                        hooked = unet(sample, t, encoder_hidden_states=text).sample
+                    if guided:
+                        assert len(calls) == 3  # the pipeline's pass, eps(t) shaped alike, eps(t, h)
+                        assert torch.allclose(hooked[1:], base[1:] + 2.0 / 3.0 * (eps_th - base[1:]), atol=1e-5)
+                    else:
+                        assert len(calls) == 1 and torch.equal(hooked, base)
+        finally:
+            del unet.forward
+
+
+@pytest.mark.parametrize("value", [0.0, -0.2, 1.5, float("nan"), "x", None])
+def test_a_bad_history_interval_is_one_clear_error(value):
+    with pytest.raises(InputError, match="history_interval must be"):
+        GenerationSettings(history_interval=value).check()
+
+
+def test_an_interval_below_every_step_paints_the_text_only_image(tiny_engine, random_conditioner_dir):
+    """The tiny pipeline's 3 DDIM steps sit at timesteps 667, 334 and 1 of 1000: an interval of 0.0005 (t <= 0.5)
+    holds none of them, so the history adds nothing; 0.5 holds two, and the history acts."""
+    image, mask = _canvas()
+    plain = np.asarray(tiny_engine.generate(image, mask, prompt="red", seed=5, settings=GenerationSettings(steps=3)))
+
+    def painted(interval: float) -> np.ndarray:
+        settings = GenerationSettings(steps=3, history_guidance=3.0, history_interval=interval)
+        return np.asarray(tiny_engine.generate(image, mask, prompt="red", seed=5, settings=settings,
+                                               history=_history(), history_adapter=str(random_conditioner_dir)))
+
+    assert np.array_equal(painted(0.0005), plain)
+    assert np.abs(painted(0.5).astype(int) - plain).mean() > 1.0
+
+
 def test_zero_initialised_conditioner_reproduces_the_unconditioned_unet(tiny_engine):
     import torch
 
@@ -447,6 +500,10 @@ def test_ip_adapter_records_in_the_recipe(tiny_pipeline_dir, ip_adapter_dir, pro
                                    progress=False, settings=replace(settings, history_projection="perpendicular"))
     assert projected[0].recipe.history["projection"] == "perpendicular"
     assert read_recipe(projected[0].path).history == projected[0].recipe.history
+    assert "interval" not in projected[0].recipe.history  # every step: the default, not recorded
+    late = generate_creatives(product_photo, "red marble", n=1, engine=engine, out_dir=tmp_path / "interval",
+                              progress=False, settings=replace(settings, history_interval=0.4))
+    assert read_recipe(late[0].path).history["interval"] == 0.4
     text_only = generate_creatives(product_photo, "red marble", n=1, engine=engine, progress=False,
                                    settings=CreativeSettings(size=128, steps=2, history_guidance=3.0))
     assert text_only[0].recipe.history == {"source": None, "note": "no history given: painted from the text alone"}

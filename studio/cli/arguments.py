@@ -45,10 +45,13 @@ def number(low: float, high: float, what: str = "") -> Callable[[str], float]:
 seed = whole(0, MAX_SEED)
 
 
-def history_projection(group) -> None:
-    """`--history-projection` of `studio generate` and `studio batch`. The value is checked where the settings are
-    (`GenerationSettings.check`, one error line before any model loads), so the CLI need not import the imaging
-    code to list it."""
+def history_variant(group) -> None:
+    """`--history-projection` and `--history-interval` of `studio generate` and `studio batch`. The values are checked
+    where the settings are (`GenerationSettings.check`, one error line before any model loads), so the CLI need not
+    import the imaging code to list them."""
     group.add_argument("--history-projection", default="none", metavar="none|perpendicular",
                        help="perpendicular: the history's guidance is made orthogonal to the text's (the history adds "
                             "to the prompt but cannot cancel it: the prompt's colour survives higher history scales)")
+    group.add_argument("--history-interval", type=float, default=1.0, metavar="SHARE",
+                       help="the history guides only the denoising steps at noise levels up to this share of the "
+                            "schedule (0 < SHARE <= 1; 1: every step; 0.4: after the prompt has set the colour)")

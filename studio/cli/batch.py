@@ -56,7 +56,7 @@ def register(subparsers) -> None:
                                "category, with --category-guidance)")
     personal.add_argument("--category-guidance", type=arguments.number(0, 20), default=0.0,
                           help="guidance scale of the category condition (0: left out)")
-    arguments.history_projection(personal)
+    arguments.history_variant(personal)
     personal.add_argument("--history-adapter", metavar="DIR", default=None,
                           help="history adapter: a PersonalConditioner (studio-mini) or an IP-Adapter folder; "
                                "default: the model's own")
@@ -85,6 +85,7 @@ def run_batch_command(args: argparse.Namespace) -> int:
         workers=args.workers, progress=not args.no_progress, history=args.history, history_world=args.history_world,
         history_guidance=args.history_guidance, category=args.category, category_guidance=args.category_guidance,
         history_adapter=args.history_adapter, history_projection=args.history_projection,
+        history_interval=args.history_interval,
     )
     torch.set_num_threads(cpu_threads(args.model, args.threads))  # Ray actors use the same count
     report = run_batch(config)

@@ -61,7 +61,7 @@ def register(subparsers) -> None:
     personal.add_argument("--category", default=None, help="product category condition, e.g. beverage")
     personal.add_argument("--category-guidance", type=arguments.number(0, 20), default=0.0,
                           help="guidance scale of the category condition (0: left out)")
-    arguments.history_projection(personal)
+    arguments.history_variant(personal)
     personal.add_argument("--history-adapter", metavar="DIR", default=None,
                           help="history adapter: a PersonalConditioner (studio-mini) or an IP-Adapter folder "
                                "(ip-adapter.safetensors + image_encoder/); default: the model's own")
@@ -118,6 +118,7 @@ def run_generate(args: argparse.Namespace) -> int:
         category_guidance=args.category_guidance,
         history_adapter=args.history_adapter,
         history_projection=args.history_projection,
+        history_interval=args.history_interval,
     )
     settings.check()
     check_output_folder(args.out)

@@ -184,6 +184,8 @@ def personal_record(engine: Engine, settings: CreativeSettings) -> dict:
                                           "unused (history guidance 0)")
         if history_guidance and settings.history_projection != "none":
             history["projection"] = settings.history_projection
+        if history_guidance and float(settings.history_interval) < 1.0:
+            history["interval"] = float(settings.history_interval)
     elif float(settings.history_guidance) > 0:
         history = {"source": None, "note": "no history given: painted from the text alone"}
     else:

@@ -90,13 +90,15 @@ class GenerationSettings:
     history_guidance: float = 0.0
     category_guidance: float = 0.0
     history_projection: str = "none"  # "perpendicular": the history cannot cancel the prompt (studio.imaging.personal)
+    history_interval: float = 1.0  # history guidance only at noise levels up to this share of the schedule
 
     def check(self) -> None:
         """Raise InputError for settings no sampler can run."""
-        from studio.imaging.personal import HISTORY_PROJECTIONS, check_scale
+        from studio.imaging.personal import HISTORY_PROJECTIONS, check_interval, check_scale
 
         check_scale("history_guidance", self.history_guidance)
         check_scale("category_guidance", self.category_guidance)
+        check_interval(self.history_interval)
         if self.history_projection not in HISTORY_PROJECTIONS:
             raise InputError(f"history_projection must be one of {', '.join(HISTORY_PROJECTIONS)}, got "
                              f"{self.history_projection!r}")
@@ -740,10 +742,17 @@ class PersonalAdapters:
             steps = self._mini_steps(kwargs, adapter, history if s_hist > 0 else None, category, s_hist, s_cat)
         if not steps:
             return contextlib.nullcontext()
-        if settings.history_projection == "perpendicular":  # settings.check: only with text guidance (cfg)
-            for step in steps:
-                step.perpendicular = step.name == "history"
+        for step in steps:
+            if step.name == "history":
+                # settings.check: perpendicular only with text guidance (cfg)
+                step.perpendicular = settings.history_projection == "perpendicular"
+                if float(settings.history_interval) < 1.0:
+                    step.until = float(settings.history_interval) * self._schedule_length()
         return personal.personal_guidance(unet, steps, float(settings.guidance), cfg)
+
+    def _schedule_length(self) -> float:
+        """The timestep of pure noise: the scheduler's training steps (flow-matching schedulers use 1000 too)."""
+        return float(getattr(self.engine.pipeline.scheduler.config, "num_train_timesteps", 1000))
 
     # -- studio-mini: the PersonalConditioner ----------------------------------------------------------------------
     def _conditioner(self, adapter: str):

@@ -17,6 +17,10 @@ Each condition has its own classifier-free guidance scale; the conditions nest (
 With ``history_projection="perpendicular"`` the history's difference is first made orthogonal to the text's,
 eps(t) − eps(∅), per image (as Perp-Neg, Armandpour et al. 2023, does for negative prompts): the history can add to
 what the prompt asks for but not cancel any of it, so the prompt's colour survives higher history scales.
+With ``history_interval=τ`` below 1 the history guides only the denoising steps whose timestep is at most τ × the
+schedule's length (a guidance interval, as Kynkäänniemi et al. 2024 limit classifier-free guidance): the prompt sets
+the backdrop's colour in the noisy first steps, and the history then shifts its tone and texture; the steps outside
+the interval cost no extra pass.
 
 A condition that is absent or has scale 0 is left out (no extra pass, and the output equals the text-only one
 bit-exactly). The pipeline computes eps(∅) and eps(t) as usual; `personal_guidance` adds the extra UNet passes from a
@@ -61,6 +65,17 @@ def check_scale(name: str, value: Any) -> float:
     if not (math.isfinite(scale) and 0.0 <= scale <= MAX_GUIDANCE):
         raise InputError(f"{name} must be a finite number from 0 to {MAX_GUIDANCE:g}, got {value!r}")
     return scale
+
+
+def check_interval(value: Any) -> float:
+    """`history_interval` as a float in (0, 1], or InputError."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"history_interval must be a number in (0, 1], got {value!r}") from None
+    if not 0.0 < number <= 1.0:  # NaN fails too
+        raise InputError(f"history_interval must be in (0, 1] (1: every denoising step), got {value!r}")
+    return number
 
 
 def check_category(category: str | None) -> str | None:
@@ -196,6 +211,7 @@ class ConditionStep:
     enter: Callable[[], Any] = field(default=contextlib.nullcontext)
     kwargs: Callable[[dict], dict] = field(default=lambda kwargs: kwargs)
     perpendicular: bool = False  # project its difference orthogonal to the text's (see the module docstring)
+    until: float | None = None  # guide only at timesteps <= until (None: every step; see the module docstring)
 
 
 @contextlib.contextmanager
@@ -215,6 +231,10 @@ def personal_guidance(unet, steps: list[ConditionStep], text_guidance: float, cf
         call.update({key: value for key, value in kwargs.items()})
         call["return_dict"] = False
         prediction = output[0] if isinstance(output, tuple) else output.sample
+        timestep = float(torch.as_tensor(call["timestep"]).flatten()[0])
+        active = [step for step in steps if step.until is None or timestep <= step.until]
+        if not active:  # a noise level no condition guides: the text-only prediction, untouched
+            return output
         half = prediction.shape[0] // 2 if cfg else 0
         text = {key: _text_half(value, half) for key, value in call.items()}
         # eps(t) again, in a call shaped like the conditioned ones: the differences are then exactly 0 where a
@@ -222,7 +242,7 @@ def personal_guidance(unet, steps: list[ConditionStep], text_guidance: float, cf
         previous = module.forward(**text)[0]
         added = torch.zeros_like(previous)
         stacked: list[ConditionStep] = []
-        for step in steps:
+        for step in active:
             stacked.append(step)
             with contextlib.ExitStack() as stack:
                 pass_kwargs = dict(text)

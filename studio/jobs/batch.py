@@ -166,6 +166,7 @@ def personal_report(config: BatchConfig, histories: dict) -> dict:
     return {"history": config.history, "history_guidance": float(config.history_guidance),
             "category": config.category, "category_guidance": float(config.category_guidance),
             "history_adapter": config.history_adapter, "history_projection": config.history_projection,
+            "history_interval": float(config.history_interval),
             "histories": {str(group): None if history is None else history.source
                           for group, history in histories.items()}}
 

@@ -102,6 +102,7 @@ class BatchConfig:
     category_guidance: float = 0.0
     history_adapter: str | None = None
     history_projection: str = "none"
+    history_interval: float = 1.0
 
     @property
     def personal(self) -> bool:
@@ -147,7 +148,8 @@ class BatchConfig:
         return CreativeSettings(size=self.size, steps=self.steps or CreativeSettings.steps, placement=placement,
                                 history_guidance=self.history_guidance, category_guidance=self.category_guidance,
                                 category=self.category if self.category is None else normalise_category(self.category),
-                                history_adapter=self.history_adapter, history_projection=self.history_projection)
+                                history_adapter=self.history_adapter, history_projection=self.history_projection,
+                                history_interval=self.history_interval)
 
     def group_settings(self, settings: CreativeSettings, product: Product,
                        history: History | None) -> CreativeSettings:
@@ -342,9 +344,14 @@ def personal_version(config: BatchConfig, histories: dict[int, History | None]) 
         return None
     adapter = weights_hash(config.history_adapter) if config.history_adapter else None
     groups = sorted((group, None if h is None else [h.source, h.digest]) for group, h in histories.items())
-    projection = () if config.history_projection == "none" else (config.history_projection,)
+    variant = _history_variant(config.history_projection, config.history_interval)
     return digest("personal", float(config.history_guidance), float(config.category_guidance), config.category,
-                  adapter, config.history, groups, *projection)[:16]
+                  adapter, config.history, groups, *variant)[:16]
+
+
+def _history_variant(projection: str, interval: float) -> tuple:
+    """How the history is guided, beyond its scale: () for the defaults, so older keys stay valid."""
+    return (() if projection == "none" else (projection,)) + (() if float(interval) >= 1.0 else (float(interval),))
 
 
 def key_version(config: BatchConfig, version: Versions, settings: CreativeSettings) -> str:
@@ -359,9 +366,9 @@ def key_version(config: BatchConfig, version: Versions, settings: CreativeSettin
     s_cat = float(settings.category_guidance) if settings.category is not None else 0.0
     adapter = weights_hash(config.history_adapter) if config.history_adapter and (s_hist or s_cat) else None
     no_history = history is None and float(settings.history_guidance) > 0  # the recipe's text-only note
-    projection = () if not s_hist or settings.history_projection == "none" else (settings.history_projection,)
+    variant = _history_variant(settings.history_projection, settings.history_interval) if s_hist else ()
     conditions = digest(None if history is None else [history.source, history.digest], s_hist, settings.category,
-                        s_cat, adapter, no_history, *projection)[:8]
+                        s_cat, adapter, no_history, *variant)[:8]
     return f"{version.generator}+{conditions}"
 
 
