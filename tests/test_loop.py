@@ -236,6 +236,50 @@ def test_a_killed_run_keeps_every_finished_round(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
+def test_a_resumed_run_ends_as_an_uninterrupted_one(run, tmp_path, monkeypatch):
+    """Killed in round 2 (after the loop arm finished it), then `studio loop --resume`: the round-2 leftovers go,
+    round 2 runs again from the round-1 checkpoint, and every round of every arm equals the uninterrupted run's."""
+    from studio.jobs import loop
+
+    _, uninterrupted, _ = run
+    serve = loop._serve
+
+    def killed_in_round_2(world, arm, round_index, traffic):
+        if round_index == 2 and arm.name == "prompts_only":
+            raise KeyboardInterrupt
+        return serve(world, arm, round_index, traffic)
+
+    monkeypatch.setattr(loop, "_serve", killed_in_round_2)
+    config = LoopConfig(rounds=2, seed=3, users=300, groups=2, impressions=2000, initial_per_group=2,
+                        candidates_per_group=4, top_k=1, steps=2, lora_steps=2, reward_epochs=20, prompt_steps=3)
+    with pytest.raises(KeyboardInterrupt):
+        run_loop(config, tmp_path / "run", progress=False)
+    assert (tmp_path / "run" / "loop" / "round-2").is_dir()  # the loop arm had finished round 2
+    monkeypatch.setattr(loop, "_serve", serve)
+    code = main(["loop", "--resume", str(tmp_path / "run"), "--json"])
+    assert code == 0
+    resumed = json.loads((tmp_path / "run" / "loop.json").read_text())
+    assert resumed["finished"] is True and not (tmp_path / "run" / "checkpoint").exists()
+    for arm, records in uninterrupted["rounds"].items():
+        assert len(resumed["rounds"][arm]) == len(records) == 3
+        for mine, theirs in zip(resumed["rounds"][arm], records, strict=True):
+            for field in ("true_ctr", "selected", "retired", "added", "removed", "pool_size", "hacking"):
+                assert mine.get(field) == theirs.get(field), (arm, mine["round"], field)
+    for arm in ("loop", "prompts_only", "no_loop"):  # the log holds each round once
+        log = _log(tmp_path / "run", arm)
+        assert log.groupby("round").size().to_dict() == {0: 2000, 1: 2000, 2: 2000}
+    with pytest.raises(InputError, match="it finished"):
+        loop.resume_loop(tmp_path / "run", progress=False)
+
+
+@pytest.mark.slow
+def test_resuming_a_folder_without_a_checkpoint_is_one_clear_error(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["loop", "--resume", str(tmp_path / "empty")]) == 2
+    assert "has no checkpoint" in capsys.readouterr().err
+
+
+@pytest.mark.slow
 def test_a_pool_too_small_to_rank_is_one_clear_error(tmp_path):
     config = LoopConfig(rounds=1, users=100, groups=1, impressions=100, initial_per_group=1, candidates_per_group=1, top_k=1,
                         steps=1)

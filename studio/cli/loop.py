@@ -58,6 +58,9 @@ def register(subparsers) -> None:
                       help="time limit of each round's requests to the server (default 600)")
     live.add_argument("--concurrency", type=arguments.whole(1, 256), default=8,
                       help="requests to the server in flight (default 8)")
+    loop.add_argument("--resume", metavar="DIR", default=None,
+                      help="go on with the killed run in DIR from the last round every arm finished, with the "
+                           "settings it was started with (the other settings are not read)")
     loop.add_argument("--json", action="store_true", help="print the full report as JSON on stdout")
     loop.set_defaults(func=run_loop_command)
 
@@ -65,8 +68,12 @@ def register(subparsers) -> None:
 def run_loop_command(args: argparse.Namespace) -> int:
     import os
 
-    from studio.jobs.loop import LoopConfig, prepare_server, run_loop
+    from studio.jobs.loop import LoopConfig, prepare_server, resume_loop, run_loop
 
+    if args.resume:
+        report = resume_loop(args.resume, progress=not args.json)
+        emit(report.to_dict(), args.json, _summary(report))
+        return 0
     config = LoopConfig(rounds=args.rounds, seed=args.seed, impressions=args.impressions, users=args.users,
                         groups=args.groups, candidates_per_group=args.candidates, top_k=args.top_k,
                         initial_per_group=args.initial, steps=args.steps, reward_epochs=args.reward_epochs,

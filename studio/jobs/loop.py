@@ -41,7 +41,7 @@ from studio.core.atomic import check_output_folder, remove_stale_staging, staged
 from studio.core.errors import InputError, StudioError
 from studio.core.vocabulary import CATEGORIES, PRODUCTS
 from studio.imaging.descriptors import backdrop_features
-from studio.jobs import loop_report
+from studio.jobs import loop_checkpoint, loop_report
 from studio.learning.policy import CONTROL, TREATMENT, ServingPolicy
 
 ARMS = ("loop", "prompts_only", "no_loop")
@@ -368,69 +368,98 @@ def run_loop(config: LoopConfig, out_dir: str | os.PathLike, progress: bool = Tr
     studio.jobs cannot import studio.serving, so the caller builds it) and the "loop" arm serves through the server.
 
     Files: ``loop.json`` (the report, rewritten after every finished round), ``loop.png`` (CTR per round),
-    ``audience/``, ``products/`` (product masks), ``pool-0/`` (the round-0 creatives), and per arm ``<arm>/``:
-    ``events.db`` (the event log), ``catalogue.json`` (every creative it served: prompt, image, round),
+    ``audience/``, ``products/`` (product masks), ``pool-0/`` (the round-0 creatives), ``checkpoint/`` (the state
+    after the last round every arm finished, for `resume_loop`; removed once the run finishes), and per arm
+    ``<arm>/``: ``events.db`` (the event log), ``catalogue.json`` (every creative it served: prompt, image, round),
     ``round-<r>/`` (that round's creatives, the ranker ``reward/``, the LoRA ``lora/``, ``round.json``),
     ``cache/`` (the creative cache: each round's best) and ``prompt-model/`` (the fine-tuned prompt model).
     """
-    import torch
-    from tqdm.auto import tqdm
-
-    # 1. Check inputs before any model loads or file is written
+    # Check inputs before any model loads or file is written
     config.check()
     final = check_output_folder(out_dir)
     if final.exists() and any(final.iterdir()):
         raise InputError(f"--out {final} is a folder that is not empty; choose a new folder (a loop writes a whole "
-                         "run folder)")
+                         "run folder), or resume a killed run there with --resume")
     if config.serve_url is not None:
         _check_server(config, client)
     try:
         final.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise InputError(f"cannot create {final} ({error.strerror}); choose another output folder") from None
+    return _run(config, final, progress, client, None)
+
+
+def resume_loop(out_dir: str | os.PathLike, progress: bool = True) -> LoopReport:
+    """Go on with a killed run from the last round every arm finished, with the settings it was started with
+    (`studio loop --resume DIR`); the rounds after it come out as an uninterrupted run's would."""
+    final = check_output_folder(out_dir)
+    state = loop_checkpoint.load(final)
+    if state["config"].serve_url is not None:
+        raise InputError(f"cannot resume {final}: its loop arm served through a live server, whose event log cannot "
+                         "be rewound to the last finished round; start a new run")
+    return _run(state["config"], final, progress, None, state)
+
+
+def _run(config: LoopConfig, final: Path, progress: bool, client, state: dict | None) -> LoopReport:
+    import torch
+    from tqdm.auto import tqdm
+
     remove_stale_staging(final)
     started = time.perf_counter()
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # small models: one thread is fastest and leaves the other core to others
     try:
-        # 2. The world, the round-0 pool every arm starts from, and the base model's proposals (diversity baseline)
+        # 1. The world; the round-0 pool every arm starts from and the base model's proposals (diversity baseline),
+        # or, resuming, the state after the last round every arm finished
         world = _World(config, final)
-        pool0, base_proposals = _round_zero(world, final)
-        for product in world.products:
-            made = sum(c.product_id == product["product_id"] for c in pool0)
-            if made < 2:  # the ranker holds one creative out for early stopping and trains on the rest
-                raise InputError(f"the round-0 pool has {made} creative(s) of {product['product_id']}; the reward "
-                                 "model needs at least 2 per product: raise --initial or --groups")
+        if state is None:
+            pool0, base_proposals = _round_zero(world, final)
+            for product in world.products:
+                made = sum(c.product_id == product["product_id"] for c in pool0)
+                if made < 2:  # the ranker holds one creative out for early stopping and trains on the rest
+                    raise InputError(f"the round-0 pool has {made} creative(s) of {product['product_id']}; the "
+                                     "reward model needs at least 2 per product: raise --initial or --groups")
         arms = [_Arm(name, world, final, client if config.serve_url and name == LIVE_ARM else None)
                 for name in config.arms]
-        for arm in arms:
-            arm.add([replace(c) for c in pool0])
-        report = LoopReport(config=_public_config(config), seconds=0.0, world=_world_summary(world),
-                            rounds={arm.name: [] for arm in arms},
-                            files={"report": str(final / REPORT_NAME), "plot": str(final / "loop.png")})
-        # 3. Rounds: every arm finishes round r before any starts r+1, so a killed run has comparable rounds
-        bar = tqdm(total=(config.rounds + 1) * len(arms), desc="loop", unit="round", disable=not progress)
-        for round_index in range(config.rounds + 1):
+        if state is None:
+            for arm in arms:
+                arm.add([replace(c) for c in pool0])
+            report = LoopReport(config=_public_config(config), seconds=0.0, world=_world_summary(world),
+                                rounds={arm.name: [] for arm in arms},
+                                files={"report": str(final / REPORT_NAME), "plot": str(final / "loop.png")})
+            first = 0
+        else:
+            loop_checkpoint.restore(final, state, world, arms)
+            base_proposals, report, first = state["base_proposals"], state["report"], state["round"] + 1
+        earlier = report.seconds  # a resumed run's clock goes on from the killed one's
+
+        # 2. Rounds: every arm finishes round r before any starts r+1, so a killed run has comparable rounds
+        bar = tqdm(total=(config.rounds + 1) * len(arms), initial=first * len(arms), desc="loop", unit="round",
+                   disable=not progress)
+        for round_index in range(first, config.rounds + 1):
             traffic = world.traffic(round_index)
             for arm in arms:
                 bar.set_postfix(arm=arm.name, round=round_index)
                 record = _run_round(world, arm, round_index, traffic, base_proposals)
                 report.rounds[arm.name].append(record)
-                report.seconds = round(time.perf_counter() - started, 1)
+                report.seconds = round(earlier + time.perf_counter() - started, 1)
                 report.comparisons, report.goals = _compare(arms, report, config)
                 write_file(final / REPORT_NAME, lambda path: path.write_text(json.dumps(report.to_dict(), indent=2)))
                 bar.update(1)
+            if round_index < config.rounds and config.serve_url is None:
+                loop_checkpoint.save(final, round_index, config, world, arms, base_proposals, report)
         bar.close()
-        # 4. The prompt models, the plot, the final report
+        # 3. The prompt models, the plot, the final report
         for arm in arms:
             if arm.writer is not None:
                 arm.writer.save_pretrained(arm.out / "prompt-model")
         report.files["plot"] = str(final / "loop.png") if loop_report.plot(final / "loop.png", report.rounds) else \
             "not written: matplotlib is not installed"
-        report.seconds = round(time.perf_counter() - started, 1)
+        report.seconds = round(earlier + time.perf_counter() - started, 1)
         report.comparisons, report.goals = _compare(arms, report, config)
         report.finished = True
         write_file(final / REPORT_NAME, lambda path: path.write_text(json.dumps(report.to_dict(), indent=2)))
+        loop_checkpoint.remove(final)
         return report
     finally:
         torch.set_num_threads(threads)
