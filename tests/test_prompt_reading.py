@@ -78,6 +78,8 @@ def test_studio_mini_paints_a_sentence_as_the_words_it_knows_and_records_the_rea
     assert terse_recipe.prompt_reading is None  # read as typed
     with pytest.raises(InputError, match="no word this model knows"):
         engine.check_prompt("our gift, sunlit kitchen!")
+    # a negative prompt may be read as nothing: it is optional
+    engine.check_prompt("distorted gibberish", name="negative prompt", allow_empty=True)
 
 
 @pytest.mark.slow

@@ -413,7 +413,7 @@ class Engine:
         if not tokenizers:
             return
         reading = self.read_prompt(prompt)
-        if not any(character.isalpha() for character in reading.text):
+        if not allow_empty and not any(character.isalpha() for character in reading.text):
             raise InputError(f"{name} has no word this model knows ({', '.join(reading.dropped)} left out); "
                              "name a colour, a material and a light, e.g. 'a teal marble backdrop, soft light'")
         tokenizer = max(tokenizers, key=lambda t: t.model_max_length)
