@@ -260,6 +260,11 @@ def test_resuming_a_folder_without_a_checkpoint_is_one_clear_error(tmp_path, cap
     (tmp_path / "empty").mkdir()
     assert main(["loop", "--resume", str(tmp_path / "empty")]) == 2
     assert "has no checkpoint" in capsys.readouterr().err
+    live = tmp_path / "live"  # a run whose loop arm a server served writes no checkpoint: its log cannot be rewound
+    live.mkdir()
+    (live / "loop.json").write_text(json.dumps({"config": {"serve_url": "http://127.0.0.1:8000"}, "finished": False}))
+    assert main(["loop", "--resume", str(live)]) == 2
+    assert "served through a live server" in capsys.readouterr().err
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ run goes on as if it had never stopped: the same rounds, to the digit. A finishe
 from __future__ import annotations
 
 import contextlib
+import json
 import pickle
 import random
 import shutil
@@ -53,10 +54,18 @@ def save(folder: Path, round_index: int, config, world, arms: list, base_proposa
 def load(folder: Path) -> dict:
     """The checkpoint of the run in `folder`, or InputError saying why it cannot be resumed."""
     path = folder / CHECKPOINT_NAME / STATE_NAME
-    report = folder / "loop.json"
     if not path.is_file():
-        finished = report.is_file() and '"finished": true' in report.read_text()
-        why = "it finished" if finished else "it has no checkpoint (it stopped before round 0 ended, or is not a loop run)"
+        try:
+            report = json.loads((folder / "loop.json").read_text())
+        except (OSError, ValueError):
+            report = {}
+        if report.get("finished"):
+            why = "it finished"
+        elif (report.get("config") or {}).get("serve_url"):
+            why = ("its loop arm served through a live server, whose event log cannot be rewound to the last finished "
+                   "round")
+        else:
+            why = "it has no checkpoint (it stopped before round 0 ended, or is not a loop run)"
         raise InputError(f"cannot resume {folder}: {why}; start a new run in a new folder")
     try:
         return pickle.loads(path.read_bytes())  # our own file, written by `save` in this run folder
