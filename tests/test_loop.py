@@ -265,6 +265,12 @@ def test_resuming_a_folder_without_a_checkpoint_is_one_clear_error(tmp_path, cap
     (live / "loop.json").write_text(json.dumps({"config": {"serve_url": "http://127.0.0.1:8000"}, "finished": False}))
     assert main(["loop", "--resume", str(live)]) == 2
     assert "served through a live server" in capsys.readouterr().err
+    damaged = tmp_path / "damaged" / "checkpoint"  # a checkpoint cut short: one line, and the folder left as it was
+    damaged.mkdir(parents=True)
+    (damaged / "state.pkl").write_bytes(b"\x80\x05truncated")
+    assert main(["loop", "--resume", str(damaged.parent)]) == 2
+    assert "its checkpoint is damaged" in capsys.readouterr().err
+    assert (damaged / "state.pkl").read_bytes() == b"\x80\x05truncated"
 
 
 @pytest.mark.slow

@@ -407,23 +407,27 @@ class Engine:
             if allow_empty:
                 return
             raise InputError(f"{name} is empty; describe the scene to paint, e.g. 'a red marble table, soft light'")
-        # The text encoder that reads the most decides (CLIP 77 for SD and SDXL; T5 for FLUX and SD3).
-        tokenizers = [getattr(self.pipeline, attr, None) for attr in ("tokenizer", "tokenizer_2", "tokenizer_3")]
-        tokenizers = [t for t in tokenizers if t is not None and t.model_max_length < 100_000]  # 1e30 = no limit
-        if not tokenizers:
-            return
         reading = self.read_prompt(prompt)
-        if not allow_empty and not any(character.isalpha() for character in reading.text):
+        if self.closed_vocabulary and not allow_empty and not any(character.isalpha() for character in reading.text):
             raise InputError(f"{name} has no word this model knows ({', '.join(reading.dropped)} left out); "
                              "name a colour, a material and a light, e.g. 'a teal marble backdrop, soft light'")
-        tokenizer = max(tokenizers, key=lambda t: t.model_max_length)
-        count = len(tokenizer(reading.text, truncation=False).input_ids)
-        limit = tokenizer.model_max_length
-        if count > limit:
+        counted = self.count_tokens(reading.text)
+        if counted is not None and counted[0] > counted[1]:
+            count, limit = counted
             raise InputError(
                 f"{name} is {count} tokens long (with start and end tokens); the model reads at most {limit}, "
                 f"so shorten it by {count - limit} tokens"
             )
+
+    def count_tokens(self, text: str) -> tuple[int, int] | None:
+        """(tokens with start and end, the most it reads) of `text` for the text encoder that reads the most (CLIP 77
+        for SD and SDXL; T5 for FLUX and SD3); None when no encoder has a limit."""
+        tokenizers = [getattr(self.pipeline, attr, None) for attr in ("tokenizer", "tokenizer_2", "tokenizer_3")]
+        tokenizers = [t for t in tokenizers if t is not None and t.model_max_length < 100_000]  # 1e30 = no limit
+        if not tokenizers:
+            return None
+        tokenizer = max(tokenizers, key=lambda t: t.model_max_length)
+        return len(tokenizer(text, truncation=False).input_ids), int(tokenizer.model_max_length)
 
     def read_prompt(self, prompt: str) -> PromptReading:
         """What the model reads of `prompt`: as typed, unless its vocabulary is closed (see

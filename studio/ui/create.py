@@ -153,7 +153,8 @@ class TokenCount:
 
     def text(self) -> str:
         if self.count > self.limit:
-            counted = f"**{self.count} / {self.limit} tokens**: too long by {self.count - self.limit}; shorten the prompt"
+            over = self.count - self.limit
+            counted = f"**{self.count} / {self.limit} tokens**: too long by {over}; shorten the prompt"
         else:
             counted = f"{self.count} / {self.limit} tokens"
         if self.read_as is None:
@@ -167,13 +168,11 @@ def token_count(text: str | None, model: str | None = None) -> TokenCount:
     """Count a prompt's tokens as the generator's text encoder reads them (the tokenizer `Engine.check_prompt` uses),
     after a closed-vocabulary model's reading (studio.imaging.prompt_reading), which it shows."""
     engine = load_engine(model or None)
-    tokenizers = [getattr(engine.pipeline, name, None) for name in ("tokenizer", "tokenizer_2", "tokenizer_3")]
-    tokenizers = [t for t in tokenizers if t is not None and t.model_max_length < 100_000]
-    if not tokenizers:
-        raise InputError("this generator's text encoder has no token limit to count against")
-    tokenizer = max(tokenizers, key=lambda t: t.model_max_length)
     reading = engine.read_prompt(text or "")
-    count = TokenCount(len(tokenizer(reading.text, truncation=False).input_ids), int(tokenizer.model_max_length))
+    counted = engine.count_tokens(reading.text)
+    if counted is None:
+        raise InputError("this generator's text encoder has no token limit to count against")
+    count = TokenCount(*counted)
     if not reading.changed:
         return count
     return replace(count, read_as=reading.text, replaced=tuple(reading.replaced.items()), left_out=reading.dropped)
