@@ -9,7 +9,7 @@ from studio.core.errors import InputError
 from studio.core.vocabulary import COLOURS
 from studio.imaging.creatives import CreativeSettings, generate_creatives
 from studio.imaging.engine import load_engine
-from studio.imaging.prompt_reading import colour_word, read_prompt
+from studio.imaging.prompt_reading import colour_word, read_colours, read_prompt
 from studio.imaging.provenance import read_recipe
 from studio.sim.renderer import render_product
 
@@ -41,6 +41,17 @@ def test_colour_names_become_the_vocabulary_colour_unless_the_prompt_names_one()
     # an explicit vocabulary colour wins: the colour name is left out, not turned into a second colour
     explicit = read_prompt("a teal crimson plain backdrop", knows)
     assert explicit.text == "a teal plain" and explicit.replaced == {} and "crimson" in explicit.dropped
+    # the first colour name wins: "velvet" (an xkcd purple) after "crimson" is not a second colour
+    first = read_prompt("a crimson velvet backdrop", knows)
+    assert first.text == "a red" and first.replaced == {"crimson": "red"} and first.dropped == ("velvet", "backdrop")
+
+
+def test_closed_colours_change_only_the_first_colour_name_and_keep_every_other_word():
+    reading = read_colours("our gift on a crimson velvet table in a sunlit kitchen")
+    assert reading.text == "our gift on a red velvet table in a sunlit kitchen"
+    assert reading.replaced == {"crimson": "red"} and reading.dropped == ()
+    # a vocabulary colour in the prompt wins, and then nothing changes
+    assert not read_colours("a teal crimson table by the sea").changed
 
 
 @pytest.mark.parametrize(("name", "expected"), [
@@ -85,6 +96,21 @@ def test_studio_mini_paints_a_sentence_as_the_words_it_knows_and_records_the_rea
 @pytest.mark.slow
 def test_an_open_vocabulary_model_reads_every_prompt_as_typed(tiny_pipeline_dir):
     engine = load_engine(str(tiny_pipeline_dir), device="cpu")
-    assert not engine.closed_vocabulary
+    assert not engine.closed_vocabulary and not engine.closed_colours
     prompt = "our gift on a crimson table in a sunlit kitchen"
     assert engine.read_prompt(prompt).text == prompt
+
+
+@pytest.mark.slow
+def test_a_model_with_closed_colours_reads_colour_names_as_its_colours(tiny_pipeline_dir, tmp_path):
+    import shutil
+
+    from studio.core.artefact import PIPELINE_CLASS, PIPELINE_FORMAT, write_manifest
+
+    folder = tmp_path / "v2-like"
+    shutil.copytree(tiny_pipeline_dir, folder)
+    write_manifest(folder, PIPELINE_CLASS, PIPELINE_FORMAT, name="studio-mini", version=2,
+                   vocabulary="closed-colours")
+    engine = load_engine(str(folder), device="cpu")
+    assert engine.closed_colours and not engine.closed_vocabulary
+    assert engine.read_prompt("our gift on a crimson table").text == "our gift on a red table"

@@ -29,7 +29,7 @@ from studio.core import hub
 from studio.core.artefact import PIPELINE_CLASS, PIPELINE_FORMAT, check_manifest
 from studio.core.errors import InputError, ModelNotFoundError, StudioError
 from studio.core.quiet import quiet_loading
-from studio.imaging.prompt_reading import PromptReading, read_prompt
+from studio.imaging.prompt_reading import PromptReading, read_colours, read_prompt
 from studio.imaging.provenance import weights_hash
 from studio.imaging.tiny import RANDOM_INIT_MARKER, build_tiny_pipeline
 
@@ -393,9 +393,11 @@ class Engine:
         self._lock = threading.Lock()  # one generation at a time: the scheduler and LoRA state are shared
         self._embeddings: dict[str, Any] = {}
         self._personal = PersonalAdapters(self)
-        # a closed vocabulary (studio-mini) reads only the words it learned (studio.imaging.prompt_reading)
+        # a closed vocabulary (studio-mini) reads only the words it learned, closed colours (v2) only the colours it
+        # learned (studio.imaging.prompt_reading)
         manifest = check_manifest(folder, PIPELINE_CLASS, PIPELINE_FORMAT) if folder and Path(folder).is_dir() else {}
         self.closed_vocabulary = manifest.get("vocabulary") == "closed"
+        self.closed_colours = manifest.get("vocabulary") == "closed-colours"
         self._known_words: dict[str, bool] = {}
 
     # ---------------------------------------------------------------------------------------------------------------
@@ -430,11 +432,13 @@ class Engine:
         return len(tokenizer(text, truncation=False).input_ids), int(tokenizer.model_max_length)
 
     def read_prompt(self, prompt: str) -> PromptReading:
-        """What the model reads of `prompt`: as typed, unless its vocabulary is closed (see
+        """What the model reads of `prompt`: as typed, unless its vocabulary or its colours are closed (see
         studio.imaging.prompt_reading: unknown words left out, colour names mapped to the vocabulary's colours)."""
-        if not self.closed_vocabulary:
-            return PromptReading(prompt, prompt)
-        return read_prompt(prompt, self._knows)
+        if self.closed_vocabulary:
+            return read_prompt(prompt, self._knows)
+        if self.closed_colours:
+            return read_colours(prompt)
+        return PromptReading(prompt, prompt)
 
     def _knows(self, word: str) -> bool:
         """Whether the tokenizer holds `word` whole (one token that ends a word)."""

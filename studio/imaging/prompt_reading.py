@@ -8,8 +8,13 @@ of a prompt as follows:
 - a word its tokenizer holds whole is kept;
 - a colour name of the xkcd colour survey (matplotlib's ``XKCD_COLORS``: 949 names people gave colours, e.g.
   "crimson", "navy", "mustard") becomes the vocabulary colour nearest to it in CIELAB, unless the prompt already
-  names a vocabulary colour (an explicit colour wins; other colour names are then left out);
+  names a vocabulary colour (an explicit colour wins; other colour names are then left out) or an earlier colour
+  name was mapped ("crimson velvet" is red, not red and purple: the first colour name wins);
 - any other word is left out.
+
+A model whose words are open but whose colours are closed (``"vocabulary": "closed-colours"``: studio-mini v2, which
+reads any word through CLIP's BPE but learned colours only from the vocabulary's names) keeps every word and maps
+only the first colour name, by the same rule: ``read_colours``.
 
 The reading goes into each creative's recipe (`prompt_read`, `prompt_replaced`, `prompt_dropped`), so a marketer
 sees what the model was told.
@@ -52,8 +57,9 @@ class PromptReading:
         return {"prompt_read": self.text, "prompt_replaced": dict(self.replaced), "prompt_dropped": list(self.dropped)}
 
 
-def read_prompt(prompt: str, knows: Callable[[str], bool]) -> PromptReading:
-    """Read `prompt` for a model that knows a word when `knows(word)` (see the module docstring)."""
+def read_prompt(prompt: str, knows: Callable[[str], bool], keep_unknown: bool = False) -> PromptReading:
+    """Read `prompt` for a model that knows a word when `knows(word)` (see the module docstring); `keep_unknown`
+    keeps the words it neither knows nor maps instead of leaving them out."""
     tokens = _TOKEN.findall(prompt)
     names_a_colour = any(token.lower() in COLOURS and knows(token) for token in tokens)
     kept, replaced, dropped = [], {}, []
@@ -61,16 +67,24 @@ def read_prompt(prompt: str, knows: Callable[[str], bool]) -> PromptReading:
         if knows(token):
             kept.append(token)
             continue
-        colour = None if names_a_colour else colour_word(token)
+        colour = None if names_a_colour or replaced else colour_word(token)
         if colour is not None and knows(colour):
             kept.append(colour)
             replaced[token] = colour
+        elif keep_unknown:
+            kept.append(token)
         else:
             dropped.append(token)
     text = _PUNCTUATION_GAP.sub(r"\1", " ".join(kept)).strip()
     if not replaced and not dropped:
         text = prompt  # read as typed, spacing included
     return PromptReading(prompt, text, replaced, tuple(dropped))
+
+
+def read_colours(prompt: str) -> PromptReading:
+    """Read `prompt` for a model with closed colours and open words: only the first colour name changes, and only
+    when the prompt names no vocabulary colour (see the module docstring)."""
+    return read_prompt(prompt, lambda word: colour_word(word) is None, keep_unknown=True)
 
 
 def colour_word(word: str) -> str | None:

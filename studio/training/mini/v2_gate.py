@@ -206,7 +206,7 @@ def evaluate_v2(model: str | os.PathLike, device: str = "cpu", steps: int = 30, 
     synonyms = [word for word in COLOUR_SYNONYMS if COLOUR_SYNONYMS[word] in colours] if quick else list(
         COLOUR_SYNONYMS)
     report: dict = {"model": str(model), "prompt_reading": "closed vocabulary" if engine.closed_vocabulary else
-                    "as typed", "native_size": side, "buckets": buckets, "steps": steps,
+                    "closed colours" if engine.closed_colours else "as typed", "native_size": side, "buckets": buckets, "steps": steps,
                     "guidance": guidance, "quick": quick, "heldout_cutouts": [name for name, _ in cutouts],
                     "heldout_photos": [name for name, _ in photos]}
     hits: dict[str, list[bool]] = {}

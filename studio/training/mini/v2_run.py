@@ -277,7 +277,8 @@ def save_v2(pipeline, folder: str | os.PathLike) -> Path:
         for name in ("vae", "unet", "text_encoder"):
             getattr(pipeline, name).to("cpu")
         pipeline.save_pretrained(staging, safe_serialization=True, max_shard_size=SHARD)
-        write_manifest(staging, PIPELINE_CLASS, PIPELINE_FORMAT, name="studio-mini", version=2)
+        write_manifest(staging, PIPELINE_CLASS, PIPELINE_FORMAT, name="studio-mini", version=2,
+                       vocabulary="closed-colours")
         too_big = [path.name for path in Path(staging).rglob("*") if path.is_file()
                    and path.stat().st_size > MAX_FILE_BYTES]
         if too_big:
