@@ -205,7 +205,7 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT, *, cache: str | os.PathL
     @_reports_errors([], [], None, None, [])
     def generate(path, editor, detected, prompt, negative_prompt, mode, placement, directions, amount, count, seed,
                  steps, guidance, model, group, category, scale, position_x, position_y, personal_group,
-                 history_guidance, history_adapter, request: gr.Request,
+                 history_guidance, keep_colours, category_guidance, history_adapter, request: gr.Request,
                  progress=gr.Progress(track_tqdm=True)):  # noqa: B008 -- Gradio injects it by this default
         # An untouched Textbox (e.g. inside the closed Advanced panel) sends None, not "".
         prompt, negative_prompt, model = prompt or "", negative_prompt or "", (model or "").strip()
@@ -219,7 +219,8 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT, *, cache: str | os.PathL
             mode=mode, placement=placement, extend=extend, steps=int(steps), guidance=float(guidance),
             negative_prompt=negative_prompt, scale=float(scale) if scale else CreativeSettings.scale,
             position=(float(position_x), float(position_y)), personal_group=personal_group,
-            history_guidance=history_guidance, history_adapter=history_adapter)
+            history_guidance=history_guidance, keep_colours=bool(keep_colours), category=category or "",
+            category_guidance=category_guidance or 0.0, history_adapter=history_adapter)
         cancel = cancel_flags.start(request.session_hash)
         shown: list = []
         try:
@@ -237,10 +238,10 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT, *, cache: str | os.PathL
             cancel_flags.finish(request.session_hash, cancel)
 
     def personalise(chosen: str | None, scale: float):
-        # The slider shows once a group is chosen, at 1 unless the marketer set another strength
+        # The slider and the colour switch show once a group is chosen, at 1 unless the marketer set another strength
         if not chosen:
-            return gr.update(visible=False)
-        return gr.update(visible=True, value=scale or create_ui.DEFAULT_HISTORY_GUIDANCE)
+            return gr.update(visible=False), gr.update(visible=False)
+        return gr.update(visible=True, value=scale or create_ui.DEFAULT_HISTORY_GUIDANCE), gr.update(visible=True)
 
     def remember(runs: list[dict], made: list[dict], *settings):
         if not made:  # a failed run, or one cancelled before its first image, is not worth reusing
@@ -464,6 +465,9 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT, *, cache: str | os.PathL
                                                          value=create_ui.DEFAULT_HISTORY_GUIDANCE, step=0.25,
                                                          label="History guidance", visible=False,
                                                          elem_id="history-guidance")
+                            keep_colours = gr.Checkbox(True, label="Keep the prompt's colours (the history shapes "
+                                                       "only the last third of the steps)", visible=False,
+                                                       elem_id="keep-colours")
                         suggest_button = gr.Button("Suggest prompts for this group", elem_id="suggest")
                         suggestions = gr.Radio([], label="Suggestions (click one to use it)", visible=False,
                                                interactive=True, elem_id="suggestions")
@@ -493,6 +497,10 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT, *, cache: str | os.PathL
                             model = gr.Textbox(label="Model (hub id or local folder; empty = the embedded default)")
                             history_adapter = gr.Textbox("", label="History adapter for personalising (folder; "
                                                          "empty = the model's own)", elem_id="history-adapter")
+                            category_guidance = gr.Slider(0, create_ui.MAX_HISTORY_GUIDANCE, value=0, step=0.25,
+                                                          label="Category guidance (studio-mini: paint for the "
+                                                                "product's category; 0 = off)",
+                                                          elem_id="category-guidance")
                         with gr.Row():
                             generate_button = gr.Button("Generate", variant="primary", elem_id="generate")
                             cancel_button = gr.Button("Cancel", variant="stop", elem_id="cancel")
@@ -628,7 +636,8 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT, *, cache: str | os.PathL
         mode.change(lambda chosen: (gr.update(visible=chosen == "background"), gr.update(visible=chosen == "outpaint")),
                     mode, [placement, outpaint_options], api_name=False)
         group.change(show_profile, group, profile, api_name=False)
-        personal_group.change(personalise, [personal_group, history_guidance], history_guidance, api_name=False)
+        personal_group.change(personalise, [personal_group, history_guidance], [history_guidance, keep_colours],
+                              api_name=False)
         suggest_button.click(suggest, [group, title, category, placement, seed], [suggestions, status],
                              api_name="suggest")
         suggestions.select(use_suggestion, None, prompt, api_name=False)
@@ -637,14 +646,15 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT, *, cache: str | os.PathL
         app.load(count_tokens, [prompt, model], tokens, api_name=False)
         results = [gallery, recipes, recipe, scores, made, status]
         run_settings = [prompt, negative_prompt, group, category, placement, scale, count, seed, steps, guidance, model,
-                        position_x, position_y, personal_group, history_guidance, history_adapter]
+                        position_x, position_y, personal_group, history_guidance, keep_colours, category_guidance,
+                        history_adapter]
         generate_button.click(  # clear the last run's creatives first, so none linger under a new prompt
             lambda: ([], [], None, None, [], "Generating…"), None, results, queue=False, api_name=False,
         ).then(
             generate,
             [photo, editor, detected, prompt, negative_prompt, mode, placement, directions, amount, count, seed, steps,
              guidance, model, group, category, scale, position_x, position_y, personal_group, history_guidance,
-             history_adapter],
+             keep_colours, category_guidance, history_adapter],
             results,
             api_name="generate",
         ).then(

@@ -133,6 +133,14 @@ def test_a_marketer_picks_a_group_uses_a_suggestion_sees_predicted_ctr_and_accep
         page.locator("#group input").click()  # the picker lists every group with its size and interests
         page.get_by_role("option", name="Group 2").click()
         page.locator("#group-profile").get_by_text("Group 2").wait_for()
+        # personalising shows its strength and the colour switch (on); back to the prompt alone hides them
+        page.locator("#personal-group input").click()
+        page.get_by_role("option", name="Group 2 (its clicked creatives)").click()
+        page.locator("#history-guidance").wait_for()
+        assert page.locator("#keep-colours input[type=checkbox]").is_checked()
+        page.locator("#personal-group input").click()
+        page.get_by_role("option", name="None: the prompt alone").click()
+        page.locator("#keep-colours").wait_for(state="hidden")
         page.locator("#suggest").click()
         first = page.locator("#suggestions label").first
         first.wait_for(timeout=30_000)

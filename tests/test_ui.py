@@ -233,7 +233,7 @@ def test_a_cancelled_stream_keeps_what_it_yielded(tmp_path):
 
 def test_recent_runs_keep_the_latest_first_and_give_their_settings_back():
     run = dict(zip(create.HISTORY_FIELDS, ("a teal table", "", "2", "beverage", "4:5", 0.6, 2, 7, 30, 7.5, "",
-                                           0.3, 0.7, "", 1.0, ""), strict=True))
+                                           0.3, 0.7, "", 1.0, True, 0.0, ""), strict=True))
     history = create.remember([], run)
     history = create.remember(history, {**run, "seed": 8})
     history = create.remember(history, run)  # a repeat moves to the top, not in twice
@@ -245,8 +245,9 @@ def test_recent_runs_keep_the_latest_first_and_give_their_settings_back():
     assert len(history) == create.HISTORY_LIMIT and history[0]["seed"] == 119
     with pytest.raises(InputError, match="no recent run"):
         create.reuse(history, 10)
-    personal = create.remember(history, {**run, "personal_group": "1", "history_guidance": 2.5})
-    assert create.reuse(personal, "0")[-3:] == ("1", 2.5, "")  # the personal conditions come back with the run
+    personal = create.remember(history, {**run, "personal_group": "1", "history_guidance": 2.5, "keep_colours": False,
+                                         "category_guidance": 1.5})
+    assert create.reuse(personal, "0")[-5:] == ("1", 2.5, False, 1.5, "")  # the personal conditions come back
     assert create.history_choices(personal)[0][0] == "#0 · group 2 · 4:5 · seed 7 · for group 1 ×2.5 · a teal table"
 
 
@@ -266,8 +267,22 @@ def test_personalising_for_a_group_passes_its_history_and_scale_into_the_setting
                                         history_adapter=f" {adapter} ")
     assert settings.history_guidance == 2.5 and settings.history_adapter == str(adapter)
     assert settings.history.source == "group:2" and settings.history.digest == history_for_group(2).digest
+    # "Keep the prompt's colours" (on by default): the measured recipe that keeps the colour up to scale 4
+    assert (settings.history_projection, settings.history_interval) == ("perpendicular", 0.35)
+    free = create.creative_settings(**CREATE_ARGS, personal_group="2", history_guidance=2.5, keep_colours=False)
+    assert (free.history_projection, free.history_interval) == ("none", 1.0)
     plain = create.creative_settings(**CREATE_ARGS, personal_group="", history_guidance=2.5)
     assert plain == CreativeSettings(steps=2, scale=0.6)  # no group: the prompt alone, the slider unused
+    # the category condition: the product's category (a product kind reads as its category) at its own scale
+    bottle = create.creative_settings(**CREATE_ARGS, category="bottle", category_guidance=1.5)
+    assert (bottle.category, bottle.category_guidance, bottle.history) == ("beverage", 1.5, None)
+    assert create.creative_settings(**CREATE_ARGS, category="bottle", category_guidance=0).category is None
+    with pytest.raises(InputError, match="category guidance needs the product's category"):
+        create.creative_settings(**CREATE_ARGS, category="", category_guidance=1.0)
+    with pytest.raises(InputError, match="unknown product category 'spaceship'"):
+        create.creative_settings(**CREATE_ARGS, category="spaceship", category_guidance=1.0)
+    with pytest.raises(InputError, match="category guidance must be a finite number"):
+        create.creative_settings(**CREATE_ARGS, category="beverage", category_guidance=-1)
     assert create.personal_choices([{"group_id": 0}, {"group_id": 3}]) == [
         ("None: the prompt alone", ""), ("Group 0 (its clicked creatives)", "0"),
         ("Group 3 (its clicked creatives)", "3")]
@@ -299,13 +314,15 @@ def test_the_create_button_passes_the_history_scale_into_the_settings(tmp_path, 
     photo = tmp_path / "photo.png"
     product_photo().save(photo)
     request = type("Request", (), {"session_hash": "test"})()
-    base = [str(photo), None, None, "a teal table", "", "outpaint", "1:1", ["left"], 64, 1, 0, 2, 7.5, "", "", "",
-            0.6, 0.5, 0.55]
-    assert list(handler(*base, "1", 3.0, "", request=request)) == []
-    assert list(handler(*base, "", 3.0, "", request=request)) == []
+    base = [str(photo), None, None, "a teal table", "", "outpaint", "1:1", ["left"], 64, 1, 0, 2, 7.5, "", "",
+            "beverage", 0.6, 0.5, 0.55]
+    assert list(handler(*base, "1", 3.0, True, 0, "", request=request)) == []
+    assert list(handler(*base, "", 3.0, True, 1.5, "", request=request)) == []
     personal, plain = seen
     assert personal.history_guidance == 3.0 and personal.history.source == "group:1"
+    assert personal.history_projection == "perpendicular" and personal.category is None
     assert plain.history is None and plain.history_guidance == 0.0
+    assert (plain.category, plain.category_guidance) == ("beverage", 1.5)  # the category dropdown's, at its slider
 
 
 # -- experiments ------------------------------------------------------------------------------------------------------

@@ -26,7 +26,7 @@ from studio.core.atomic import write_file
 from studio.core.errors import InputError
 from studio.imaging.creatives import CreativeSettings, build_canvas, generate_creatives
 from studio.imaging.engine import load_engine
-from studio.imaging.personal import check_scale
+from studio.imaging.personal import check_category, check_scale
 from studio.imaging.provenance import read_recipe, weights_hash
 from studio.jobs.cache import CachedCreative, CacheKey, CreativeCache
 from studio.jobs.pipeline import audience_groups, normalise_category, rank_by_ctr, score, write_prompts
@@ -42,6 +42,9 @@ PLACEMENT_PRESETS: dict[str, str] = {
 DEFAULT_REWARD_MODEL = "reward-mini"
 DEFAULT_HISTORY_GUIDANCE = 1.0  # the history slider's value once a group is chosen to personalise for
 MAX_HISTORY_GUIDANCE = 4.0  # the slider's top: past it the history overrides the prompt's colours (generation.md)
+# "Keep the prompt's colours": the history guides only the last third of the steps, never against the prompt; on
+# evaluation seeds the colour stays within 3 points of text-only up to scale 4 (docs/generation.md)
+KEEP_COLOURS = {"history_projection": "perpendicular", "history_interval": 0.35}
 
 
 @dataclass
@@ -190,15 +193,22 @@ def personal_choices(profiles: list[dict]) -> list[tuple[str, str]]:
 def creative_settings(*, mode: str, placement: str, extend: dict[str, int] | None, steps: int, guidance: float,
                       negative_prompt: str, scale: float | None, position: tuple[float, float],
                       personal_group: str | int | None = None, history_guidance: float = DEFAULT_HISTORY_GUIDANCE,
+                      keep_colours: bool = True, category: str = "", category_guidance: float = 0.0,
                       history_adapter: str | None = None, history_world: str | None = None) -> CreativeSettings:
     """The Create button's settings. With `personal_group`, the creatives are painted for that group's taste: its
     clicked creatives in the simulated world (`studio.sim.histories.history_for_group`; `history_world`, default the
-    seeded one in the user cache) condition the generator at `history_guidance`, through `history_adapter` (empty:
-    the model's own). Without a group the prompt alone paints and the slider is not used. Checked here: a bad scale,
-    an unknown group or a missing adapter is one clear error before anything is painted."""
+    seeded one in the user cache) condition the generator at `history_guidance` (with `keep_colours`, as
+    `KEEP_COLOURS`), through `history_adapter` (empty: the model's own). Without a group the prompt alone paints and
+    the slider is not used. `category_guidance` > 0 conditions on the product's `category` too. Checked here: a bad
+    scale, an unknown group or category, or a missing adapter is one clear error before anything is painted."""
     settings = CreativeSettings(mode=mode, placement=placement, extend=extend, steps=int(steps),
                                 guidance=float(guidance), negative_prompt=negative_prompt, scale=scale,
                                 position=position)
+    if check_scale("category guidance", category_guidance) > 0:
+        if not normalise_category(category or ""):
+            raise InputError("category guidance needs the product's category: choose one, or set the slider to 0")
+        settings = replace(settings, category=check_category(normalise_category(category)),
+                           category_guidance=float(category_guidance))
     if personal_group is None or str(personal_group).strip() == "":
         return settings
     from studio.sim.histories import history_for_group
@@ -208,7 +218,7 @@ def creative_settings(*, mode: str, placement: str, extend: dict[str, int] | Non
         raise InputError(f"history adapter {adapter!r} is not a folder; enter a PersonalConditioner (studio-mini) or "
                          "an IP-Adapter folder, or leave it empty for the model's own")
     settings = replace(settings, history_guidance=check_scale("history guidance", history_guidance),
-                       history_adapter=adapter)
+                       history_adapter=adapter, **(KEEP_COLOURS if keep_colours else {}))
     settings.history = history_for_group(str(personal_group).strip(), history_world)
     return settings
 
@@ -330,7 +340,7 @@ def from_dicts(items: list[dict[str, Any]] | None) -> list[ScoredCreative]:
 # The settings a run is remembered by, in the order "reuse settings" gives them back.
 HISTORY_FIELDS = ("prompt", "negative_prompt", "group", "category", "placement", "scale", "count", "seed", "steps",
                   "guidance", "model", "position_x", "position_y", "personal_group", "history_guidance",
-                  "history_adapter")
+                  "keep_colours", "category_guidance", "history_adapter")
 HISTORY_LIMIT = 10
 
 
