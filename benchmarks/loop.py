@@ -1,6 +1,7 @@
 """Closed-loop benchmark: `studio loop --rounds 3` on several seeds, against the issue's goals.
 
     python benchmarks/loop.py --seeds 0 1 2 [--out out/bench-loop] [--rounds 3] [--lora-per-group]
+        [--lora-examples clicked] [--lora-share 0.5]
 
 Each seed runs `studio.jobs.loop.run_loop` with the CLI defaults into OUT/seed-S (a seed whose folder already holds a
 finished `loop.json` is read, not run again, so seeds can run in separate processes and be summarised after). Prints,
@@ -22,7 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def run_seed(out: Path, seed: int, rounds: int, lora_per_group: bool = False) -> dict:
+def run_seed(out: Path, seed: int, rounds: int, lora_per_group: bool = False, lora_examples: str = "selected",
+             lora_share: float = 1.0) -> dict:
     from studio.jobs.loop import LoopConfig, run_loop
 
     report = out / "loop.json"
@@ -30,7 +32,9 @@ def run_seed(out: Path, seed: int, rounds: int, lora_per_group: bool = False) ->
         data = json.loads(report.read_text())
         if data.get("finished"):
             return data
-    return run_loop(LoopConfig(rounds=rounds, seed=seed, lora_per_group=lora_per_group), out, progress=True).to_dict()
+    config = LoopConfig(rounds=rounds, seed=seed, lora_per_group=lora_per_group, lora_examples=lora_examples,
+                        lora_share=lora_share)
+    return run_loop(config, out, progress=True).to_dict()
 
 
 def row(seed: int, report: dict) -> dict:
@@ -60,9 +64,13 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--out", default="out/bench-loop")
     parser.add_argument("--lora-per-group", action="store_true", help="one generator LoRA per audience group")
+    parser.add_argument("--lora-examples", choices=("selected", "clicked"), default="selected",
+                        help="what the generator LoRA learns from")
+    parser.add_argument("--lora-share", type=float, default=1.0, help="share of proposals the LoRA paints")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    rows = [row(seed, run_seed(Path(args.out) / f"seed-{seed}", seed, args.rounds, args.lora_per_group)) for seed in args.seeds]
+    rows = [row(seed, run_seed(Path(args.out) / f"seed-{seed}", seed, args.rounds, args.lora_per_group,
+                                    args.lora_examples, args.lora_share)) for seed in args.seeds]
 
     def gain(value: dict) -> str:
         return f"{value['gain']:+.1%} [{value['ci'][0]:+.1%}, {value['ci'][1]:+.1%}]"

@@ -314,3 +314,63 @@ def test_per_group_loras_train_on_their_group_and_paint_its_proposals(tmp_path, 
     assert {(g, lora) for r, g, lora in painted if r == 1} == {(0, None), (1, None)}  # no LoRA before round 1's fit
     assert {(g, Path(lora).name, Path(lora).parent.name) for r, g, lora in painted if r == 2} == {
         (0, "lora-g0", "round-1"), (1, "lora-g1", "round-1")}
+
+
+@pytest.mark.slow
+def test_clicked_loras_learn_from_every_logged_creative_above_its_groups_mean(tmp_path, monkeypatch):
+    """`lora_examples="clicked"`: each round's LoRA learns from the logged creatives whose smoothed CTR in a group is
+    above that group's mean (once per such group), read from the event log of the rounds served so far."""
+    from studio.jobs import loop
+    from studio.learning.log_dataset import read_impressions
+
+    calls = []  # (the smoothed table it read, what it chose as (creative, group id))
+    clicked = loop._clicked
+
+    def recording(world, arm, table):
+        chosen = clicked(world, arm, table)
+        calls.append((table.copy(), {(c.creative_id, world.group_ids[c.group]) for c in chosen}))
+        return chosen
+
+    monkeypatch.setattr(loop, "_clicked", recording)
+    config = LoopConfig(rounds=2, seed=3, users=300, groups=2, impressions=2000, initial_per_group=2,
+                        candidates_per_group=4, top_k=1, steps=2, lora_steps=2, reward_epochs=20, prompt_steps=3,
+                        arms=("loop",), lora_examples="clicked")
+    report = run_loop(config, tmp_path / "run", progress=False).to_dict()
+    log = read_impressions(tmp_path / "run" / "loop" / "events.db")
+    assert len(calls) == 2
+    for round_index, (table, chosen) in enumerate(calls, start=1):
+        served = log[log["model_version"].str.rsplit("-", n=1).str[1].astype(int) < round_index]
+        assert set(table["creative_id"]) == set(served["creative_id"])  # every creative served before this round
+        expected = set()
+        for group_id, rows in table.groupby("group_id"):
+            expected |= {(c, group_id) for c, v in zip(rows["creative_id"], rows["label"]) if v > rows["label"].mean()}
+        assert chosen == expected
+        assert 0 < len(expected) < len(table)
+        assert report["rounds"]["loop"][round_index]["lora"]["examples"] == len(expected)
+
+
+@pytest.mark.slow
+def test_a_lora_share_paints_that_share_of_each_groups_proposals_with_the_lora(tmp_path, monkeypatch):
+    """`lora_share=0.5`: once a LoRA exists, half of each group's proposals are painted with it and half with the base
+    generator, and the ranker ranks them together."""
+    from studio.jobs import loop
+
+    painted = []  # (round, group, with a LoRA?) of every proposal painted
+    paint = loop._World.paint
+
+    def recording(self, product, prompt, seed, lora, folder, name):
+        if name.startswith("r"):
+            painted.append((int(name[1:].split("-g")[0]), int(name.split("-g")[1].split("-")[0]), lora is not None))
+        return paint(self, product, prompt, seed, lora, folder, name)
+
+    monkeypatch.setattr(loop._World, "paint", recording)
+    config = LoopConfig(rounds=2, seed=3, users=300, groups=2, impressions=2000, initial_per_group=2,
+                        candidates_per_group=4, top_k=1, steps=2, lora_steps=2, reward_epochs=20, prompt_steps=3,
+                        arms=("loop",), lora_share=0.5)
+    report = run_loop(config, tmp_path / "run", progress=False).to_dict()
+    for group in (0, 1):
+        assert [lora for r, g, lora in painted if (r, g) == (1, group)] == [False] * 4  # no LoRA before round 1's fit
+        assert [lora for r, g, lora in painted if (r, g) == (2, group)] == [True, True, False, False]
+    assert len(report["rounds"]["loop"][2]["ranker"]["ranked_creatives"]) == 8  # both kinds, ranked together
+    with pytest.raises(InputError, match="lora_share must be between 0 and 1"):
+        run_loop(LoopConfig(lora_share=float("nan")), tmp_path / "bad", progress=False)

@@ -43,7 +43,10 @@ def register(subparsers) -> None:
     loop.add_argument("--lora-steps", type=arguments.whole(1, 10_000), default=20,
                       help="LoRA steps of the generator per round (default 20)")
     loop.add_argument("--lora-per-group", action="store_true",
-                      help="one generator LoRA per audience group, on that group's selected creatives (default: one LoRA)")
+                      help="one generator LoRA per audience group, on that group's examples (default: one LoRA)")
+    loop.add_argument("--lora-examples", choices=("selected", "clicked"), default="selected",
+                      help="what the generator LoRA learns from: every creative the ranker selected so far "
+                           "(default), or every logged creative with an above-average CTR in a group")
     live = loop.add_argument_group("against a live server (docs/loop.md, 'Against a live server')")
     live.add_argument("--prepare-server", metavar="DIR", default=None,
                       help="write DIR (audience/, an empty cache/, server.json) for a studio serve of this world, print "
@@ -78,7 +81,7 @@ def run_loop_command(args: argparse.Namespace) -> int:
                         groups=args.groups, candidates_per_group=args.candidates, top_k=args.top_k,
                         initial_per_group=args.initial, steps=args.steps, reward_epochs=args.reward_epochs,
                         prompt_steps=args.prompt_steps, lora_steps=args.lora_steps,
-                        lora_per_group=args.lora_per_group, serve_url=args.serve_url,
+                        lora_per_group=args.lora_per_group, lora_examples=args.lora_examples, serve_url=args.serve_url,
                         serve_dir=args.serve_dir, serve_db=args.serve_db, serve_seconds=args.serve_seconds,
                         serve_concurrency=args.concurrency)
     if args.prepare_server:

@@ -45,6 +45,7 @@ from studio.jobs import loop_checkpoint, loop_report
 from studio.learning.policy import CONTROL, TREATMENT, ServingPolicy
 
 ARMS = ("loop", "prompts_only", "no_loop")
+LORA_EXAMPLES = ("selected", "clicked")  # what the generator LoRA learns from
 CHECKERS = 3  # reward models in the held-out check of the predicted gain
 CHECKER_SEED = 500_009  # each checker's seed offset from the ranker's
 REPORT_NAME = "loop.json"
@@ -65,7 +66,11 @@ class LoopConfig:
     reward retrain. prompt_steps, prompt_learning_rate, anchor_weight: the prompt model's weighted SFT (the anchor is
     the base model's own prompts at this share of the positive weight). lora_steps, lora_rank,
     lora_learning_rate, lora_scale: the generator's LoRA; lora_per_group: one LoRA per audience group, each on its
-    group's selected creatives and painting its group's proposals (default: one LoRA on every group's). alpha: LinUCB exploration. arms: which arms to run.
+    group's examples and painting its group's proposals (default: one LoRA on every group's); lora_examples: what the
+    LoRA learns from, "selected" (every creative the ranker selected so far) or "clicked" (every logged creative
+    whose smoothed CTR in a group is above that group's mean); lora_share: the share of each group's proposals the
+    LoRA paints (the rest: the base generator, so both compete for the ranker and the bandit). alpha: LinUCB
+    exploration. arms: which arms to run.
     serve_url: the "loop" arm serves through the `studio serve` at this loopback URL (None: in-process), whose folder
     `serve_dir` `prepare_server` wrote (audience/, cache/ the server serves, events.db unless `serve_db` names its
     event log: a SQLite file or a postgresql:// URL); serve_seconds bounds each round's HTTP traffic, serve_concurrency
@@ -94,6 +99,8 @@ class LoopConfig:
     lora_learning_rate: float = 1e-3
     lora_scale: float = 1.0
     lora_per_group: bool = False
+    lora_examples: str = "selected"
+    lora_share: float = 1.0
     alpha: float = 0.25
     generator: str | None = None
     prompt_model: str | None = None
@@ -124,6 +131,10 @@ class LoopConfig:
             raise InputError("candidates_per_group and initial_per_group must be at most 64 (prompts per brief)")
         if self.top_k > self.candidates_per_group:
             raise InputError(f"top_k ({self.top_k}) cannot exceed candidates_per_group ({self.candidates_per_group})")
+        if not 0.0 <= self.lora_share <= 1.0:
+            raise InputError(f"lora_share must be between 0 and 1, got {self.lora_share!r}")
+        if self.lora_examples not in LORA_EXAMPLES:
+            raise InputError(f"lora_examples must be one of {', '.join(LORA_EXAMPLES)}, got {self.lora_examples!r}")
         if not self.arms or any(arm not in ARMS for arm in self.arms) or len(set(self.arms)) != len(self.arms):
             raise InputError(f"arms must be distinct names from {', '.join(ARMS)}, got {self.arms!r}")
         if not (self.alpha >= 0 and self.anchor_weight >= 0 and self.prompt_learning_rate > 0
@@ -785,7 +796,8 @@ def _evolve(world: _World, arm: _Arm, round_index: int, staging: Path) -> dict:
     # 4. fine-tune for the next round: the prompt model (both loop arms), the generator (loop only)
     record["prompt_model"] = _fine_tune_prompts(world, arm, ranked, dataset, trainer.prior_, round_index)
     if arm.name == "loop":
-        arm.lora_examples += selected
+        arm.lora_examples = (arm.lora_examples + selected if config.lora_examples == "selected"
+                             else _clicked(world, arm, _smoothed_ctr(dataset, trainer.prior_)))
         record["lora"] = _fine_tune_generator(world, arm, round_index, staging)
     return record
 
@@ -823,6 +835,16 @@ def _smoothed_ctr(dataset, prior) -> Any:
     return label(aggregate(dataset.impressions), prior)
 
 
+def _clicked(world: _World, arm: _Arm, table) -> list[_Creative]:
+    """Every logged creative whose smoothed CTR in a group is above that group's mean, once per such group."""
+    clicked = []
+    for (product_id, group_id), rows in table.groupby(["product_id", "group_id"], sort=True):
+        g = world.group_ids.index(group_id)
+        clicked += [replace(arm.catalogue[c], group=g)
+                    for c, value in zip(rows["creative_id"], rows["label"]) if value > rows["label"].mean()]
+    return clicked
+
+
 def _retire(arm: _Arm, dataset, prior, keep: int, n_groups: int) -> list[str]:
     """Pool creatives that are not among the `keep` best of any group by smoothed CTR leave the pool."""
     table = _smoothed_ctr(dataset, prior)
@@ -857,9 +879,10 @@ def _propose_and_rank(world: _World, arm: _Arm, ranker, dataset, round_index: in
             prompts = world.propose(arm.writer, product, g, config.candidates_per_group,
                                     seed=_seed(config, round_index, g, 1))
             proposals[(product["product_id"], g)] = prompts
-            batch = []
+            batch, with_lora = [], round(config.lora_share * len(prompts))
             for i, prompt in enumerate(prompts):
-                path, index = world.paint(product, prompt, _seed(config, round_index, g, 100 + i), arm.lora(g),
+                lora = arm.lora(g) if i < with_lora else None
+                path, index = world.paint(product, prompt, _seed(config, round_index, g, 100 + i), lora,
                                           staging / "creatives", f"r{round_index}-g{g}-{i}")
                 batch.append(_Creative(f"r{round_index}/{product['product_id']}/g{g}-{i}", product["product_id"],
                                        product["category"], g, round_index, prompt.positive, prompt.negative,
@@ -1079,9 +1102,12 @@ def _fine_tune_prompts(world: _World, arm: _Arm, ranked: list[_Creative], datase
 
 
 def _fine_tune_generator(world: _World, arm: _Arm, round_index: int, staging: Path) -> dict:
-    """Reward-ranked fine-tuning: a fresh LoRA on every creative selected so far (or, with `lora_per_group`, one per
-    group on that group's), captioned with its prompt; it paints the next round's proposals."""
+    """Reward-ranked fine-tuning: a fresh LoRA on the arm's examples (`LoopConfig.lora_examples`; or, with
+    `lora_per_group`, one per group on that group's), captioned with their prompts; it paints the next round's
+    proposals."""
     config = world.config
+    if not arm.lora_examples:  # nothing to learn from yet: the generator stays as it is
+        return {"examples": 0, "trained": False}
     if not config.lora_per_group:
         path, fit = _train_lora(world, arm.lora_examples, round_index, staging / "lora")
         arm.loras = {None: path}
