@@ -348,29 +348,3 @@ def test_clicked_loras_learn_from_every_logged_creative_above_its_groups_mean(tm
         assert 0 < len(expected) < len(table)
         assert report["rounds"]["loop"][round_index]["lora"]["examples"] == len(expected)
 
-
-@pytest.mark.slow
-def test_a_lora_share_paints_that_share_of_each_groups_proposals_with_the_lora(tmp_path, monkeypatch):
-    """`lora_share=0.5`: once a LoRA exists, half of each group's proposals are painted with it and half with the base
-    generator, and the ranker ranks them together."""
-    from studio.jobs import loop
-
-    painted = []  # (round, group, with a LoRA?) of every proposal painted
-    paint = loop._World.paint
-
-    def recording(self, product, prompt, seed, lora, folder, name):
-        if name.startswith("r"):
-            painted.append((int(name[1:].split("-g")[0]), int(name.split("-g")[1].split("-")[0]), lora is not None))
-        return paint(self, product, prompt, seed, lora, folder, name)
-
-    monkeypatch.setattr(loop._World, "paint", recording)
-    config = LoopConfig(rounds=2, seed=3, users=300, groups=2, impressions=2000, initial_per_group=2,
-                        candidates_per_group=4, top_k=1, steps=2, lora_steps=2, reward_epochs=20, prompt_steps=3,
-                        arms=("loop",), lora_share=0.5)
-    report = run_loop(config, tmp_path / "run", progress=False).to_dict()
-    for group in (0, 1):
-        assert [lora for r, g, lora in painted if (r, g) == (1, group)] == [False] * 4  # no LoRA before round 1's fit
-        assert [lora for r, g, lora in painted if (r, g) == (2, group)] == [True, True, False, False]
-    assert len(report["rounds"]["loop"][2]["ranker"]["ranked_creatives"]) == 8  # both kinds, ranked together
-    with pytest.raises(InputError, match="lora_share must be between 0 and 1"):
-        run_loop(LoopConfig(lora_share=float("nan")), tmp_path / "bad", progress=False)

@@ -68,9 +68,7 @@ class LoopConfig:
     lora_learning_rate, lora_scale: the generator's LoRA; lora_per_group: one LoRA per audience group, each on its
     group's examples and painting its group's proposals (default: one LoRA on every group's); lora_examples: what the
     LoRA learns from, "selected" (every creative the ranker selected so far) or "clicked" (every logged creative
-    whose smoothed CTR in a group is above that group's mean); lora_share: the share of each group's proposals the
-    LoRA paints (the rest: the base generator, so both compete for the ranker and the bandit). alpha: LinUCB
-    exploration. arms: which arms to run.
+    whose smoothed CTR in a group is above that group's mean). alpha: LinUCB exploration. arms: which arms to run.
     serve_url: the "loop" arm serves through the `studio serve` at this loopback URL (None: in-process), whose folder
     `serve_dir` `prepare_server` wrote (audience/, cache/ the server serves, events.db unless `serve_db` names its
     event log: a SQLite file or a postgresql:// URL); serve_seconds bounds each round's HTTP traffic, serve_concurrency
@@ -100,7 +98,6 @@ class LoopConfig:
     lora_scale: float = 1.0
     lora_per_group: bool = False
     lora_examples: str = "selected"
-    lora_share: float = 1.0
     alpha: float = 0.25
     generator: str | None = None
     prompt_model: str | None = None
@@ -131,8 +128,6 @@ class LoopConfig:
             raise InputError("candidates_per_group and initial_per_group must be at most 64 (prompts per brief)")
         if self.top_k > self.candidates_per_group:
             raise InputError(f"top_k ({self.top_k}) cannot exceed candidates_per_group ({self.candidates_per_group})")
-        if not 0.0 <= self.lora_share <= 1.0:
-            raise InputError(f"lora_share must be between 0 and 1, got {self.lora_share!r}")
         if self.lora_examples not in LORA_EXAMPLES:
             raise InputError(f"lora_examples must be one of {', '.join(LORA_EXAMPLES)}, got {self.lora_examples!r}")
         if not self.arms or any(arm not in ARMS for arm in self.arms) or len(set(self.arms)) != len(self.arms):
@@ -879,10 +874,9 @@ def _propose_and_rank(world: _World, arm: _Arm, ranker, dataset, round_index: in
             prompts = world.propose(arm.writer, product, g, config.candidates_per_group,
                                     seed=_seed(config, round_index, g, 1))
             proposals[(product["product_id"], g)] = prompts
-            batch, with_lora = [], round(config.lora_share * len(prompts))
+            batch = []
             for i, prompt in enumerate(prompts):
-                lora = arm.lora(g) if i < with_lora else None
-                path, index = world.paint(product, prompt, _seed(config, round_index, g, 100 + i), lora,
+                path, index = world.paint(product, prompt, _seed(config, round_index, g, 100 + i), arm.lora(g),
                                           staging / "creatives", f"r{round_index}-g{g}-{i}")
                 batch.append(_Creative(f"r{round_index}/{product['product_id']}/g{g}-{i}", product["product_id"],
                                        product["category"], g, round_index, prompt.positive, prompt.negative,
