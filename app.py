@@ -238,7 +238,7 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT, *, cache: str | os.PathL
             cancel_flags.finish(request.session_hash, cancel)
 
     def personalise(chosen: str | None, scale: float):
-        # The slider and the colour switch show once a group is chosen, at 1 unless the marketer set another strength
+        # The slider and the colour switch show once a group is chosen, at the default unless the marketer set another
         if not chosen:
             return gr.update(visible=False), gr.update(visible=False)
         return gr.update(visible=True, value=scale or create_ui.DEFAULT_HISTORY_GUIDANCE), gr.update(visible=True)
