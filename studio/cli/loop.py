@@ -40,8 +40,8 @@ def register(subparsers) -> None:
                       help="epoch cap of each reward-model retrain (default 300)")
     loop.add_argument("--prompt-steps", type=arguments.whole(1, 10_000), default=40,
                       help="weighted-SFT steps of the prompt model per round (default 40)")
-    loop.add_argument("--lora-steps", type=arguments.whole(1, 10_000), default=20,
-                      help="LoRA steps of the generator per round (default 20)")
+    loop.add_argument("--lora-steps", type=arguments.whole(1, 10_000), default=100,
+                      help="LoRA steps of the generator per round (default 100)")
     loop.add_argument("--lora-per-group", action="store_true",
                       help="one generator LoRA per audience group, on that group's examples (default: one LoRA)")
     loop.add_argument("--lora-examples", choices=("selected", "clicked"), default="selected",

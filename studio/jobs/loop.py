@@ -92,7 +92,7 @@ class LoopConfig:
     prompt_steps: int = 40
     prompt_learning_rate: float = 5e-4
     anchor_weight: float = 0.5
-    lora_steps: int = 20
+    lora_steps: int = 100
     lora_rank: int = 4
     lora_learning_rate: float = 1e-3
     lora_scale: float = 1.0
