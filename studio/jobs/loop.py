@@ -833,7 +833,7 @@ def _smoothed_ctr(dataset, prior) -> Any:
 def _clicked(world: _World, arm: _Arm, table) -> list[_Creative]:
     """Every logged creative whose smoothed CTR in a group is above that group's mean, once per such group."""
     clicked = []
-    for (product_id, group_id), rows in table.groupby(["product_id", "group_id"], sort=True):
+    for (_product, group_id), rows in table.groupby(["product_id", "group_id"], sort=True):
         g = world.group_ids.index(group_id)
         clicked += [replace(arm.catalogue[c], group=g)
                     for c, value in zip(rows["creative_id"], rows["label"]) if value > rows["label"].mean()]
