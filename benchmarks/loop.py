@@ -1,7 +1,7 @@
 """Closed-loop benchmark: `studio loop --rounds 3` on several seeds, against the issue's goals.
 
     python benchmarks/loop.py --seeds 0 1 2 [--out out/bench-loop] [--rounds 3] [--lora-per-group]
-        [--lora-examples clicked]
+        [--lora-examples clicked] [--lora-steps 20]
 
 Each seed runs `studio.jobs.loop.run_loop` with the CLI defaults into OUT/seed-S (a seed whose folder already holds a
 finished `loop.json` is read, not run again, so seeds can run in separate processes and be summarised after). Prints,
@@ -23,7 +23,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def run_seed(out: Path, seed: int, rounds: int, lora_per_group: bool = False, lora_examples: str = "selected") -> dict:
+def run_seed(out: Path, seed: int, rounds: int, lora_per_group: bool = False, lora_examples: str = "selected",
+             lora_steps: int | None = None) -> dict:
     from studio.jobs.loop import LoopConfig, run_loop
 
     report = out / "loop.json"
@@ -31,7 +32,8 @@ def run_seed(out: Path, seed: int, rounds: int, lora_per_group: bool = False, lo
         data = json.loads(report.read_text())
         if data.get("finished"):
             return data
-    config = LoopConfig(rounds=rounds, seed=seed, lora_per_group=lora_per_group, lora_examples=lora_examples)
+    config = LoopConfig(rounds=rounds, seed=seed, lora_per_group=lora_per_group, lora_examples=lora_examples,
+                        **({} if lora_steps is None else {"lora_steps": lora_steps}))
     return run_loop(config, out, progress=True).to_dict()
 
 
@@ -64,10 +66,11 @@ def main() -> None:
     parser.add_argument("--lora-per-group", action="store_true", help="one generator LoRA per audience group")
     parser.add_argument("--lora-examples", choices=("selected", "clicked"), default="selected",
                         help="what the generator LoRA learns from")
+    parser.add_argument("--lora-steps", type=int, default=None, help="LoRA steps a round (default: the loop's)")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     rows = [row(seed, run_seed(Path(args.out) / f"seed-{seed}", seed, args.rounds, args.lora_per_group,
-                                    args.lora_examples)) for seed in args.seeds]
+                                    args.lora_examples, args.lora_steps)) for seed in args.seeds]
 
     def gain(value: dict) -> str:
         return f"{value['gain']:+.1%} [{value['ci'][0]:+.1%}, {value['ci'][1]:+.1%}]"
