@@ -766,7 +766,8 @@ def _evolve(world: _World, arm: _Arm, round_index: int, staging: Path) -> dict:
                         "log_rows": len(dataset.impressions)}
 
     # 2. retire losers by logged CTR (smoothed with the ranker's Beta prior)
-    retired = _retire(arm, dataset, trainer.prior_, config.keep_per_group, len(world.group_ids))
+    clicks = _smoothed_ctr(dataset, trainer.prior_)  # read by retiring, the SFT and the clicked LoRA examples
+    retired = _retire(arm, clicks, trainer.prior_, config.keep_per_group, len(world.group_ids))
 
     # 3. propose, paint, rank; the top-k per group join the pool
     ranked, proposals, caps = _propose_and_rank(world, arm, trainer.model_, dataset, round_index, staging)
@@ -789,10 +790,10 @@ def _evolve(world: _World, arm: _Arm, round_index: int, staging: Path) -> dict:
     _cache(arm, selected, retired, round_index, staging)
 
     # 4. fine-tune for the next round: the prompt model (both loop arms), the generator (loop only)
-    record["prompt_model"] = _fine_tune_prompts(world, arm, ranked, dataset, trainer.prior_, round_index)
+    record["prompt_model"] = _fine_tune_prompts(world, arm, ranked, clicks, round_index)
     if arm.name == "loop":
         arm.lora_examples = (arm.lora_examples + selected if config.lora_examples == "selected"
-                             else _clicked(world, arm, _smoothed_ctr(dataset, trainer.prior_)))
+                             else _clicked(world, arm, clicks))
         record["lora"] = _fine_tune_generator(world, arm, round_index, staging)
     return record
 
@@ -840,9 +841,9 @@ def _clicked(world: _World, arm: _Arm, table) -> list[_Creative]:
     return clicked
 
 
-def _retire(arm: _Arm, dataset, prior, keep: int, n_groups: int) -> list[str]:
-    """Pool creatives that are not among the `keep` best of any group by smoothed CTR leave the pool."""
-    table = _smoothed_ctr(dataset, prior)
+def _retire(arm: _Arm, table, prior, keep: int, n_groups: int) -> list[str]:
+    """Pool creatives that are not among the `keep` best of any group by smoothed CTR (`table`, `_smoothed_ctr`;
+    never-logged ones score the prior's mean) leave the pool."""
     retired = []
     for product, pool in arm.pool.items():
         best: set[str] = set()
@@ -1036,15 +1037,15 @@ def _cache(arm: _Arm, selected: list[_Creative], retired: list[str], round_index
                 cache.set_status(arm.cache_ids[creative_id], "retired")
 
 
-def _fine_tune_prompts(world: _World, arm: _Arm, ranked: list[_Creative], dataset, prior, round_index: int) -> dict:
+def _fine_tune_prompts(world: _World, arm: _Arm, ranked: list[_Creative], table, round_index: int) -> dict:
     """Reward-weighted SFT toward the top quarter of each group's ranked proposals and the prompts of creatives
     that earned above-average clicks in that group; the base model's own proposals anchor it against drift. Returns
-    the example counts, the loss and the drift (a per-token estimate of KL(new || base) on the new model's samples)."""
+    the example counts, the loss and the drift (a per-token estimate of KL(new || base) on the new model's samples).
+    `table`: the smoothed CTR per (product, group, creative) of the log so far (`_smoothed_ctr`)."""
     from prompts.brief import Prompt
     from prompts.training import TrainingConfig
 
     config = world.config
-    table = _smoothed_ctr(dataset, prior)
     briefs, prompts, weights, counts = [], [], [], {"ranked": 0, "clicked": 0, "anchor": 0}
     for product in world.products:
         for g in range(len(world.group_ids)):

@@ -207,10 +207,10 @@ def creative_settings(*, mode: str, placement: str, extend: dict[str, int] | Non
                                 guidance=float(guidance), negative_prompt=negative_prompt, scale=scale,
                                 position=position)
     if check_scale("category guidance", category_guidance) > 0:
-        if not normalise_category(category or ""):
+        category = normalise_category(category or "")
+        if not category:
             raise InputError("category guidance needs the product's category: choose one, or set the slider to 0")
-        settings = replace(settings, category=check_category(normalise_category(category)),
-                           category_guidance=float(category_guidance))
+        settings = replace(settings, category=check_category(category), category_guidance=float(category_guidance))
     if personal_group is None or str(personal_group).strip() == "":
         return settings
     from studio.sim.histories import history_for_group
