@@ -425,6 +425,16 @@ def model_size(size: tuple[int, int], *, multiple: int = 8, max_side: int = 512)
     return snap(width), snap(height)
 
 
+def paste_alpha(canvas: Canvas, feather: int = 6) -> np.ndarray:
+    """The weight (H, W) of the kept pixels in `paste_back`: 1 on `canvas.keep`, ramping linearly to 0 over `feather`
+    pixels outside it."""
+    if feather < 0:
+        raise InputError(f"feather must be >= 0 pixels, got {feather}")
+    # Distance (px) of every outside pixel to the nearest kept pixel; 1 right next to it.
+    distance = cv2.distanceTransform((~canvas.keep).astype(np.uint8), cv2.DIST_L2, 5)
+    return np.clip((feather + 1 - distance) / (feather + 1), 0.0, 1.0)
+
+
 def paste_back(generated: Image.Image, canvas: Canvas, *, feather: int = 6) -> Image.Image:
     """Put the kept pixels back over a generated image: PIL "RGB" at `canvas.size`.
 
@@ -434,17 +444,12 @@ def paste_back(generated: Image.Image, canvas: Canvas, *, feather: int = 6) -> I
     """
     if not isinstance(generated, Image.Image):
         raise InputError(f"generated must be a PIL image, got {type(generated).__name__}")
-    if feather < 0:
-        raise InputError(f"feather must be >= 0 pixels, got {feather}")
     generated = generated.convert("RGB")
     if generated.size != canvas.size:
         generated = generated.resize(canvas.size, Image.Resampling.LANCZOS)
     kept = np.asarray(canvas.image.convert("RGB"))
     painted = np.asarray(generated)
-
-    # Distance (px) of every outside pixel to the nearest kept pixel; 1 right next to it.
-    distance = cv2.distanceTransform((~canvas.keep).astype(np.uint8), cv2.DIST_L2, 5)
-    alpha = np.clip((feather + 1 - distance) / (feather + 1), 0.0, 1.0)[..., None]
+    alpha = paste_alpha(canvas, feather)[..., None]
     out = np.rint(alpha * kept + (1 - alpha) * painted).astype(np.uint8)
     out[canvas.keep] = kept[canvas.keep]  # exact, whatever float rounding did
     return Image.fromarray(out, "RGB")
