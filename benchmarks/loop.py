@@ -1,14 +1,15 @@
 """Closed-loop benchmark: `studio loop --rounds 3` on several seeds, against the issue's goals.
 
     python benchmarks/loop.py --seeds 0 1 2 [--out out/bench-loop] [--rounds 3] [--lora-per-group]
-        [--lora-examples clicked] [--lora-steps 20]
+        [--lora-examples clicked] [--lora-steps 20] [--draft-steps 30]
 
 Each seed runs `studio.jobs.loop.run_loop` with the CLI defaults into OUT/seed-S (a seed whose folder already holds a
 finished `loop.json` is read, not run again, so seeds can run in separate processes and be summarised after). Prints,
 per seed: the true CTR (the simulator's oracle) of the served treatment at round 0 and the last round, the loop's gain
 over round 0 and over the no-loop baseline (the bandit over the fixed round-0 pool, same requests), the
-prompts-only arm against both, the hacking gap per round (the held-out checker's, and the ranker's own), the least distinct prompts per group, and the wall time;
-then the medians over seeds.
+prompts-only arm against both, the hacking gap per round (the held-out checker's, and the ranker's own), the
+DRaFT stage's predicted gains per round (the ranker's it ascended, the checkers' it never saw), the least distinct
+prompts per group, and the wall time; then the medians over seeds.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def run_seed(out: Path, seed: int, rounds: int, lora_per_group: bool = False, lora_examples: str = "selected",
-             lora_steps: int | None = None) -> dict:
+def run_seed(out: Path, seed: int, rounds: int, **settings) -> dict:
+    """One seed's finished report; `settings`: LoopConfig fields (None: the loop's default)."""
     from studio.jobs.loop import LoopConfig, run_loop
 
     report = out / "loop.json"
@@ -32,8 +33,7 @@ def run_seed(out: Path, seed: int, rounds: int, lora_per_group: bool = False, lo
         data = json.loads(report.read_text())
         if data.get("finished"):
             return data
-    config = LoopConfig(rounds=rounds, seed=seed, lora_per_group=lora_per_group, lora_examples=lora_examples,
-                        **({} if lora_steps is None else {"lora_steps": lora_steps}))
+    config = LoopConfig(rounds=rounds, seed=seed, **{k: v for k, v in settings.items() if v is not None})
     return run_loop(config, out, progress=True).to_dict()
 
 
@@ -51,6 +51,8 @@ def row(seed: int, report: dict) -> dict:
         "hacking_gap_points": [r["hacking"]["gap_points"] for r in loop if "hacking" in r],
         "selection_gap_points": [r["hacking"].get("selection_gap_points", float("nan")) for r in loop
                                  if "hacking" in r],
+        "draft_gains": [(d["ranker_gain"], d["checker_gain"]) for r in loop
+                        if (d := r.get("lora", {}).get("draft")) is not None],
         "new_arm_share_last": loop[-1]["origin"]["new_arm_share"],
         "distinct_prompts": [r["diversity"]["mean_distinct_prompts"] for r in loop],
         "goals": report["goals"],
@@ -67,10 +69,12 @@ def main() -> None:
     parser.add_argument("--lora-examples", choices=("selected", "clicked"), default="selected",
                         help="what the generator LoRA learns from")
     parser.add_argument("--lora-steps", type=int, default=None, help="LoRA steps a round (default: the loop's)")
+    parser.add_argument("--draft-steps", type=int, default=None, help="DRaFT steps a round (default: the loop's)")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
-    rows = [row(seed, run_seed(Path(args.out) / f"seed-{seed}", seed, args.rounds, args.lora_per_group,
-                                    args.lora_examples, args.lora_steps)) for seed in args.seeds]
+    rows = [row(seed, run_seed(Path(args.out) / f"seed-{seed}", seed, args.rounds, lora_per_group=args.lora_per_group,
+                               lora_examples=args.lora_examples, lora_steps=args.lora_steps,
+                               draft_steps=args.draft_steps)) for seed in args.seeds]
 
     def gain(value: dict) -> str:
         return f"{value['gain']:+.1%} [{value['ci'][0]:+.1%}, {value['ci'][1]:+.1%}]"
@@ -85,6 +89,9 @@ def main() -> None:
               f"{', '.join(f'{g:+.1f}' for g in r['selection_gap_points'])}); distinct prompts "
               f"per group {r['distinct_prompts']}; new-arm share of treatment {r['new_arm_share_last']:.0%}; "
               f"{r['seconds']:.0f} s")
+        if r["draft_gains"]:
+            print("  DRaFT predicted gain per round, ranker / checkers: " + ", ".join(
+                f"{ranker:+.1%} / {checker:+.1%}" for ranker, checker in r["draft_gains"]))
         print(f"  goals: {r['goals']}")
     if len(rows) > 1:
         print(f"median over {len(rows)} seeds: loop vs round 0 "

@@ -4,10 +4,12 @@ independently rebuilt simulator, on a tiny world (a few hundred users, two group
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from studio.cli import main
@@ -29,6 +31,13 @@ def test_rounds_below_one_are_refused(tmp_path, rounds):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("settings", [{"draft_steps": -1}, {"draft_steps": 1.5}, {"draft_learning_rate": 0.0}])
+def test_bad_draft_settings_are_refused(tmp_path, settings):
+    with pytest.raises(InputError, match="draft"):
+        run_loop(LoopConfig(rounds=1, **settings), tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_unwritable_and_non_empty_out_are_refused(tmp_path):
     blocker = tmp_path / "a-file"
     blocker.write_text("x")
@@ -46,8 +55,11 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys):
     assert main(["loop", "--rounds", "0", "--out", str(tmp_path / "o")]) == 2
     (tmp_path / "f").write_text("x")
     assert main(["loop", "--rounds", "1", "--out", str(tmp_path / "f" / "o")]) == 2
+    assert main(["loop", "--draft-steps", "-1", "--out", str(tmp_path / "o")]) == 2
+    assert main(["loop", "--draft-lr", "0", "--out", str(tmp_path / "o")]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("studio: error")]
-    assert len(errors) == 2 and all("Traceback" not in e for e in errors)
+    assert len(errors) == 4 and all("Traceback" not in e for e in errors)
+    assert not (tmp_path / "o").exists()
 
 
 # -- one tiny run through the CLI, checked against what it wrote --------------------------------------------------
@@ -300,7 +312,7 @@ def test_per_group_loras_train_on_their_group_and_paint_its_proposals(tmp_path, 
     monkeypatch.setattr(loop._World, "paint", recording)
     config = LoopConfig(rounds=2, seed=3, users=300, groups=2, impressions=2000, initial_per_group=2,
                         candidates_per_group=4, top_k=1, steps=2, lora_steps=2, reward_epochs=20, prompt_steps=3,
-                        arms=("loop",), lora_per_group=True)
+                        arms=("loop",), lora_per_group=True, draft_steps=1)  # DRaFT tunes each group's LoRA
     report = run_loop(config, tmp_path / "run", progress=False).to_dict()
     rounds = report["rounds"]["loop"]
     selected_by_group = {0: 0, 1: 0}
@@ -309,6 +321,7 @@ def test_per_group_loras_train_on_their_group_and_paint_its_proposals(tmp_path, 
             selected_by_group[int(creative.split("/g")[1].split("-")[0])] += 1
         fits = record["lora"]["per_group"]
         assert {int(g): fit["examples"] for g, fit in fits.items()} == selected_by_group  # its own group's, so far
+        assert all(fit["draft"]["steps"] == 1 for fit in fits.values())
         for g in fits:
             assert (tmp_path / "run" / "loop" / f"round-{record['round']}" / f"lora-g{g}").is_dir()
     assert {(g, lora) for r, g, lora in painted if r == 1} == {(0, None), (1, None)}  # no LoRA before round 1's fit
@@ -348,3 +361,28 @@ def test_clicked_loras_learn_from_every_logged_creative_above_its_groups_mean(tm
         assert 0 < len(expected) < len(table)
         assert report["rounds"]["loop"][round_index]["lora"]["examples"] == len(expected)
 
+
+
+@pytest.mark.slow
+def test_draft_tunes_the_lora_through_the_ranker_and_reports_what_the_checkers_see(tmp_path):
+    """`draft_steps`: after the LoRA fits its examples, DRaFT ascends the ranker's CTR of the examples' prompts; the
+    round records the ranker's and the held-out checkers' predicted CTR of the same cases before and after, and
+    the saved LoRA is the tuned one (it differs from the same run's LoRA without DRaFT)."""
+    from safetensors.torch import load_file
+
+    config = LoopConfig(rounds=1, seed=3, users=300, groups=2, impressions=2000, initial_per_group=2,
+                        candidates_per_group=4, top_k=1, steps=2, lora_steps=2, reward_epochs=20, prompt_steps=3,
+                        arms=("loop",))
+    tuned = run_loop(replace(config, draft_steps=4, draft_learning_rate=1e-2), tmp_path / "tuned",
+                     progress=False).to_dict()
+    plain = run_loop(config, tmp_path / "plain", progress=False).to_dict()
+    draft = tuned["rounds"]["loop"][1]["lora"]["draft"]
+    assert draft["steps"] == 4
+    assert draft["ranker_ctr"][1] > draft["ranker_ctr"][0]  # it ascends what it is given
+    assert draft["ranker_gain"] == pytest.approx(draft["ranker_ctr"][1] / draft["ranker_ctr"][0] - 1)
+    assert len(draft["checker_ctr"]) == 2 and draft["checker_gain"] is not None
+    assert "draft" not in plain["rounds"]["loop"][1]["lora"]
+    weights = [load_file(str(run / "loop" / "round-1" / "lora" / "pytorch_lora_weights.safetensors"))
+               for run in (tmp_path / "tuned", tmp_path / "plain")]
+    assert weights[0].keys() == weights[1].keys()
+    assert any(not torch.equal(weights[0][k], weights[1][k]) for k in weights[0])

@@ -47,6 +47,11 @@ def register(subparsers) -> None:
     loop.add_argument("--lora-examples", choices=("selected", "clicked"), default="selected",
                       help="what the generator LoRA learns from: every creative the ranker selected so far "
                            "(default), or every logged creative with an above-average CTR in a group")
+    loop.add_argument("--draft-steps", type=arguments.whole(0, 10_000), default=0,
+                      help="after the LoRA fits its examples, DRaFT-1 steps through the ranker's predicted CTR "
+                           "(default 0: none; docs/loop.md)")
+    loop.add_argument("--draft-lr", type=arguments.number(1e-7, 1.0), default=3e-4,
+                      help="learning rate of the DRaFT steps (default 3e-4)")
     live = loop.add_argument_group("against a live server (docs/loop.md, 'Against a live server')")
     live.add_argument("--prepare-server", metavar="DIR", default=None,
                       help="write DIR (audience/, an empty cache/, server.json) for a studio serve of this world, print "
@@ -81,7 +86,8 @@ def run_loop_command(args: argparse.Namespace) -> int:
                         groups=args.groups, candidates_per_group=args.candidates, top_k=args.top_k,
                         initial_per_group=args.initial, steps=args.steps, reward_epochs=args.reward_epochs,
                         prompt_steps=args.prompt_steps, lora_steps=args.lora_steps,
-                        lora_per_group=args.lora_per_group, lora_examples=args.lora_examples, serve_url=args.serve_url,
+                        lora_per_group=args.lora_per_group, lora_examples=args.lora_examples, draft_steps=args.draft_steps,
+                        draft_learning_rate=args.draft_lr, serve_url=args.serve_url,
                         serve_dir=args.serve_dir, serve_db=args.serve_db, serve_seconds=args.serve_seconds,
                         serve_concurrency=args.concurrency)
     if args.prepare_server:

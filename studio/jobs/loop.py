@@ -68,7 +68,10 @@ class LoopConfig:
     lora_learning_rate, lora_scale: the generator's LoRA; lora_per_group: one LoRA per audience group, each on its
     group's examples and painting its group's proposals (default: one LoRA on every group's); lora_examples: what the
     LoRA learns from, "selected" (every creative the ranker selected so far) or "clicked" (every logged creative
-    whose smoothed CTR in a group is above that group's mean). alpha: LinUCB exploration. arms: which arms to run.
+    whose smoothed CTR in a group is above that group's mean). draft_steps, draft_learning_rate: after the LoRA has
+    fitted its examples, that many DRaFT-1 steps ascend the ranker's predicted CTR of the examples' prompts painted
+    from fresh noise (`studio.training.reward_tuning`; 0, the default, skips it). alpha: LinUCB exploration. arms:
+    which arms to run.
     serve_url: the "loop" arm serves through the `studio serve` at this loopback URL (None: in-process), whose folder
     `serve_dir` `prepare_server` wrote (audience/, cache/ the server serves, events.db unless `serve_db` names its
     event log: a SQLite file or a postgresql:// URL); serve_seconds bounds each round's HTTP traffic, serve_concurrency
@@ -98,6 +101,8 @@ class LoopConfig:
     lora_scale: float = 1.0
     lora_per_group: bool = False
     lora_examples: str = "selected"
+    draft_steps: int = 0
+    draft_learning_rate: float = 3e-4
     alpha: float = 0.25
     generator: str | None = None
     prompt_model: str | None = None
@@ -132,6 +137,10 @@ class LoopConfig:
             raise InputError(f"lora_examples must be one of {', '.join(LORA_EXAMPLES)}, got {self.lora_examples!r}")
         if not self.arms or any(arm not in ARMS for arm in self.arms) or len(set(self.arms)) != len(self.arms):
             raise InputError(f"arms must be distinct names from {', '.join(ARMS)}, got {self.arms!r}")
+        if isinstance(self.draft_steps, bool) or not isinstance(self.draft_steps, int) or self.draft_steps < 0:
+            raise InputError(f"draft_steps must be a whole number >= 0, got {self.draft_steps!r}")
+        if not self.draft_learning_rate > 0:
+            raise InputError(f"draft_learning_rate must be > 0, got {self.draft_learning_rate!r}")
         if not (self.alpha >= 0 and self.anchor_weight >= 0 and self.prompt_learning_rate > 0
                 and self.lora_learning_rate > 0):
             raise InputError("alpha and anchor_weight must be >= 0, learning rates > 0")
@@ -794,7 +803,7 @@ def _evolve(world: _World, arm: _Arm, round_index: int, staging: Path) -> dict:
     if arm.name == "loop":
         arm.lora_examples = (arm.lora_examples + selected if config.lora_examples == "selected"
                              else _clicked(world, arm, clicks))
-        record["lora"] = _fine_tune_generator(world, arm, round_index, staging)
+        record["lora"] = _fine_tune_generator(world, arm, round_index, staging, trainer.model_, checkers)
     return record
 
 
@@ -1096,28 +1105,29 @@ def _fine_tune_prompts(world: _World, arm: _Arm, ranked: list[_Creative], table,
             "drift_kl_per_token": drift}
 
 
-def _fine_tune_generator(world: _World, arm: _Arm, round_index: int, staging: Path) -> dict:
+def _fine_tune_generator(world: _World, arm: _Arm, round_index: int, staging: Path, ranker, checkers: list) -> dict:
     """Reward-ranked fine-tuning: a fresh LoRA on the arm's examples (`LoopConfig.lora_examples`; or, with
-    `lora_per_group`, one per group on that group's), captioned with their prompts; it paints the next round's
-    proposals."""
+    `lora_per_group`, one per group on that group's), captioned with their prompts, then (`draft_steps`) tuned
+    through the ranker; it paints the next round's proposals."""
     config = world.config
     if not arm.lora_examples:  # nothing to learn from yet: the generator stays as it is
         return {"examples": 0, "trained": False}
     if not config.lora_per_group:
-        path, fit = _train_lora(world, arm.lora_examples, round_index, staging / "lora")
+        path, fit = _train_lora(world, arm.lora_examples, round_index, staging / "lora", ranker, checkers)
         arm.loras = {None: path}
         return {"examples": len(arm.lora_examples), "steps": config.lora_steps, **fit}
     per_group = {}
     for g in sorted({c.group for c in arm.lora_examples}):
         mine = [c for c in arm.lora_examples if c.group == g]
-        arm.loras[g], fit = _train_lora(world, mine, round_index, staging / f"lora-g{g}")
+        arm.loras[g], fit = _train_lora(world, mine, round_index, staging / f"lora-g{g}", ranker, checkers)
         per_group[str(g)] = {"examples": len(mine), **fit}
     return {"per_group": per_group, "steps": config.lora_steps}
 
 
-def _train_lora(world: _World, examples: list, round_index: int, out: Path) -> tuple[str, dict]:
-    """One LoRA of the generator on `examples` (their images, prompts and the product masks kept): its folder, and
-    its first and final losses."""
+def _train_lora(world: _World, examples: list, round_index: int, out: Path, ranker, checkers: list) -> tuple[str, dict]:
+    """One LoRA of the generator on `examples` (their images, prompts and the product masks kept), then
+    `draft_steps` of reward tuning through the ranker: its folder, its first and final losses (and `_draft`'s
+    figures)."""
     from PIL import Image
 
     from studio.training.trainer import (
@@ -1146,8 +1156,50 @@ def _train_lora(world: _World, examples: list, round_index: int, out: Path) -> t
                             mask_modes={"product": 1.0}, seed=config.seed + round_index)
         data = encode_dataset(Components.from_pipeline(pipeline), FolderData(shots), train, progress=False)
         trainer = InpaintingTrainer(pipeline, train).fit(data, Path(scratch) / "run", progress=False)
+        fit = {"first_loss": float(trainer.losses_[0]), "final_loss": float(np.mean(trainer.losses_[-5:]))}
+        if config.draft_steps:
+            fit["draft"] = _draft(world, pipeline, examples, ranker, checkers, round_index)
         saved = trainer.save(out)
-    return str(saved), {"first_loss": float(trainer.losses_[0]), "final_loss": float(np.mean(trainer.losses_[-5:]))}
+    return str(saved), fit
+
+
+def _draft(world: _World, pipeline, examples: list, ranker, checkers: list, round_index: int) -> dict:
+    """DRaFT-1 on the LoRA in `pipeline.unet`: ascend the ranker's CTR logit of the examples' prompts, each painted
+    for its own group on its product's canvas. The ranker's and the held-out checkers' mean predicted CTR of the
+    same cases at fixed seeds, before and after, tell a real gain (both rise) from reward hacking (only the ranker's
+    rises)."""
+    import torch
+
+    from studio.training.reward_tuning import RewardCase, RewardTuneConfig, RewardTuner
+
+    config = world.config
+    canvases = {p["product_id"]: p["canvas"] for p in world.products}
+    cases = [RewardCase(canvases[c.product_id], world.engine.read_prompt(c.prompt).text,
+                        world.engine.read_prompt(c.negative).text) for c in examples]
+
+    def scorer(model, logits: bool = False):
+        model.requires_grad_(False)
+        model.eval()
+
+        def reward(pixels, indices):
+            chosen = [examples[i] for i in indices]
+            groups = model.group_vectors([world.group_ids[c.group] for c in chosen])
+            out = model(pixels, [c.prompt for c in chosen], groups, [c.category for c in chosen])
+            return out if logits else torch.sigmoid(out)
+        return reward
+
+    tuner = RewardTuner(pipeline, RewardTuneConfig(steps=config.draft_steps, batch_size=min(4, len(cases)),
+                                                   learning_rate=config.draft_learning_rate,
+                                                   denoising_steps=config.steps, guidance=config.guidance,
+                                                   seed=config.seed + round_index))
+    judges = [scorer(ranker)] + [scorer(m) for m in checkers]
+    seeds = [_seed(config, round_index, 0, 900), _seed(config, round_index, 0, 901)]
+    before = tuner.score(cases, judges, seeds)
+    tuner.fit(cases, scorer(ranker, logits=True), progress=False)
+    after = tuner.score(cases, judges, seeds)
+    checked = [float(np.mean(before[1:])), float(np.mean(after[1:]))] if checkers else None
+    return {"steps": config.draft_steps, "ranker_ctr": [before[0], after[0]], "ranker_gain": after[0] / before[0] - 1,
+            "checker_ctr": checked, "checker_gain": checked[1] / checked[0] - 1 if checked else None}
 
 
 # ------------------------------------------------------------------------------------------------------ read-out
