@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from studio.core.errors import InputError
-from studio.core.vocabulary import COLOURS, MATERIALS, PRODUCTS
+from studio.core.vocabulary import COLOURS, LAYOUTS, MATERIALS, PRODUCTS
 from studio.sim.renderer import NEUTRAL_PRODUCT_COLOUR, render_backdrop, render_product
 from studio.training.mini.probes import nearest_colour, texture_features
 from studio.training.mini.v2_data import GATE_SEED_BASE, aspect_buckets
@@ -230,20 +230,27 @@ def evaluate_v2(model: str | os.PathLike, device: str = "cpu", steps: int = 30, 
                     ok = nearest_colour(result[region].mean(0)) == target
                     for key in (f"{style}", f"{style}/{source}", f"{style}/{bucket}", f"{style}/{source}/{bucket}"):
                         hits.setdefault(key, []).append(ok)
-                    if style == "terse":  # the same cut-out on the renderer's plain backdrop of that colour
-                        base = stage(cutout, width, height, render_backdrop(target, "plain", "soft", "studio",
-                                                                            (width, height), seed))[0]
+                    if style == "terse":  # the same cut-out on the renderer's plain backdrops of that colour
+                        bases = {layout: stage(cutout, width, height, render_backdrop(
+                            target, "plain", "soft", layout, (width, height), seed))[0] for layout in LAYOUTS}
+                        base = bases["studio"]
                         through_vae = np.where(region[..., None], _vae_roundtrip(pipeline, [base])[0],
                                                np.asarray(base))
                         spreads.append((_high_pass_spread(result, region), _high_pass_spread(np.asarray(base), region),
-                                        _high_pass_spread(through_vae, region)))
+                                        _high_pass_spread(through_vae, region),
+                                        *(_high_pass_spread(np.asarray(bases[layout]), region)
+                                          for layout in LAYOUTS if layout != "studio")))
     report["colour_adherence"] = {key: float(np.mean(value)) for key, value in sorted(hits.items())}
-    generated, rendered, reconstructed = np.array(spreads).T
+    generated, rendered, reconstructed, *other_layouts = np.array(spreads).T
+    any_layout = np.concatenate([rendered, *other_layouts])
     report["ghost"] = {"generated_spread": float(np.nanmedian(generated)),
                        "rendered_spread": float(np.nanmedian(rendered)),
                        "ratio": float(np.nanmedian(generated) / max(np.nanmedian(rendered), 1e-6)),
                        # the rendered plain backdrops through the VAE: the ratio a perfect UNet would get
-                       "vae_floor_ratio": float(np.nanmedian(reconstructed) / max(np.nanmedian(rendered), 1e-6))}
+                       "vae_floor_ratio": float(np.nanmedian(reconstructed) / max(np.nanmedian(rendered), 1e-6)),
+                       # against plain renders of every layout (a terse prompt names none, and training captions
+                       # call any layout a "backdrop"): how much of the ratio is a table edge or horizon, not a ghost
+                       "ratio_any_layout": float(np.nanmedian(generated) / max(np.nanmedian(any_layout), 1e-6))}
 
     say("gate: material adherence (1:1, renderer products, terse) ...", flush=True)
     classifier, classifier_kind = _material_classifier(side)
