@@ -14,6 +14,8 @@ from studio.sim.renderer import render_product
 from studio.training.reward_tuning import RewardCase, RewardTuneConfig, RewardTuner
 from studio.training.trainer import InpaintingTrainer, TrainConfig, load_pipeline
 
+pytestmark = pytest.mark.slow  # each test loads studio-mini
+
 SETTINGS = CreativeSettings(size=64, steps=6, guidance=7.5)
 PROMPTS = ["a red plain background, soft light", "a blue marble table, studio light"]
 
