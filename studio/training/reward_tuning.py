@@ -87,15 +87,16 @@ class RewardTuner:
             frozen.requires_grad_(False)
             frozen.eval()
         self.rewards_: list[float] = []
-        self._conditions: dict[int, tuple] = {}
+        self._conditions: dict[int, tuple] = {}  # id(case) -> (case, its conditioning), computed once
 
     # -- painting --------------------------------------------------------------------------------------------------
 
-    def _condition(self, index: int, case: RewardCase):
+    def _condition(self, case: RewardCase):
         """(mask, masked-image latents, canvas pixels, paste-back alpha, text, negative text) of a case, once."""
         import torch
 
-        if index not in self._conditions:
+        cached = self._conditions.get(id(case))
+        if cached is None or cached[0] is not case:
             vae = self.components.vae
             width, height = case.canvas.size
             factor = self.components.vae_scale_factor
@@ -109,9 +110,9 @@ class RewardTuner:
             mask = torch.nn.functional.interpolate(paint[None, None].float(), size=latents.shape[-2:])
             keep = torch.from_numpy(paste_alpha(case.canvas).astype(np.float32))[None]  # as `paste_back` blends
             embeds = encode_prompts(self.components, [case.prompt, case.negative_prompt])
-            self._conditions[index] = (mask, latents.float() * vae.config.scaling_factor, image, keep, embeds[:1],
-                                       embeds[1:])
-        return self._conditions[index]
+            cached = case, (mask, latents.float() * vae.config.scaling_factor, image, keep, embeds[:1], embeds[1:])
+            self._conditions[id(case)] = cached
+        return cached[1]
 
     def paint(self, cases: Sequence[RewardCase], indices: Sequence[int], seeds: Sequence[int],
               grad: bool = True):
@@ -121,7 +122,7 @@ class RewardTuner:
 
         cfg = self.config
         device = self.unet.device
-        conditions = [self._condition(i, cases[i]) for i in indices]
+        conditions = [self._condition(cases[i]) for i in indices]
         if len({c[0].shape for c in conditions}) > 1:
             raise InputError("a batch of cases must share one canvas size")
         mask = torch.cat([c[0] for c in conditions]).to(device)
