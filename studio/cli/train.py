@@ -49,6 +49,13 @@ def register(subparsers) -> None:
     gate.add_argument("--steps", type=int, default=30, help="inference steps (default 30, as studio generate)")
     gate.add_argument("--guidance", type=float, default=7.5, help="guidance scale (default 7.5, as studio generate)")
     gate.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2: the latency goal's cores)")
+    gate.add_argument("--v2", action="store_true",
+                      help="the independent v2 gate (held-out cut-outs and photos, every aspect ratio, natural prompts "
+                           "and synonyms, ghost and seam, latency and memory) on --model")
+    gate.add_argument("--heldout", default=None,
+                      help="with --v2: the held-out images (python -m studio.training.mini --export-heldout DIR; "
+                           "default: the sample images of the installed packages)")
+    gate.add_argument("--quick", action="store_true", help="with --v2: fewer cases (a smoke test, not a measurement)")
     gate.add_argument("--json", action="store_true")
     gate.set_defaults(func=run_eval_mini)
 
@@ -102,8 +109,24 @@ def run_train_mini(args: argparse.Namespace) -> int:
 
 
 def run_eval_mini(args: argparse.Namespace) -> int:
+    from studio.core.errors import InputError
     from studio.training.mini import MODEL_FOLDER, evaluate_mini
 
+    if args.v2:
+        if args.model is None:
+            raise InputError("--v2 needs --model, a v2 pipeline folder (python -m studio.training.mini --v2 writes "
+                             "OUT/model); the shipped studio-mini is v1")
+        import torch
+
+        from studio.training.mini.v2_gate import evaluate_v2
+
+        torch.set_num_threads(args.threads)
+        report = evaluate_v2(args.model, steps=args.steps, guidance=args.guidance, quick=args.quick,
+                             heldout=args.heldout, progress=not args.json)
+        emit(report, args.json)
+        return 0
+    if args.heldout or args.quick:
+        raise InputError("--heldout and --quick go with --v2")
     report = evaluate_mini(args.model or MODEL_FOLDER, steps=args.steps, guidance=args.guidance,
                            threads=args.threads, progress=not args.json)
     emit(report, args.json)

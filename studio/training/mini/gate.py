@@ -4,19 +4,16 @@ from __future__ import annotations
 
 import os
 import tempfile
-import time
 from pathlib import Path
-
-import numpy as np
 
 from studio.core.errors import InputError
 from studio.training.mini.probes import (
     PROOF_WORD,
     colour_adherence,
+    creative_latency,
     fit_material_classifier,
     lora_word_proof,
     material_adherence,
-    neutral_scene,
     prompt_model_adherence,
     vae_material_ceiling,
 )
@@ -38,13 +35,8 @@ def evaluate_mini(model: str | os.PathLike = MODEL_FOLDER, steps: int = 30, guid
     steps and guidance default to what `studio generate` and the UI use (30, 7.5).
     peak_rss_mb: peak resident memory of this process before the LoRA proof, which trains.
     """
-    import resource
-
     import torch
     from diffusers import AutoPipelineForInpainting
-
-    from studio.imaging.canvas import place_product
-    from studio.imaging.creatives import CreativeSettings, generate_creatives
 
     model = Path(model)
     if not (model / "model_index.json").is_file():
@@ -68,21 +60,8 @@ def evaluate_mini(model: str | os.PathLike = MODEL_FOLDER, steps: int = 30, guid
 
     report["material_vae_ceiling"] = vae_material_ceiling(pipeline.vae, classifier, size=size)
     say("512x512 creatives ...", flush=True)
-    scene = neutral_scene(512, seed=0)
-    prompt = "a bottle on a blue marble backdrop soft light studio shot"
-    latencies, exact = [], True
-    canvas = place_product(scene.image, np.asarray(scene.product_mask) > 127, size=512)
-    settings = CreativeSettings(size=512, steps=steps, guidance=guidance)
-    for run in range(latency_runs):
-        started = time.perf_counter()
-        creative = generate_creatives(scene.image, prompt, settings=settings, n=1, seed=run, engine=str(model),
-                                      mask=scene.product_mask, progress=False)[0]
-        latencies.append(time.perf_counter() - started)
-        pixels = np.asarray(creative.image)
-        exact &= bool(np.array_equal(pixels[canvas.keep], np.asarray(canvas.image)[canvas.keep]))
-    report["product_bit_exact"] = exact
-    report["latency_s"] = float(np.median(latencies[1:] if len(latencies) > 1 else latencies))
-    report["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    report.update(creative_latency(str(model), steps, guidance, latency_runs))
+    exact = report["product_bit_exact"]
     say("LoRA proof ...", flush=True)  # last: it trains, which would count in the generation's peak memory
     with tempfile.TemporaryDirectory() as scratch:
         proof = lora_word_proof(model, scratch)

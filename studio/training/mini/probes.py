@@ -24,6 +24,34 @@ def neutral_scene(size: int, seed: int):
                         product_colour=NEUTRAL_PRODUCT_COLOUR, template=0)
 
 
+def creative_latency(engine, steps: int, guidance: float, runs: int = 3) -> dict:
+    """What a user waits for and holds: `runs` 512 x 512 creatives through the studio path (place the product, paint
+    at the model's size, upscale, paste back), of which the first warms up. Returns the median seconds of the others
+    (`latency_s`), whether every creative kept the product's pixels bit for bit (`product_bit_exact`), and the
+    process's peak resident memory so far (`peak_rss_mb`). engine: a loaded engine or a model folder."""
+    import resource
+    import time
+
+    from studio.imaging.canvas import place_product
+    from studio.imaging.creatives import CreativeSettings, generate_creatives
+
+    scene = neutral_scene(512, seed=0)
+    prompt = "a bottle on a blue marble backdrop soft light studio shot"
+    canvas = place_product(scene.image, np.asarray(scene.product_mask) > 127, size=512)
+    settings = CreativeSettings(size=512, steps=steps, guidance=guidance)
+    latencies, exact = [], True
+    for run in range(runs):
+        started = time.perf_counter()
+        creative = generate_creatives(scene.image, prompt, settings=settings, n=1, seed=run, engine=engine,
+                                      mask=scene.product_mask, progress=False)[0]
+        latencies.append(time.perf_counter() - started)
+        pixels = np.asarray(creative.image)
+        exact &= bool(np.array_equal(pixels[canvas.keep], np.asarray(canvas.image)[canvas.keep]))
+    return {"latency_s": float(np.median(latencies[1:] if len(latencies) > 1 else latencies)),
+            "product_bit_exact": exact,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
 def nearest_colour(rgb: np.ndarray) -> str:
     """The named colour of COLOURS nearest (Euclidean, sRGB 0-255) to an RGB triple."""
     names = list(COLOURS)

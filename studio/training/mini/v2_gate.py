@@ -8,7 +8,8 @@ weights: there is no checkpoint selection to leak into.
 Cases: {renderer products, held-out real cut-outs} x {1:1, 4:5, 16:9, 9:16} x {terse, natural sentence, synonym}
 prompts; colour adherence per group; material adherence (classifier fitted on renders only); a ghost metric (high-pass
 pixel spread of generated "plain" backdrops / that of rendered plain backdrops); an outpaint seam metric (colour jump
-across the seam / the photo's own neighbouring-pixel jump).
+across the seam / the photo's own neighbouring-pixel jump); the median latency of a 512 x 512 creative through the
+studio path, with the product's pixels checked bit for bit, and the gate process's peak memory.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from PIL import Image, ImageFilter
 from studio.core.errors import InputError
 from studio.core.vocabulary import COLOURS, LAYOUTS, MATERIALS, PRODUCTS
 from studio.sim.renderer import NEUTRAL_PRODUCT_COLOUR, render_backdrop, render_product
-from studio.training.mini.probes import nearest_colour, texture_features
+from studio.training.mini.probes import creative_latency, nearest_colour, texture_features
 from studio.training.mini.v2_data import GATE_SEED_BASE, aspect_buckets
 from studio.training.mini.v2_heldout import heldout_cutouts, heldout_photos
 
@@ -47,7 +48,7 @@ COLOUR_SYNONYMS: dict[str, str] = {
 MATERIAL_SYNONYMS: dict[str, str] = {"timber": "wood", "velvet": "fabric", "linen": "fabric", "pinstripe": "stripes"}
 GOALS: dict[str, float] = {
     "colour_adherence_terse": 0.95, "colour_adherence_natural": 0.90, "colour_adherence_synonym": 0.70,
-    "material_adherence": 0.75, "ghost_ratio": 1.2, "seam_ratio": 1.5,
+    "material_adherence": 0.75, "ghost_ratio": 1.2, "seam_ratio": 1.5, "latency_s": 1.0, "peak_rss_mb": 1536,
 }
 STYLES = ("terse", "natural", "synonym")
 
@@ -287,6 +288,8 @@ def evaluate_v2(model: str | os.PathLike, device: str = "cpu", steps: int = 30, 
             floors.append(_seam_ratio(np.asarray(fitted), through_vae, mask))
     report["seam"] = {"ratio": float(np.nanmedian(seams)), "vae_floor_ratio": float(np.nanmedian(floors)),
                       "cases": len(seams)}
+    say("gate: 512 x 512 creatives (latency, memory) ...", flush=True)
+    report.update(creative_latency(engine, steps, guidance))
     report["seconds"] = round(time.perf_counter() - started, 1)
     colour = report["colour_adherence"]
     report["goals"] = GOALS
@@ -298,6 +301,8 @@ def evaluate_v2(model: str | os.PathLike, device: str = "cpu", steps: int = 30, 
         "material_adherence": report["material_adherence"] >= GOALS["material_adherence"],
         "ghost_ratio": report["ghost"]["ratio"] <= GOALS["ghost_ratio"],
         "seam_ratio": report["seam"]["ratio"] <= GOALS["seam_ratio"],
+        "latency_s": report["latency_s"] <= GOALS["latency_s"] and report["product_bit_exact"],
+        "peak_rss_mb": report["peak_rss_mb"] <= GOALS["peak_rss_mb"],
     }
     return report
 
