@@ -179,6 +179,8 @@ def evaluate_v2(model: str | os.PathLike, device: str = "cpu", steps: int = 30, 
 
     steps/guidance: `studio generate`'s defaults. quick: 3 colours per group, 2 photos and fewer material cases (a
     smoke test, not a measurement). heldout: an `export_heldout` folder (default: the installed packages).
+    peak_rss_mb is the calling process's peak so far: run the gate in a process of its own (`studio eval-mini --v2`)
+    to read the memory goal.
     """
     import torch
 
