@@ -1177,10 +1177,10 @@ def _draft(world: _World, pipeline, examples: list, ranker, checkers: list, roun
     cases = [RewardCase(canvases[c.product_id], world.engine.read_prompt(c.prompt).text,
                         world.engine.read_prompt(c.negative).text) for c in examples]
 
-    def scorer(model, logits: bool = False):
-        model.requires_grad_(False)
-        model.eval()
+    for judge in (ranker, *checkers):  # they only judge: the gradient reaches the pixels, never their weights
+        judge.requires_grad_(False).eval()
 
+    def scorer(model, logits: bool = False):
         def reward(pixels, indices):
             chosen = [examples[i] for i in indices]
             groups = model.group_vectors([world.group_ids[c.group] for c in chosen])
