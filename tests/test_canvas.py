@@ -7,6 +7,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from studio.imaging.canvas import (
+    blend_seam,
     extend_to_aspect,
     model_size,
     outpaint_canvas,
@@ -225,12 +226,62 @@ def test_model_size_keeps_aspect_in_multiples_of_8_and_clamps_the_long_side():
 def test_paste_back_feathers_outside_the_kept_pixels_only():
     canvas = outpaint_canvas(Image.new("RGB", (64, 64), (255, 255, 255)), right=64)
     black = Image.new("RGB", canvas.size, (0, 0, 0))
-    row = np.asarray(paste_back(black, canvas, feather=4))[32, :, 0].astype(int)
+    row = np.asarray(paste_back(black, canvas, feather=4, blend=False))[32, :, 0].astype(int)
     assert (row[:64] == 255).all()  # kept
     assert 255 > row[64] > row[65] > row[66] > row[67] > 0  # a soft ramp ...
     assert (row[69:] == 0).all()  # ... then the generated pixels
-    hard = np.asarray(paste_back(black, canvas, feather=0))[32, :, 0]
+    hard = np.asarray(paste_back(black, canvas, feather=0, blend=False))[32, :, 0]
     assert (hard[64:] == 0).all()
+
+
+def _seam_jump(image: np.ndarray, column: int) -> float:
+    """Mean colour jump between columns `column - 1` and `column`."""
+    return float(np.abs(image[:, column].astype(float) - image[:, column - 1].astype(float)).mean())
+
+
+def test_blend_seam_removes_a_colour_offset_and_keeps_the_painted_texture():
+    rng = np.random.default_rng(0)
+    photo = np.clip(rng.normal(120, 12, (48, 96, 3)), 0, 255).astype(np.uint8)
+    keep = np.zeros((48, 96), bool)
+    keep[:, :64] = True
+    # the model continued the photo's texture but 50 levels too bright: a constant offset is harmonic, so the blend
+    # must take it off exactly, everywhere in the new area
+    generated = np.clip(photo.astype(int) + 50, 0, 255).astype(np.uint8)
+    blended = blend_seam(generated, photo, keep)
+    assert np.array_equal(blended[keep], photo[keep])
+    assert np.abs(blended[:, 64:].astype(int) - photo[:, 64:].astype(int)).max() <= 1
+    # a hard paste leaves the offset as a seam; the blend leaves the photo's own jump between columns
+    hard = np.where(keep[..., None], photo, generated)
+    own = np.mean([_seam_jump(photo, c) for c in range(1, 64)])
+    assert _seam_jump(hard, 64) > 3 * own
+    assert _seam_jump(blended, 64) < 1.2 * own
+
+
+def test_blend_seam_keeps_the_generated_structure_away_from_the_seam():
+    photo = np.full((40, 80, 3), 100, np.uint8)
+    keep = np.zeros((40, 80), bool)
+    keep[:, :40] = True
+    generated = np.full((40, 80, 3), 160, np.uint8)
+    generated[10:30, 60:70] = 220  # a painted object, 60 levels above its surroundings
+    blended = blend_seam(generated, photo, keep).astype(int)
+    assert abs(blended[:, 40].mean() - 100) < 2  # the new area starts at the photo's colour ...
+    assert abs((blended[20, 65] - blended[20, 55]).mean() - 60) < 2  # ... and the object keeps its contrast
+
+
+def test_paste_back_blends_outpainted_frames_but_not_new_backgrounds():
+    photo = Image.new("RGB", (64, 64), (90, 140, 200))
+    canvas = outpaint_canvas(photo, right=64)
+    grey = Image.new("RGB", (64, 32), (128, 128, 128))  # at half the canvas size, as a model paints
+    blended = np.asarray(paste_back(grey, canvas)).astype(int)
+    assert np.abs(blended[:, 64:] - (90, 140, 200)).max() <= 2  # a flat offset: the new area continues the photo
+    assert (np.asarray(paste_back(grey, canvas, blend=False))[:, 80:] == 128).all()
+    background = place_product(product_photo(), drawn_bottle(), size=200)
+    assert np.array_equal(np.asarray(paste_back(grey, background)), np.asarray(paste_back(grey, background, blend=False)))
+
+
+def test_blend_seam_refuses_mismatched_shapes():
+    with pytest.raises(InputError, match="must match"):
+        blend_seam(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 9, 3), np.uint8), np.zeros((8, 8), bool))
 
 
 def test_odd_input_sizes_give_exactly_the_requested_output_size():

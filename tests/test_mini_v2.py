@@ -10,7 +10,14 @@ from PIL import Image
 
 from studio.core.clip_bpe import clip_tokenizer, clip_vocabulary, count_clip_tokens
 from studio.training.mini import v2_data
-from studio.training.mini.v2_captions import STYLE_SHARES, training_caption, training_words
+from studio.training.mini.v2_captions import (
+    LAYOUT_SCENE_NOUNS,
+    STYLE_SHARES,
+    sentence_caption,
+    terse_caption,
+    training_caption,
+    training_words,
+)
 from studio.training.mini.v2_data import (
     GATE_SEED_BASE,
     SCALE_RANGE,
@@ -120,6 +127,20 @@ def test_training_captions_fit_clip_and_mix_in_unknown_words():
     assert abs(sum(STYLE_SHARES.values()) - 1) < 1e-9
 
 
+def test_scene_nouns_describe_the_layout():
+    """A backdrop is the seamless sweep, a table the tabletop: a caption's scene noun never names another layout,
+    so a prompt that asks for a backdrop does not get a table edge."""
+    rng = np.random.default_rng(0)
+    for layout, nouns in LAYOUT_SCENE_NOUNS.items():
+        others = {noun for other, pool in LAYOUT_SCENE_NOUNS.items() if other != layout for noun in pool}
+        attributes = {**ATTRIBUTES, "layout": layout}
+        captions = [terse_caption(attributes, rng) for _ in range(200)]
+        captions += [sentence_caption(attributes, "candle", rng) for _ in range(200)]
+        words = [set(caption.replace(",", " ").split()) for caption in captions]
+        assert not any(w & others for w in words)
+        assert sum(bool(w & set(nouns)) for w in words) > 0.5 * len(words)  # most name their own layout's scene
+
+
 def test_gate_is_disjoint_from_training():
     trained = training_words()
     assert not gate_words() & trained
@@ -203,6 +224,8 @@ def test_eval_mini_v2_reports_every_goal_and_keeps_the_product_bit_exact(tmp_pat
     assert report["passed"]["peak_rss_mb"] == (report["peak_rss_mb"] <= GOALS["peak_rss_mb"])
     assert report["passed"]["ghost_ratio"] == (report["ghost"]["ratio"] <= GOALS["ghost_ratio"])
     assert report["ghost"]["ratio_any_layout"] < report["ghost"]["ratio"]  # tabletop and horizon renders hold edges
+    assert report["passed"]["seam_ratio"] == (report["seam"]["ratio"] <= GOALS["seam_ratio"])
+    assert report["seam"]["ratio"] < report["seam"]["model_ratio"]  # the studio's Poisson blend of the frame
 
 
 def test_eval_mini_v2_needs_a_model_and_its_options_need_v2(capsys):

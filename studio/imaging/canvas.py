@@ -435,16 +435,68 @@ def paste_alpha(canvas: Canvas, feather: int = 6) -> np.ndarray:
     return np.clip((feather + 1 - distance) / (feather + 1), 0.0, 1.0)
 
 
-def paste_back(generated: Image.Image, canvas: Canvas, *, feather: int = 6) -> Image.Image:
+def blend_seam(generated: np.ndarray, kept: np.ndarray, keep: np.ndarray) -> np.ndarray:
+    """Poisson blending (Perez et al. 2003) of a painted frame into the photo it continues: uint8 (H, W, 3).
+
+    Outside `keep` the result has the generated image's own gradients, and its colours meet the photo's at the seam:
+    it is `generated` plus the smooth (harmonic) correction that equals `kept - generated` on the kept pixels next to
+    the painted ones. `generated` is the model's whole frame, kept pixels included (their gradient across the seam is
+    the one the result keeps). On `keep` the result is `kept`, bit for bit.
+    """
+    import scipy.sparse
+    import scipy.sparse.linalg
+
+    if generated.shape != kept.shape or generated.shape[:2] != keep.shape:
+        raise InputError(f"generated {generated.shape}, kept {kept.shape} and keep {keep.shape} must match")
+    out = np.where(keep[..., None], kept, generated)
+    painted = ~keep
+    if not painted.any() or not keep.any():
+        return out
+    height, width = keep.shape
+    index = np.full(keep.shape, -1, np.int64)
+    index[painted] = np.arange(int(painted.sum()))
+    ys, xs = np.nonzero(painted)
+    me = index[ys, xs]
+    difference = kept.astype(np.float64) - generated.astype(np.float64)
+    rows, cols, diagonal = [me], [me], np.zeros(len(me))
+    rhs = np.zeros((len(me), generated.shape[2]))
+    for dy, dx in ((0, 1), (0, -1), (1, 0), (-1, 0)):  # neighbours outside the frame add nothing (a free border)
+        ny, nx = ys + dy, xs + dx
+        inside = (ny >= 0) & (ny < height) & (nx >= 0) & (nx < width)
+        p, qy, qx = me[inside], ny[inside], nx[inside]
+        diagonal[p] += 1
+        q = index[qy, qx]
+        rows.append(p[q >= 0])
+        cols.append(q[q >= 0])
+        np.add.at(rhs, p[q < 0], difference[qy[q < 0], qx[q < 0]])
+    values = np.concatenate([diagonal] + [-np.ones(len(r)) for r in rows[1:]])
+    laplacian = scipy.sparse.csc_matrix((values, (np.concatenate(rows), np.concatenate(cols))),
+                                        shape=(len(me), len(me)))
+    correction = scipy.sparse.linalg.spsolve(laplacian, rhs).reshape(len(me), -1)
+    out = out.astype(np.float64)
+    out[ys, xs] += correction
+    out = np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    out[keep] = kept[keep]
+    return out
+
+
+def paste_back(generated: Image.Image, canvas: Canvas, *, feather: int = 6, blend: bool = True) -> Image.Image:
     """Put the kept pixels back over a generated image: PIL "RGB" at `canvas.size`.
 
     `generated` (any size, e.g. `model_size(canvas.size)`) is resized to the canvas. The alpha of the canvas is exactly
     1 on `canvas.keep` and ramps linearly to 0 over `feather` pixels outside it, so seams are soft while
-    `np.asarray(out)[canvas.keep] == np.asarray(canvas.image)[canvas.keep]` holds bit for bit.
+    `np.asarray(out)[canvas.keep] == np.asarray(canvas.image)[canvas.keep]` holds bit for bit. An outpainted frame is
+    first Poisson-blended into the photo at the generated size (`blend_seam`; `blend=False` skips it), so the new
+    area continues the photo's colours instead of meeting it at a hard seam. A new background around a product is
+    not: it should not take the product's colours.
     """
     if not isinstance(generated, Image.Image):
         raise InputError(f"generated must be a PIL image, got {type(generated).__name__}")
     generated = generated.convert("RGB")
+    if blend and canvas.kind == "outpaint":
+        photo = np.asarray(canvas.image.convert("RGB").resize(generated.size, Image.Resampling.BOX))
+        keep = np.asarray(Image.fromarray(canvas.keep).resize(generated.size, Image.Resampling.NEAREST))
+        generated = Image.fromarray(blend_seam(np.asarray(generated), photo, keep), "RGB")
     if generated.size != canvas.size:
         generated = generated.resize(canvas.size, Image.Resampling.LANCZOS)
     kept = np.asarray(canvas.image.convert("RGB"))

@@ -26,7 +26,9 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--decoder-share", type=float, default=None,
                         help="v2: share of the budget spent first on fine-tuning the VAE decoder (default 0.2; 0: off)")
-    parser.add_argument("--init-from", default=None, help="v1 pipeline folder to start from (default: shipped)")
+    parser.add_argument("--init-from", default=None,
+                        help="pipeline folder to start from: a v1 one (default: the shipped studio-mini) or a v2 "
+                             "run's model folder, to fine-tune it (its text encoder too)")
     parser.add_argument("--heldout", default=None, help="held-out image folder from --export-heldout")
     parser.add_argument("--no-gate", action="store_true", help="skip the gate after training")
     parser.add_argument("--gate-quick", action="store_true", help="a small gate (smoke test, not a measurement)")

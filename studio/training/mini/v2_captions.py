@@ -19,10 +19,15 @@ TRAIN_PRODUCT_NOUNS: tuple[str, ...] = (
     "can", "tube", "package", "headphones", "phone", "serum", "lotion", "backpack", "wallet", "speaker", "product",
     "item", "flask", "tin", "pouch", "bowl", "plant",
 )
-TRAIN_SCENE_NOUNS: tuple[str, ...] = (
-    "table", "counter", "shelf", "floor", "wall", "desk", "surface", "stage", "podium", "room", "setting", "scene",
-    "background", "backdrop", "platform", "corner", "display", "set", "space", "countertop",
-)
+# Scene nouns by the layout they describe, so a caption never calls a table edge a "backdrop": a prompt that names
+# a backdrop asks for the seamless sweep (the `studio` layout), one that names a table for the `tabletop` layout.
+LAYOUT_SCENE_NOUNS: dict[str, tuple[str, ...]] = {
+    "studio": ("backdrop", "background", "wall", "set", "space", "stage"),
+    "tabletop": ("table", "counter", "shelf", "desk", "surface", "podium", "platform", "display", "countertop"),
+    "horizon": ("floor", "room", "setting", "corner"),
+}
+TRAIN_SCENE_NOUNS: tuple[str, ...] = tuple(noun for nouns in LAYOUT_SCENE_NOUNS.values() for noun in nouns)
+# ("scene" is not one: the sentences say "{layout} scene" for every layout)
 TRAIN_ADJECTIVES: tuple[str, ...] = (
     "elegant", "modern", "clean", "cozy", "minimalist", "luxurious", "simple", "premium", "stylish", "fresh", "calm",
     "bold", "warm", "cool", "rustic", "sleek", "classic", "vibrant", "gentle", "natural", "beautiful", "crisp",
@@ -51,11 +56,17 @@ TRAIN_SENTENCES: tuple[str, ...] = (
 STYLE_SHARES: dict[str, float] = {"grammar": 0.15, "prompt_model": 0.2, "sentence": 0.45, "terse": 0.2}
 
 
+def scene_noun(layout: str, rng: np.random.Generator) -> str:
+    """A scene noun that describes `layout`."""
+    nouns = LAYOUT_SCENE_NOUNS[layout]
+    return nouns[int(rng.integers(len(nouns)))]
+
+
 def terse_caption(attributes: dict, rng: np.random.Generator) -> str:
     """A short keyword prompt: colour and material, sometimes with a scene noun and the lighting."""
     parts = [f"{attributes['colour']} {attributes['material']}"]
     if rng.uniform() < 0.5:
-        parts[0] = f"a {parts[0]} {TRAIN_SCENE_NOUNS[int(rng.integers(len(TRAIN_SCENE_NOUNS)))]}"
+        parts[0] = f"a {parts[0]} {scene_noun(attributes['layout'], rng)}"
     if rng.uniform() < 0.6:
         parts.append(f"{attributes['lighting']} light")
     return ", ".join(parts)
@@ -67,7 +78,7 @@ def sentence_caption(attributes: dict, product_noun: str, rng: np.random.Generat
     template = pick(TRAIN_SENTENCES)
     adjective, adjective2 = (str(word) for word in rng.choice(TRAIN_ADJECTIVES, size=2, replace=False))
     text = template.format(p=product_noun, c=attributes["colour"], m=attributes["material"],
-                           l=attributes["lighting"], y=attributes["layout"], n=pick(TRAIN_SCENE_NOUNS),
+                           l=attributes["lighting"], y=attributes["layout"], n=scene_noun(attributes["layout"], rng),
                            a=adjective, b=adjective2, f=pick(TRAIN_FILLERS))
     return text.strip(" ,")
 

@@ -52,8 +52,8 @@ class V2Recipe:
 
 
 def build_v2_pipeline(recipe: V2Recipe, tokenizer_folder: Path):
-    """The v1 pipeline's VAE, UNet and scheduler with a fresh CLIP BPE tokenizer (77 tokens) and a new seeded
-    CLIP text encoder of the same width."""
+    """The `init_from` pipeline's VAE, UNet and scheduler with the CLIP BPE tokenizer (77 tokens) and a CLIP text
+    encoder of the UNet's width: a new seeded one from v1, the folder's own from a v2 folder (a fine-tune)."""
     import torch
     from diffusers import StableDiffusionInpaintPipeline
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -68,11 +68,15 @@ def build_v2_pipeline(recipe: V2Recipe, tokenizer_folder: Path):
         raise InputError(f"text_width {recipe.text_width} must equal the UNet's cross-attention width "
                          f"{v1.unet.config.cross_attention_dim}")
     tokenizer = clip_tokenizer(tokenizer_folder, CLIP_CONTEXT)
-    torch.manual_seed(recipe.seed)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=len(tokenizer), hidden_size=recipe.text_width, intermediate_size=4 * recipe.text_width,
-        num_hidden_layers=recipe.text_layers, num_attention_heads=4, max_position_embeddings=CLIP_CONTEXT,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id))
+    if v1.tokenizer.get_vocab() == tokenizer.get_vocab():  # a v2 folder: its text encoder reads these tokens already
+        text_encoder = v1.text_encoder
+    else:
+        torch.manual_seed(recipe.seed)
+        text_encoder = CLIPTextModel(CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=recipe.text_width, intermediate_size=4 * recipe.text_width,
+            num_hidden_layers=recipe.text_layers, num_attention_heads=4, max_position_embeddings=CLIP_CONTEXT,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id))
     unet = v1.unet
     unet.register_to_config(sample_size=recipe.side // v1.vae_scale_factor)
     return StableDiffusionInpaintPipeline(vae=v1.vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
