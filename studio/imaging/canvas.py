@@ -469,6 +469,7 @@ def blend_seam(generated: np.ndarray, kept: np.ndarray, keep: np.ndarray) -> np.
         rows.append(p[q >= 0])
         cols.append(q[q >= 0])
         np.add.at(rhs, p[q < 0], difference[qy[q < 0], qx[q < 0]])
+    # every painted region borders a kept pixel (keep is not empty), so the system is not singular
     values = np.concatenate([diagonal] + [-np.ones(len(r)) for r in rows[1:]])
     laplacian = scipy.sparse.csc_matrix((values, (np.concatenate(rows), np.concatenate(cols))),
                                         shape=(len(me), len(me)))
