@@ -203,6 +203,24 @@ def test_v2_trains_saves_packs_and_loads_through_the_engine(tmp_path):
     assert image.size == (width, height)
 
 
+def test_v2_fine_tunes_a_v2_folder_with_its_own_text_encoder(tmp_path):
+    """--init-from a v2 model folder continues its text encoder (it reads the same CLIP tokens); from v1 the text
+    encoder is new."""
+    import torch
+    from transformers import CLIPTextModel
+
+    from studio.training.mini.v2_run import V2Recipe, build_v2_pipeline, train_v2
+
+    train_v2(tmp_path / "run", device="cpu", minutes=1, recipe=V2Recipe(batch_size=4, decoder_share=0.0), max_steps=1,
+             gate=False, threads=1, progress=False)
+    trained = build_v2_pipeline(V2Recipe(init_from=str(tmp_path / "run" / "model")), tmp_path / "a").text_encoder
+    fresh = build_v2_pipeline(V2Recipe(), tmp_path / "b").text_encoder
+    saved = CLIPTextModel.from_pretrained(tmp_path / "run" / "model" / "text_encoder")
+    embedding = next(key for key in saved.state_dict() if key.endswith("token_embedding.weight"))
+    assert torch.equal(trained.state_dict()[embedding], saved.state_dict()[embedding])
+    assert not torch.equal(fresh.state_dict()[embedding], saved.state_dict()[embedding])
+
+
 @pytest.mark.slow
 def test_eval_mini_v2_reports_every_goal_and_keeps_the_product_bit_exact(tmp_path, capsys):
     """`studio eval-mini --v2` on a barely trained v2: every goal of the issue has its figure and its pass flag,
