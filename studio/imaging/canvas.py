@@ -435,19 +435,22 @@ def paste_alpha(canvas: Canvas, feather: int = 6) -> np.ndarray:
     return np.clip((feather + 1 - distance) / (feather + 1), 0.0, 1.0)
 
 
-def blend_seam(generated: np.ndarray, kept: np.ndarray, keep: np.ndarray) -> np.ndarray:
-    """Poisson blending (Perez et al. 2003) of a painted frame into the photo it continues: uint8 (H, W, 3).
+def blend_seam(generated: np.ndarray, kept: np.ndarray, keep: np.ndarray, reach: float = 0.25) -> np.ndarray:
+    """Screened Poisson blending (Perez et al. 2003) of a painted frame into the photo it continues: uint8 (H, W, 3).
 
     Outside `keep` the result has the generated image's own gradients, and its colours meet the photo's at the seam:
-    it is `generated` plus the smooth (harmonic) correction that equals `kept - generated` on the kept pixels next to
-    the painted ones. `generated` is the model's whole frame, kept pixels included (their gradient across the seam is
-    the one the result keeps). On `keep` the result is `kept`, bit for bit.
+    it is `generated` plus a smooth correction that equals `kept - generated` on the kept pixels next to the painted
+    ones and fades with the distance from them over about `reach` x the frame's shorter side, so far from the photo
+    the model's own colours (the prompt's) remain. `generated` is the model's whole frame, kept pixels included (their
+    gradient across the seam is the one the result keeps). On `keep` the result is `kept`, bit for bit.
     """
     import scipy.sparse
     import scipy.sparse.linalg
 
     if generated.shape != kept.shape or generated.shape[:2] != keep.shape:
         raise InputError(f"generated {generated.shape}, kept {kept.shape} and keep {keep.shape} must match")
+    if not reach > 0:
+        raise InputError(f"reach must be > 0 (a share of the frame's shorter side), got {reach}")
     out = np.where(keep[..., None], kept, generated)
     painted = ~keep
     if not painted.any() or not keep.any():
@@ -469,8 +472,9 @@ def blend_seam(generated: np.ndarray, kept: np.ndarray, keep: np.ndarray) -> np.
         rows.append(p[q >= 0])
         cols.append(q[q >= 0])
         np.add.at(rhs, p[q < 0], difference[qy[q < 0], qx[q < 0]])
-    # every painted region borders a kept pixel (keep is not empty), so the system is not singular
-    values = np.concatenate([diagonal] + [-np.ones(len(r)) for r in rows[1:]])
+    # the screening term: the correction decays as exp(-distance / decay) away from the seam
+    decay = reach * min(height, width)
+    values = np.concatenate([diagonal + 1 / decay**2] + [-np.ones(len(r)) for r in rows[1:]])
     laplacian = scipy.sparse.csc_matrix((values, (np.concatenate(rows), np.concatenate(cols))),
                                         shape=(len(me), len(me)))
     correction = scipy.sparse.linalg.spsolve(laplacian, rhs).reshape(len(me), -1)
