@@ -53,7 +53,7 @@ class V2Recipe:
 
 def build_v2_pipeline(recipe: V2Recipe, tokenizer_folder: Path):
     """The `init_from` pipeline's VAE, UNet and scheduler with the CLIP BPE tokenizer (77 tokens) and a CLIP text
-    encoder of the UNet's width: a new seeded one from v1, the folder's own from a v2 folder (a fine-tune)."""
+    encoder of the UNet's width: a new seeded one from a v1 folder, the folder's own from a v2 folder (a fine-tune)."""
     import torch
     from diffusers import StableDiffusionInpaintPipeline
     from transformers import CLIPTextConfig, CLIPTextModel
@@ -63,13 +63,13 @@ def build_v2_pipeline(recipe: V2Recipe, tokenizer_folder: Path):
     source = Path(recipe.init_from)
     if not (source / "model_index.json").is_file():
         raise InputError(f"--init-from {source} is not a diffusers pipeline folder (no model_index.json)")
-    v1 = StableDiffusionInpaintPipeline.from_pretrained(source)
-    if v1.unet.config.cross_attention_dim != recipe.text_width:
+    base = StableDiffusionInpaintPipeline.from_pretrained(source)
+    if base.unet.config.cross_attention_dim != recipe.text_width:
         raise InputError(f"text_width {recipe.text_width} must equal the UNet's cross-attention width "
-                         f"{v1.unet.config.cross_attention_dim}")
+                         f"{base.unet.config.cross_attention_dim}")
     tokenizer = clip_tokenizer(tokenizer_folder, CLIP_CONTEXT)
-    if v1.tokenizer.get_vocab() == tokenizer.get_vocab():  # a v2 folder: its text encoder reads these tokens already
-        text_encoder = v1.text_encoder
+    if base.tokenizer.get_vocab() == tokenizer.get_vocab():  # a v2 folder: its text encoder reads these tokens already
+        text_encoder = base.text_encoder
     else:
         torch.manual_seed(recipe.seed)
         text_encoder = CLIPTextModel(CLIPTextConfig(
@@ -77,10 +77,10 @@ def build_v2_pipeline(recipe: V2Recipe, tokenizer_folder: Path):
             num_hidden_layers=recipe.text_layers, num_attention_heads=4, max_position_embeddings=CLIP_CONTEXT,
             bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
             pad_token_id=tokenizer.pad_token_id))
-    unet = v1.unet
-    unet.register_to_config(sample_size=recipe.side // v1.vae_scale_factor)
-    return StableDiffusionInpaintPipeline(vae=v1.vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-                                          scheduler=v1.scheduler, safety_checker=None, feature_extractor=None,
+    unet = base.unet
+    unet.register_to_config(sample_size=recipe.side // base.vae_scale_factor)
+    return StableDiffusionInpaintPipeline(vae=base.vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
+                                          scheduler=base.scheduler, safety_checker=None, feature_extractor=None,
                                           requires_safety_checker=False)
 
 
