@@ -281,7 +281,8 @@ def test_paste_back_blends_outpainted_frames_but_not_new_backgrounds():
     assert np.abs(blended[:, 127] - 128).max() < np.abs(blended[:, 64] - 128).max() / 4  # ... then the model's grey
     assert (np.asarray(paste_back(grey, canvas, blend=False))[:, 80:] == 128).all()
     background = place_product(product_photo(), drawn_bottle(), size=200)
-    assert np.array_equal(np.asarray(paste_back(grey, background)), np.asarray(paste_back(grey, background, blend=False)))
+    assert np.array_equal(np.asarray(paste_back(grey, background)),
+                          np.asarray(paste_back(grey, background, blend=False)))
 
 
 def test_blend_seam_refuses_mismatched_shapes_and_a_bad_reach():

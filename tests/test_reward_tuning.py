@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from studio.core.errors import InputError
+from studio.imaging.canvas import outpaint_canvas
 from studio.imaging.creatives import CreativeSettings, build_canvas, generate_creatives
 from studio.imaging.engine import default_model, load_engine
 from studio.sim.renderer import render_product
@@ -81,6 +82,9 @@ def test_bad_input_is_one_clear_error(canvas):
     tuner = _tuner(RewardTuneConfig(steps=1))
     with pytest.raises(InputError, match="at least one case"):
         tuner.fit([], _brightness, progress=False)
+    wide = outpaint_canvas(canvas.image, right=16)
+    with pytest.raises(InputError, match="outpainting canvas"):
+        tuner.fit([RewardCase(wide, "a red plain backdrop")], _brightness, progress=False)
     with pytest.raises(InputError, match="backprop_steps"):
         RewardTuneConfig(denoising_steps=2, backprop_steps=3).check()
     with pytest.raises(InputError, match="steps"):

@@ -86,8 +86,8 @@ def run_loop_command(args: argparse.Namespace) -> int:
                         groups=args.groups, candidates_per_group=args.candidates, top_k=args.top_k,
                         initial_per_group=args.initial, steps=args.steps, reward_epochs=args.reward_epochs,
                         prompt_steps=args.prompt_steps, lora_steps=args.lora_steps,
-                        lora_per_group=args.lora_per_group, lora_examples=args.lora_examples, draft_steps=args.draft_steps,
-                        draft_learning_rate=args.draft_lr, serve_url=args.serve_url,
+                        lora_per_group=args.lora_per_group, lora_examples=args.lora_examples,
+                        draft_steps=args.draft_steps, draft_learning_rate=args.draft_lr, serve_url=args.serve_url,
                         serve_dir=args.serve_dir, serve_db=args.serve_db, serve_seconds=args.serve_seconds,
                         serve_concurrency=args.concurrency)
     if args.prepare_server:

@@ -3,9 +3,10 @@ fine-tuning diffusion models on differentiable rewards"; ReFL of Xu et al. 2023 
 
 Each step paints a batch of cases from fresh noise with the pipeline's own scheduler, classifier-free guidance and
 9-channel conditioning, keeps gradients only through the last K denoising steps (K = 1 is DRaFT-1, the paper's most
-efficient variant), decodes with the frozen VAE, pastes the kept product pixels back as `paste_back` does (the reward
-sees what would be served), and ascends the reward. The VAE and the text encoder stay frozen; only parameters that
-require gradients (a LoRA added by `InpaintingTrainer(..., TrainConfig(lora=True))`) move.
+efficient variant), decodes with the frozen VAE, pastes the kept product pixels back as `paste_back` does for a
+product canvas (the reward sees what would be served), and ascends the reward. The VAE and the text encoder stay
+frozen; only parameters that require gradients (a LoRA added by `InpaintingTrainer(..., TrainConfig(lora=True))`)
+move.
 
 Usage:
     trainer = InpaintingTrainer(pipeline, TrainConfig(lora=True, steps=100)).fit(data, "runs/lora")  # optional start
@@ -97,6 +98,9 @@ class RewardTuner:
 
         cached = self._conditions.get(id(case))
         if cached is None or cached[0] is not case:
+            if case.canvas.kind == "outpaint":  # paste_back Poisson-blends those (blend_seam); this paste would not
+                raise InputError("reward tuning paints background-replacement canvases (place_product); an "
+                                 "outpainting canvas is composited by a Poisson blend it does not reproduce")
             vae = self.components.vae
             width, height = case.canvas.size
             factor = self.components.vae_scale_factor
