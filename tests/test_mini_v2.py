@@ -172,6 +172,20 @@ def test_seam_and_ghost_metrics_on_known_images():
     assert _high_pass_spread(noisy, ~mask) > 20
 
 
+def test_decoder_loss_charges_invented_texture_not_a_uniform_offset():
+    import torch
+
+    from studio.training.mini.v2_run import decoder_loss
+
+    flat = torch.zeros(1, 3, 16, 16)
+    offset = flat + 0.1
+    texture = flat + 0.1 * (-1) ** (torch.arange(16)[:, None] + torch.arange(16)[None, :])  # same MSE and L1
+    assert decoder_loss(offset, flat, 0.0) == pytest.approx(decoder_loss(texture, flat, 0.0).item())
+    assert decoder_loss(offset, flat, 3.0) == pytest.approx(decoder_loss(offset, flat, 0.0).item())
+    # the checkerboard's neighbours differ by 0.2 both ways: 3 x (0.2 + 0.2) more
+    assert decoder_loss(texture, flat, 3.0).item() == pytest.approx(decoder_loss(texture, flat, 0.0).item() + 1.2)
+
+
 @pytest.mark.slow
 def test_v2_trains_saves_packs_and_loads_through_the_engine(tmp_path):
     import io

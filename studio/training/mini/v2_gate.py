@@ -87,8 +87,8 @@ def stage(cutout: Image.Image, width: int, height: int, backdrop: Image.Image | 
     return image, mask
 
 
-def _renderer_cutout(index: int) -> Image.Image:
-    return render_product(PRODUCTS[index % len(PRODUCTS)], GATE_SEED_BASE + index, 128, NEUTRAL_PRODUCT_COLOUR)
+def _renderer_cutout(index: int, seed_base: int = GATE_SEED_BASE) -> Image.Image:
+    return render_product(PRODUCTS[index % len(PRODUCTS)], seed_base + index, 128, NEUTRAL_PRODUCT_COLOUR)
 
 
 def _paint(pipeline, images, masks, prompts, seeds, width, height, steps, guidance) -> list[np.ndarray]:
@@ -344,23 +344,26 @@ def _gate_bands(width: int, height: int, sides: int) -> np.ndarray:
     return mask
 
 
-def vae_floors(pipeline, heldout: str | os.PathLike | None = None, colours: list[str] | None = None) -> dict:
+def vae_floors(pipeline, heldout: str | os.PathLike | None = None, colours: list[str] | None = None,
+               seed_base: int = GATE_SEED_BASE, real: bool = True) -> dict:
     """The gate's ghost and seam ratios for the VAE alone (the gate's rendered plain backdrops and held-out photos
-    through the pipeline's VAE, kept pixels pasted back): what a perfect UNet in this latent space would score."""
+    through the pipeline's VAE, kept pixels pasted back): what a perfect UNet in this latent space would score.
+    For choosing a recipe, not reporting one: another `seed_base` and real=False (renderer products only; the seam,
+    which needs the held-out photos, is then None) keep the choice off the gate's cases."""
     side = pipeline.unet.config.sample_size * pipeline.vae_scale_factor
-    cutouts = list(heldout_cutouts(heldout).values())
+    cutouts = list(heldout_cutouts(heldout).values()) if real else []
     spreads, seams = [], []
-    seed = GATE_SEED_BASE
-    for source in ("renderer", "real"):
+    seed = seed_base
+    for source in ("renderer", "real") if real else ("renderer",):
         for width, height in aspect_buckets(side).values():
             for index, colour in enumerate(colours or list(COLOURS)):
-                cutout = _renderer_cutout(index) if source == "renderer" else cutouts[index % len(cutouts)]
+                cutout = _renderer_cutout(index, seed_base) if source == "renderer" else cutouts[index % len(cutouts)]
                 base, product = stage(cutout, width, height, render_backdrop(colour, "plain", "soft", "studio",
                                                                              (width, height), seed))
                 seed += 1
                 through = np.where(~product[..., None], _vae_roundtrip(pipeline, [base])[0], np.asarray(base))
                 spreads.append((_high_pass_spread(through, ~product), _high_pass_spread(np.asarray(base), ~product)))
-    for index, photo in enumerate(heldout_photos(heldout).values()):
+    for index, photo in enumerate(heldout_photos(heldout).values() if real else []):
         for width, height in aspect_buckets(side).values():
             fitted = _fit(photo, width, height)
             mask = _gate_bands(width, height, 1 + (index + len(seams)) % 4)
@@ -368,4 +371,4 @@ def vae_floors(pipeline, heldout: str | os.PathLike | None = None, colours: list
             seams.append(_seam_ratio(np.asarray(fitted), through, mask))
     reconstructed, rendered = np.array(spreads).T
     return {"ghost_vae_floor": float(np.nanmedian(reconstructed) / max(np.nanmedian(rendered), 1e-6)),
-            "seam_vae_floor": float(np.nanmedian(seams))}
+            "seam_vae_floor": float(np.nanmedian(seams)) if seams else None}
