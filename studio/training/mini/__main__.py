@@ -26,6 +26,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--decoder-share", type=float, default=None,
                         help="v2: share of the budget spent first on fine-tuning the VAE decoder (default 0.2; 0: off)")
+    parser.add_argument("--decoder-gradient-weight", type=float, default=None,
+                        help="v2: weight of the decoder stage's neighbouring-pixel-difference term (default 3; 0: off)")
     parser.add_argument("--init-from", default=None,
                         help="pipeline folder to start from: a v1 one (default: the shipped studio-mini) or a v2 "
                              "run's model folder, to fine-tune it (its text encoder too)")
@@ -63,7 +65,8 @@ def main(argv: list[str] | None = None) -> int:
 
         recipe = V2Recipe()
         for field, value in (("batch_size", args.batch_size), ("side", args.side), ("init_from", args.init_from),
-                             ("decoder_share", args.decoder_share)):
+                             ("decoder_share", args.decoder_share),
+                             ("decoder_gradient_weight", args.decoder_gradient_weight)):
             if value is not None:
                 setattr(recipe, field, value)
         report = train_v2(args.out, device=args.device, minutes=args.minutes, recipe=recipe, workers=args.workers,
