@@ -186,6 +186,37 @@ def test_decoder_loss_charges_invented_texture_not_a_uniform_offset():
     assert decoder_loss(texture, flat, 3.0).item() == pytest.approx(decoder_loss(texture, flat, 0.0).item() + 1.2)
 
 
+def test_v2_refuses_a_bad_decoder_share_or_weight_before_training(tmp_path):
+    from studio.core.errors import InputError
+    from studio.training.mini.v2_run import V2Recipe, train_v2
+
+    for recipe in (V2Recipe(decoder_share=1.5), V2Recipe(decoder_share=-0.1), V2Recipe(decoder_gradient_weight=-1)):
+        with pytest.raises(InputError, match="decoder"):
+            train_v2(tmp_path / "run", recipe=recipe, gate=False, progress=False)
+    assert not (tmp_path / "run").exists()  # nothing written
+
+
+@pytest.mark.slow
+def test_decoder_share_one_trains_the_decoder_alone(tmp_path):
+    import torch
+    from diffusers import AutoencoderKL, UNet2DConditionModel
+
+    from studio.training.mini.recipe import MODEL_FOLDER
+    from studio.training.mini.v2_run import V2Recipe, train_v2
+
+    report = train_v2(tmp_path / "run", device="cpu", minutes=0.05, recipe=V2Recipe(decoder_share=1.0), gate=False,
+                      threads=1, progress=False)
+    assert report["steps"] == 0 and report["decoder"]["steps"] >= 1
+    saved, start = tmp_path / "run" / "model", MODEL_FOLDER
+    unet_before = UNet2DConditionModel.from_pretrained(start / "unet").state_dict()
+    unet_after = UNet2DConditionModel.from_pretrained(saved / "unet").state_dict()
+    assert all(torch.equal(unet_before[name], unet_after[name]) for name in unet_before)
+    vae_before = AutoencoderKL.from_pretrained(start / "vae").state_dict()
+    vae_after = AutoencoderKL.from_pretrained(saved / "vae").state_dict()
+    assert all(torch.equal(vae_before[name], vae_after[name]) for name in vae_before if name.startswith("encoder."))
+    assert not all(torch.equal(vae_before[name], vae_after[name]) for name in vae_before if name.startswith("decoder."))
+
+
 @pytest.mark.slow
 def test_v2_trains_saves_packs_and_loads_through_the_engine(tmp_path):
     import io

@@ -108,6 +108,9 @@ def train_v2(out: str | os.PathLike, device: str = "cpu", minutes: float = 6.0, 
     from studio.training.trainer import inpainting_loss
 
     recipe = recipe or V2Recipe()
+    if not 0 <= recipe.decoder_share <= 1 or recipe.decoder_gradient_weight < 0:
+        raise InputError(f"--decoder-share must be within 0..1 (got {recipe.decoder_share}) and "
+                         f"--decoder-gradient-weight at least 0 (got {recipe.decoder_gradient_weight})")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError("--device cuda, but torch sees no CUDA device")
     if threads:
@@ -149,7 +152,7 @@ def train_v2(out: str | os.PathLike, device: str = "cpu", minutes: float = 6.0, 
         budget -= report["decoder"]["seconds"]
         del images
     loader = batch_stream(recipe.side, recipe.batch_size, recipe.seed, workers, recipe.caption_dropout, tokenizer)
-    batches = iter(loader)
+    batches = iter(loader) if budget > 0 else iter(())  # --decoder-share 1: no UNet batch to draw
     for batch in batches:
         if started is None:  # the budget starts with the first batch: worker start-up is not training time
             started = time.perf_counter()
