@@ -407,6 +407,10 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT, *, cache: str | os.PathL
         return rounds.round(4), gains.round(4)
 
     @_reports_errors(gr.skip(), gr.skip())
+    def follow_model_guidance(chosen: str | None):
+        declared = create_ui.model_guidance_for(chosen)
+        return gr.update() if declared is None else gr.update(value=declared)
+
     def use_generator(choice: str | None):
         described = models_ui.describe("generator", choice)  # one line when unavailable; no download, no retries
         return choice, pd.DataFrame([described, models_ui.describe("prompt model", None),
@@ -493,7 +497,8 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT, *, cache: str | os.PathL
                             seed = gr.Number(0, precision=0, minimum=0, label="Seed")
                         with gr.Accordion("Advanced", open=False):
                             steps = gr.Slider(1, 100, value=30, step=1, label="Steps", elem_id="steps")
-                            guidance = gr.Slider(0, 20, value=7.5, step=0.5, label="Guidance")
+                            guidance = gr.Slider(0, 20, value=create_ui.model_guidance_for(None) or 7.5, step=0.5,
+                                                 label="Guidance (follows the model's own)", elem_id="guidance")
                             model = gr.Textbox(label="Model (hub id or local folder; empty = the embedded default)")
                             history_adapter = gr.Textbox("", label="History adapter for personalising (folder; "
                                                          "empty = the model's own)", elem_id="history-adapter")
@@ -644,6 +649,8 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT, *, cache: str | os.PathL
         prompt.change(count_tokens, [prompt, model], tokens, api_name=False, show_progress="hidden",
                       trigger_mode="always_last")
         app.load(count_tokens, [prompt, model], tokens, api_name=False)
+        model.change(follow_model_guidance, model, guidance, api_name=False, show_progress="hidden",
+                     trigger_mode="always_last")
         results = [gallery, recipes, recipe, scores, made, status]
         run_settings = [prompt, negative_prompt, group, category, placement, scale, count, seed, steps, guidance, model,
                         position_x, position_y, personal_group, history_guidance, keep_colours, category_guidance,

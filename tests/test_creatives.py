@@ -76,6 +76,37 @@ def test_the_recipe_travels_inside_the_png(product_photo, engine, tmp_path):
     assert recipe.size == creative.image.size == (102, 128)
 
 
+def test_a_model_paints_at_its_declared_guidance_unless_told_otherwise(product_photo, tiny_pipeline_dir, tmp_path):
+    import shutil
+
+    from studio.core.artefact import PIPELINE_CLASS, PIPELINE_FORMAT, write_manifest
+    from studio.ui.create import model_guidance_for
+
+    folder = tmp_path / "declares-2"
+    shutil.copytree(tiny_pipeline_dir, folder)
+    write_manifest(folder, PIPELINE_CLASS, PIPELINE_FORMAT, name="studio-mini", version=2, guidance=2.0)
+    declaring = engine_module.load_engine(str(folder), device="cpu")
+    plain = engine_module.load_engine(str(tiny_pipeline_dir), device="cpu")
+    assert (declaring.default_guidance, plain.default_guidance) == (2.0, 7.5)
+    assert engine_module.model_guidance(str(folder)) == 2.0 and model_guidance_for(str(folder)) == 2.0
+    assert model_guidance_for("some-org/some-model") is None  # a hub id: the slider is left alone
+
+    def paint(engine, **options):
+        [creative] = generate_creatives(product_photo, "a red wood table", settings=fast(**options), n=1, seed=3,
+                                        engine=engine, progress=False)
+        return creative
+
+    left_open, explicit, overridden = paint(declaring), paint(declaring, guidance=2.0), paint(declaring, guidance=7.5)
+    assert left_open.recipe.guidance == 2.0 and overridden.recipe.guidance == 7.5
+    assert np.array_equal(np.asarray(left_open.image), np.asarray(explicit.image))
+    assert not np.array_equal(np.asarray(left_open.image), np.asarray(overridden.image))
+    assert np.array_equal(np.asarray(overridden.image), np.asarray(paint(plain).image))  # 7.5 without a declaration
+
+    write_manifest(folder, PIPELINE_CLASS, PIPELINE_FORMAT, guidance="strong")
+    with pytest.raises(engine_module.ModelNotFoundError, match="guidance"):
+        engine_module.load_engine(str(folder), device="cpu")
+
+
 def test_a_lora_is_recorded_with_its_scale_and_hash(product_photo, engine, tiny_lora_path):
     bare = generate_creatives(product_photo, "a red wood table", settings=fast(), n=1, engine=engine,
                               progress=False)[0]

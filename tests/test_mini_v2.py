@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from studio.core.clip_bpe import clip_tokenizer, clip_vocabulary, count_clip_tokens
+from studio.core.errors import InputError
 from studio.training.mini import v2_data
 from studio.training.mini.v2_captions import (
     LAYOUT_SCENE_NOUNS,
@@ -36,6 +37,12 @@ from studio.training.mini.v2_gate import (
     gate_words,
 )
 from studio.training.mini.v2_heldout import heldout_cutouts, pixel_fingerprints
+from studio.training.mini.v2_selection import (
+    SELECTION_SEED_BASE,
+    VALIDATION_SENTENCES,
+    validation_sentence,
+    validation_words,
+)
 
 ATTRIBUTES = {"colour": "teal", "material": "marble", "lighting": "soft", "layout": "studio", "product": "bottle"}
 
@@ -158,6 +165,18 @@ def test_gate_is_disjoint_from_training():
     assert not pixel_fingerprints(cutouts.values()) & pixel_fingerprints(training)
 
 
+def test_selection_probe_shares_nothing_with_the_gate():
+    gate = gate_words() | {word for index in range(len(GATE_SENTENCES)) for word in
+                           gate_prompt("natural", "teal", index, "wood").replace(",", " ").replace(":", " ").split()}
+    trained = training_words()
+    assert not validation_words() & (gate | trained)
+    for index in range(len(VALIDATION_SENTENCES)):
+        words = set(validation_sentence("teal", "wood", index).replace(",", " ").split())
+        assert len(words - trained) >= 2  # unknown words, as in the gate's sentences
+        assert not words & gate_words()
+    assert SELECTION_SEED_BASE + 10**5 < GATE_SEED_BASE  # its products and noise never reach the gate's seeds
+
+
 def test_seam_and_ghost_metrics_on_known_images():
     ramp = np.repeat(np.repeat(np.arange(0, 192, 3, dtype=np.uint8)[None, :, None], 64, 0), 3, 2)
     mask = np.zeros((64, 64), bool)
@@ -205,7 +224,7 @@ def test_decoder_share_one_trains_the_decoder_alone(tmp_path):
     from studio.training.mini.v2_run import V2Recipe, train_v2
 
     report = train_v2(tmp_path / "run", device="cpu", minutes=0.05, recipe=V2Recipe(decoder_share=1.0), gate=False,
-                      threads=1, progress=False)
+                      select=False, threads=1, progress=False)
     assert report["steps"] == 0 and report["decoder"]["steps"] >= 1
     saved, start = tmp_path / "run" / "model", MODEL_FOLDER
     unet_before = UNet2DConditionModel.from_pretrained(start / "unet").state_dict()
@@ -227,7 +246,7 @@ def test_v2_trains_saves_packs_and_loads_through_the_engine(tmp_path):
 
     recipe = V2Recipe(batch_size=4, decoder_share=0.05)  # 3 s of decoder fine-tuning, then 3 UNet steps
     report = train_v2(tmp_path / "run", device="cpu", minutes=1, recipe=recipe, max_steps=3, gate=False,
-                      threads=1, pack=True, progress=False)
+                      select=False, threads=1, pack=True, progress=False)
     assert report["steps"] == 3 and report["decoder"]["steps"] >= 1
     assert max(report["files_mb"].values()) <= 16 and report["model_mb"] <= 40
     parts = sorted((tmp_path / "run").glob("studio-mini-v2.tar.*"))
@@ -257,7 +276,7 @@ def test_v2_fine_tunes_a_v2_folder_with_its_own_text_encoder(tmp_path):
     from studio.training.mini.v2_run import V2Recipe, build_v2_pipeline, train_v2
 
     train_v2(tmp_path / "run", device="cpu", minutes=1, recipe=V2Recipe(batch_size=4, decoder_share=0.0), max_steps=1,
-             gate=False, threads=1, progress=False)
+             gate=False, select=False, threads=1, progress=False)
     trained = build_v2_pipeline(V2Recipe(init_from=str(tmp_path / "run" / "model")), tmp_path / "a").text_encoder
     fresh = build_v2_pipeline(V2Recipe(), tmp_path / "b").text_encoder
     saved = CLIPTextModel.from_pretrained(tmp_path / "run" / "model" / "text_encoder")
@@ -277,7 +296,7 @@ def test_eval_mini_v2_reports_every_goal_and_keeps_the_product_bit_exact(tmp_pat
     from studio.training.mini.v2_run import V2Recipe, train_v2
 
     train_v2(tmp_path / "run", device="cpu", minutes=1, recipe=V2Recipe(batch_size=4, decoder_share=0.0), max_steps=1,
-             gate=False, threads=1, progress=False)
+             gate=False, select=False, threads=1, progress=False)
     assert main(["eval-mini", "--v2", "--model", str(tmp_path / "run" / "model"), "--quick", "--steps", "2",
                  "--threads", "1", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
@@ -298,3 +317,35 @@ def test_eval_mini_v2_needs_a_model_and_its_options_need_v2(capsys):
     assert main(["eval-mini", "--quick"]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("studio: error")]
     assert len(errors) == 2 and "--model" in errors[0] and "--v2" in errors[1]
+
+
+def test_select_guidance_picks_the_flattest_scale_that_meets_the_probe_goals(tiny_pipeline_dir, tmp_path,
+                                                                             monkeypatch):
+    import shutil
+
+    from studio.core.artefact import PIPELINE_CLASS, PIPELINE_FORMAT, write_manifest
+    from studio.imaging.engine import load_engine
+    from studio.training.mini import v2_selection
+
+    # Known probe results: 1.0 is flattest but misses the sentence goal; 2.0 meets every goal and beats 4.0.
+    results = {1.0: (1.05, 0.99, 0.80, 0.80), 2.0: (1.15, 0.99, 0.95, 0.78), 4.0: (1.30, 1.00, 1.00, 0.80)}
+
+    def fake_probe(model, guidance, steps, device, progress):
+        ghost, terse, sentences, material = results[guidance]
+        return {"guidance": guidance, "ghost_ratio": ghost, "colour_adherence_terse": terse,
+                "colour_adherence_sentences": sentences, "material_adherence": material}
+
+    monkeypatch.setattr(v2_selection, "probe", fake_probe)
+    folder = tmp_path / "v2"
+    shutil.copytree(tiny_pipeline_dir, folder)
+    write_manifest(folder, PIPELINE_CLASS, PIPELINE_FORMAT, name="studio-mini", version=2,
+                   vocabulary="closed-colours")
+    assert load_engine(str(folder), device="cpu").default_guidance == 7.5
+    chosen = v2_selection.select_guidance(folder, grid=tuple(results), progress=False)
+    assert chosen["guidance"] == 2.0 and len(chosen["probes"]) == 3
+    engine = load_engine(str(folder), device="cpu")  # the changed studio.json is read, not a cached engine
+    assert engine.default_guidance == 2.0 and engine.closed_colours  # the rest of the manifest is kept
+    results[2.0] = (1.15, 0.99, 0.85, 0.70)  # now none meets every goal: the one meeting most (4.0) wins
+    assert v2_selection.select_guidance(folder, grid=tuple(results), progress=False)["guidance"] == 4.0
+    with pytest.raises(InputError, match="studio.json"):
+        v2_selection.select_guidance(tiny_pipeline_dir, progress=False)

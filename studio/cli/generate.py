@@ -34,7 +34,9 @@ def register(subparsers) -> None:
     generate.add_argument("--model-config", default=None,
                           help="for a single-file --model: a local diffusers folder of the same architecture")
     generate.add_argument("--steps", type=arguments.whole(1, 1000), default=30)
-    generate.add_argument("--guidance", type=arguments.number(0, 50), default=7.5)
+    generate.add_argument("--guidance", type=arguments.number(0, 50), default=None,
+                          help="classifier-free guidance scale (default: the model's own: 7.5 unless its studio.json "
+                               "declares one)")
     generate.add_argument("--strength", type=arguments.number(0.01, 1), default=1.0)
     generate.add_argument("--scheduler", default=None, help="ddim, dpm++, euler, euler-a (default: the model's)")
     generate.add_argument("--negative-prompt", default="")

@@ -47,7 +47,8 @@ def register(subparsers) -> None:
         description="Benchmarks a studio-mini pipeline folder against the gate (not a test; takes minutes).")
     gate.add_argument("--model", default=None, help="pipeline folder (default: studio/models/studio-mini)")
     gate.add_argument("--steps", type=int, default=30, help="inference steps (default 30, as studio generate)")
-    gate.add_argument("--guidance", type=float, default=7.5, help="guidance scale (default 7.5, as studio generate)")
+    gate.add_argument("--guidance", type=float, default=None,
+                      help="guidance scale (default: the model's own, as studio generate)")
     gate.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2: the latency goal's cores)")
     gate.add_argument("--v2", action="store_true",
                       help="the independent v2 gate (held-out cut-outs and photos, every aspect ratio, natural prompts "
@@ -110,6 +111,7 @@ def run_train_mini(args: argparse.Namespace) -> int:
 
 def run_eval_mini(args: argparse.Namespace) -> int:
     from studio.core.errors import InputError
+    from studio.imaging.engine import model_guidance
     from studio.training.mini import MODEL_FOLDER, evaluate_mini
 
     if args.v2:
@@ -127,7 +129,9 @@ def run_eval_mini(args: argparse.Namespace) -> int:
         return 0
     if args.heldout or args.quick:
         raise InputError("--heldout and --quick go with --v2")
-    report = evaluate_mini(args.model or MODEL_FOLDER, steps=args.steps, guidance=args.guidance,
+    model = args.model or MODEL_FOLDER
+    guidance = model_guidance(str(model)) if args.guidance is None else args.guidance
+    report = evaluate_mini(model, steps=args.steps, guidance=guidance,
                            threads=args.threads, progress=not args.json)
     emit(report, args.json)
     return 0

@@ -160,7 +160,7 @@ def make_recipe(engine: Engine, canvas: Canvas, settings: CreativeSettings, *, p
         seed=seed,
         steps=settings.steps,
         scheduler=settings.scheduler or type(engine.default_scheduler).__name__,
-        guidance=float(settings.guidance),
+        guidance=float(engine.resolve(settings).guidance),
         strength=float(settings.strength),
         mode=canvas.kind,
         placement=canvas.placement,
@@ -263,6 +263,7 @@ def generate_creatives(
     # 3. Load the generator (cached) and check the prompts against its tokenizer
     if not isinstance(engine, Engine):
         engine = load_engine(engine)
+    settings = engine.resolve(settings)  # the model's own guidance where the settings leave it open
     engine.check_prompt(prompt)
     engine.check_prompt(settings.negative_prompt, name="negative prompt", allow_empty=True)
 

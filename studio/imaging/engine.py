@@ -26,7 +26,7 @@ from PIL import Image
 
 import studio
 from studio.core import hub
-from studio.core.artefact import PIPELINE_CLASS, PIPELINE_FORMAT, check_manifest
+from studio.core.artefact import MANIFEST_NAME, PIPELINE_CLASS, PIPELINE_FORMAT, check_manifest
 from studio.core.errors import InputError, ModelNotFoundError, StudioError
 from studio.core.quiet import quiet_loading
 from studio.imaging.prompt_reading import PromptReading, read_colours, read_prompt
@@ -44,6 +44,7 @@ DTYPES = ("auto", "fp32", "fp16", "bf16")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 CPU_OFFLOAD = ("model", "sequential")
 SINGLE_FILE_SUFFIXES = (".safetensors", ".ckpt")
+DEFAULT_GUIDANCE = 7.5  # diffusers' inpainting default; a model may declare its own in studio.json
 # How a pipeline paints the mask: a model trained for it, or a text-to-image model whose latents are blended back
 INPAINTING_MODEL, MASK_BLENDING = "inpainting-model", "mask-blending"
 
@@ -79,10 +80,11 @@ class LoraSpec:
 
 @dataclass
 class GenerationSettings:
-    """Sampler settings for one generation. `scheduler=None` keeps the model's own scheduler."""
+    """Sampler settings for one generation. `scheduler=None` keeps the model's own scheduler, `guidance=None` the
+    model's own guidance scale (`Engine.default_guidance`)."""
 
     steps: int = 30
-    guidance: float = 7.5
+    guidance: float | None = None
     strength: float = 1.0
     scheduler: str | None = None
     negative_prompt: str = ""
@@ -103,12 +105,12 @@ class GenerationSettings:
             raise InputError(f"history_projection must be one of {', '.join(HISTORY_PROJECTIONS)}, got "
                              f"{self.history_projection!r}")
         if self.history_projection == "perpendicular" and float(self.history_guidance) > 0 and \
-                float(self.guidance) <= 1.0:
+                self.guidance is not None and float(self.guidance) <= 1.0:
             raise InputError("history_projection perpendicular needs text guidance above 1 (it projects the history "
                              "against the text's direction); raise guidance or use history_projection none")
         if not isinstance(self.steps, int) or not 1 <= self.steps <= 1000:
             raise InputError(f"steps must be a whole number from 1 to 1000, got {self.steps!r}")
-        if not 0.0 <= float(self.guidance) <= 50.0:
+        if self.guidance is not None and not 0.0 <= float(self.guidance) <= 50.0:
             raise InputError(f"guidance must be between 0 and 50, got {self.guidance!r}")
         if not 0.0 < float(self.strength) <= 1.0:
             raise InputError(f"strength must be in (0, 1], got {self.strength!r}")
@@ -341,6 +343,25 @@ def model_weights_hash(model: str | None = None) -> str | None:
     folder = source if Path(source).is_dir() else _cached_snapshot(model)
     return weights_hash(folder) if folder is not None else None
 
+def declared_guidance(manifest: dict) -> float:
+    """The guidance scale a model folder's studio.json declares (the scale it was chosen at), else DEFAULT_GUIDANCE."""
+    guidance = manifest.get("guidance", DEFAULT_GUIDANCE)
+    if isinstance(guidance, bool) or not isinstance(guidance, (int, float)) or not 0.0 <= guidance <= 50.0:
+        raise ModelNotFoundError(f"studio.json declares guidance {guidance!r}; it must be a number from 0 to 50")
+    return float(guidance)
+
+
+def model_guidance(model: str | None = None) -> float:
+    """The guidance scale `load_engine(model)` paints at when the settings leave it to the model, without loading
+    the pipeline."""
+    model = model or default_model()
+    if is_single_file(model):
+        return DEFAULT_GUIDANCE
+    source, _ = _resolve_model(model)
+    folder = Path(source)
+    return declared_guidance(check_manifest(folder, PIPELINE_CLASS, PIPELINE_FORMAT) if folder.is_dir() else {})
+
+
 def _hub_errors() -> tuple[type[BaseException], ...]:
     """Network and hub errors that mean "could not fetch this model" (httpx is what huggingface_hub speaks)."""
     from huggingface_hub.errors import HfHubHTTPError
@@ -398,9 +419,14 @@ class Engine:
         manifest = check_manifest(folder, PIPELINE_CLASS, PIPELINE_FORMAT) if folder and Path(folder).is_dir() else {}
         self.closed_vocabulary = manifest.get("vocabulary") == "closed"
         self.closed_colours = manifest.get("vocabulary") == "closed-colours"
+        self.default_guidance = declared_guidance(manifest)
         self._known_words: dict[str, bool] = {}
 
     # ---------------------------------------------------------------------------------------------------------------
+    def resolve(self, settings: GenerationSettings) -> GenerationSettings:
+        """`settings` with the model's own guidance scale where they leave it to the model (None)."""
+        return settings if settings.guidance is not None else replace(settings, guidance=self.default_guidance)
+
     def check_prompt(self, prompt: str, *, name: str = "prompt", allow_empty: bool = False) -> None:
         """Raise InputError for an empty prompt or one longer than the text encoder reads (77 tokens for CLIP)."""
         if not isinstance(prompt, str):
@@ -517,7 +543,7 @@ class Engine:
         """
         import torch
 
-        settings = settings or GenerationSettings()
+        settings = self.resolve(settings or GenerationSettings())
         # 1. Check inputs
         settings.check()
         if lora is not None:
@@ -641,7 +667,7 @@ class Engine:
         import torch
         from diffusers.utils.torch_utils import randn_tensor
 
-        settings = settings or GenerationSettings()
+        settings = self.resolve(settings or GenerationSettings())
         # 1. Check inputs
         if not (len(prompts) == len(negative_prompts) == len(seeds)) or not prompts:
             raise InputError("generate_many needs as many prompts, negative prompts and seeds, at least one")
@@ -880,6 +906,16 @@ _engines: dict[tuple, Engine] = {}
 _engines_lock = threading.Lock()
 
 
+def _manifest_stamp(model: str) -> tuple[int, int] | None:
+    """A local folder's studio.json (size, mtime): an engine cached before it changed (a new declared guidance or
+    vocabulary) is not reused."""
+    try:
+        stat = (Path(model).expanduser() / MANIFEST_NAME).stat()
+    except OSError:
+        return None
+    return stat.st_size, stat.st_mtime_ns
+
+
 def _apply_options(pipeline, options: EngineOptions, device: str) -> None:
     """Put the pipeline on its device with the memory and speed options on."""
     import torch
@@ -970,7 +1006,7 @@ def load_engine(model: str | None = None, *, device: str = "auto", dtype: str = 
     resolve_dtype(device, dtype)  # a bad dtype fails before anything loads
     options = options or EngineOptions()
     options.check(device)
-    key = (model, device, dtype, options, model_config)
+    key = (model, device, dtype, options, model_config, _manifest_stamp(model))
     with _engines_lock:
         if key in _engines:
             return _engines[key]

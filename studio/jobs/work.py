@@ -20,7 +20,7 @@ from studio.core.errors import InputError, StudioError
 from studio.core.vocabulary import CATEGORIES
 from studio.imaging.canvas import paste_back, parse_aspect
 from studio.imaging.creatives import CreativeSettings, build_canvas, make_recipe, model_inputs
-from studio.imaging.engine import default_model, model_weights_hash
+from studio.imaging.engine import default_model, model_guidance, model_weights_hash
 from studio.imaging.images import load_image
 from studio.imaging.personal import IMAGE_SUFFIXES, History, adapter_kind, load_history
 from studio.imaging.provenance import encode_png, weights_hash
@@ -285,7 +285,8 @@ def versions(config: BatchConfig, histories: dict[int, History | None] | None = 
     generator = config.generator or default_model()
     generator_hash = (model_weights_hash(generator) or "unhashed").removeprefix("sha256:")[:12]
     settings = config.settings("1:1")
-    knobs = digest(settings.steps, settings.guidance, settings.strength, settings.scheduler, settings.size,
+    guidance = model_guidance(generator) if settings.guidance is None else settings.guidance
+    knobs = digest(settings.steps, guidance, settings.strength, settings.scheduler, settings.size,
                    settings.scale, settings.mode, config.seed, config.batch_size if config.batched else 1)[:8]
     reward_folder = resolve_model_folder(config.reward_model)
     reward_hash = weights_hash(reward_folder).removeprefix("sha256:")[:12]

@@ -23,9 +23,9 @@ from typing import Any
 from PIL import Image
 
 from studio.core.atomic import write_file
-from studio.core.errors import InputError
+from studio.core.errors import InputError, StudioError
 from studio.imaging.creatives import CreativeSettings, build_canvas, generate_creatives
-from studio.imaging.engine import load_engine
+from studio.imaging.engine import load_engine, model_guidance
 from studio.imaging.personal import check_category, check_scale
 from studio.imaging.provenance import read_recipe, weights_hash
 from studio.jobs.cache import CachedCreative, CacheKey, CreativeCache
@@ -190,6 +190,19 @@ def personal_choices(profiles: list[dict]) -> list[tuple[str, str]]:
     """(label, value) pairs for "Personalise for audience group": none (the prompt alone), then each group."""
     return [("None: the prompt alone", "")] + [(f"Group {p['group_id']} (its clicked creatives)", str(p["group_id"]))
                                                for p in profiles]
+
+
+def model_guidance_for(model: str | None) -> float | None:
+    """The guidance scale the Model box's generator declares (its studio.json's, else 7.5), for the Guidance slider:
+    for an empty box (the embedded model) or an existing local folder; None (leave the slider) for a hub id, a path
+    being typed, or a folder that is no pipeline."""
+    model = (model or "").strip()
+    if model and not Path(model).expanduser().is_dir():
+        return None
+    try:
+        return model_guidance(str(Path(model).expanduser()) if model else None)
+    except StudioError:
+        return None
 
 
 def creative_settings(*, mode: str, placement: str, extend: dict[str, int] | None, steps: int, guidance: float,

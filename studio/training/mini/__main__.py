@@ -32,6 +32,8 @@ def _parser() -> argparse.ArgumentParser:
                         help="pipeline folder to start from: a v1 one (default: the shipped studio-mini) or a v2 "
                              "run's model folder, to fine-tune it (its text encoder too)")
     parser.add_argument("--heldout", default=None, help="held-out image folder from --export-heldout")
+    parser.add_argument("--no-select", action="store_true",
+                        help="v2: do not choose the model's guidance scale on the selection probe (it paints at 7.5)")
     parser.add_argument("--no-gate", action="store_true", help="skip the gate after training")
     parser.add_argument("--gate-quick", action="store_true", help="a small gate (smoke test, not a measurement)")
     parser.add_argument("--gate-only", default=None, metavar="MODEL", help="only run the v2 gate on MODEL")
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
                 setattr(recipe, field, value)
         report = train_v2(args.out, device=args.device, minutes=args.minutes, recipe=recipe, workers=args.workers,
                           max_steps=args.max_steps, gate=not args.no_gate, gate_quick=args.gate_quick,
-                          heldout=args.heldout, threads=args.threads, pack=args.pack)
+                          heldout=args.heldout, threads=args.threads, pack=args.pack, select=not args.no_select)
         print(json.dumps(report.get("gate", report), indent=1))
         return 0
     except StudioError as error:

@@ -181,11 +181,11 @@ def _seam_ratio(original: np.ndarray, result: np.ndarray, mask: np.ndarray) -> f
     return float(np.concatenate(jumps).mean() / max(np.concatenate(expected).mean(), 1e-6))
 
 
-def evaluate_v2(model: str | os.PathLike, device: str = "cpu", steps: int = 30, guidance: float = 7.5,
+def evaluate_v2(model: str | os.PathLike, device: str = "cpu", steps: int = 30, guidance: float | None = None,
                 quick: bool = False, heldout: str | os.PathLike | None = None, progress: bool = True) -> dict:
     """Run the independent gate on a studio-mini pipeline folder; returns the figures, goals and pass flags.
 
-    steps/guidance: `studio generate`'s defaults. quick: 3 colours per group, 2 photos and fewer material cases (a
+    steps/guidance: `studio generate`'s defaults (guidance None: the model's own, `Engine.default_guidance`). quick: 3 colours per group, 2 photos and fewer material cases (a
     smoke test, not a measurement). heldout: an `export_heldout` folder (default: the installed packages).
     peak_rss_mb is the calling process's peak so far: run the gate in a process of its own (`studio eval-mini --v2`)
     to read the memory goal.
@@ -202,6 +202,7 @@ def evaluate_v2(model: str | os.PathLike, device: str = "cpu", steps: int = 30, 
     # the engine `studio generate` paints with: it reads each prompt as that command does (studio.imaging.prompt_reading)
     engine = load_engine(str(model), device=device, dtype="fp32")
     pipeline = engine.pipeline
+    guidance = engine.default_guidance if guidance is None else float(guidance)
 
     def _generate(images, masks, prompts, seeds, width, height, steps, guidance) -> list[np.ndarray]:
         frames = _paint(pipeline, images, masks, [engine.read_prompt(p).text for p in prompts], seeds, width, height,

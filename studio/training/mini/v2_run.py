@@ -4,7 +4,8 @@ What changes from v1 (``run``): CLIP's exact 77-token BPE tokenizer (package dat
 small CLIP text encoder trained with the UNet (so filler words learn to mean little); data drawn on the fly by
 dataloader workers (``v2_data``: renderer and procedural cut-outs at 5-70 % of the frame, four aspect buckets,
 outpainting bands; captions in ``v2_captions``); a wall-clock budget instead of a step count; bf16 autocast on CUDA;
-the final EMA weights are kept (no checkpoint selection), then ``v2_gate`` runs on them.
+the final EMA weights are kept (no checkpoint selection); the guidance scale the model declares is chosen on the
+selection probe (``v2_selection``, nothing of the gate's), then ``v2_gate`` runs on them.
 Warm start: the VAE (frozen) and the UNet come from the v1 model folder; the text encoder is new.
 """
 
@@ -92,9 +93,10 @@ def build_v2_pipeline(recipe: V2Recipe, tokenizer_folder: Path):
 def train_v2(out: str | os.PathLike, device: str = "cpu", minutes: float = 6.0, recipe: V2Recipe | None = None,
              workers: int | None = None, max_steps: int | None = None, gate: bool = True, gate_quick: bool = False,
              heldout: str | os.PathLike | None = None, threads: int | None = None, pack: bool = False,
-             progress: bool = True) -> dict:
-    """Train v2 for `minutes` of wall-clock (or `max_steps`), save OUT/model (diffusers folder + studio.json), run
-    the gate (OUT/gate.json) and return the report (also OUT/report.json).
+             select: bool = True, progress: bool = True) -> dict:
+    """Train v2 for `minutes` of wall-clock (or `max_steps`), save OUT/model (diffusers folder + studio.json), choose
+    its guidance scale on the selection probe (`select`), run the gate (OUT/gate.json) and return the report (also
+    OUT/report.json).
 
     workers: dataloader processes (default: CPU count - 2 on CUDA, 0 on CPU). threads: torch CPU threads.
     pack: replace OUT/model and OUT/log.jsonl by OUT/studio-mini-v2.tar.00, .01, ... (each under 16 MiB), for a
@@ -210,6 +212,11 @@ def train_v2(out: str | os.PathLike, device: str = "cpu", minutes: float = 6.0, 
     write_file(out / "report.json", lambda tmp: tmp.write_text(json.dumps(report, indent=1) + "\n"))
     say(json.dumps({"stage": "saved", "folder": str(model), "steps": step, "model_mb": report["model_mb"]}),
         flush=True)
+    if select:
+        from studio.training.mini.v2_selection import select_guidance
+
+        report["guidance_selection"] = select_guidance(model, device=device, progress=progress)
+        write_file(out / "report.json", lambda tmp: tmp.write_text(json.dumps(report, indent=1) + "\n"))
     if gate:
         from studio.training.mini.v2_gate import evaluate_v2
 
