@@ -53,13 +53,19 @@ def mini_folder():
     return MODEL_FOLDER
 
 
-def test_components_are_a_stable_diffusion_inpainting_pipeline_with_a_word_level_tokenizer(mini_folder):
+def test_the_shipped_studio_mini_is_v2_a_stable_diffusion_inpainting_pipeline_reading_clip_tokens(mini_folder,
+                                                                                                     tmp_path):
+    from studio.core.clip_bpe import clip_tokenizer
+
     pipeline = load(mini_folder)
     assert type(pipeline).__name__ == "StableDiffusionInpaintPipeline"
     assert pipeline.unet.config.in_channels == 9 and pipeline.vae.config.latent_channels == 4
     assert pipeline.unet.config.sample_size * 4 == 64  # native 64 x 64 pixels
-    for word in mini_words():
-        assert len(pipeline.tokenizer.tokenize(word)) == 1, word
+    assert pipeline.tokenizer.model_max_length == 77  # CLIP's window and its exact BPE ids
+    sentence = "our gift on a teal marble table in a sunny kitchen"
+    assert pipeline.tokenizer(sentence).input_ids == clip_tokenizer(tmp_path)(sentence).input_ids
+    manifest = json.loads((mini_folder / "studio.json").read_text())
+    assert (manifest["version"], manifest["vocabulary"], manifest["guidance"]) == (2, "closed-colours", 1.5)
     weights = sum(path.stat().st_size for path in mini_folder.rglob("*") if path.is_file())
     assert weights <= 40 * 2**20
 
@@ -86,6 +92,8 @@ def test_the_recipe_runs_all_stages_resumes_and_exports(tmp_path):
     steps = [json.loads(line).get("step") for line in (run / "log.jsonl").read_text().splitlines()]
     assert steps[-2] == 4
     pipeline = load(export)
+    for word in mini_words():  # v1 reads its vocabulary word by word
+        assert len(pipeline.tokenizer.tokenize(word)) == 1, word
     scene = neutral_scene(64, seed=0)
     image = pipeline(prompt="a bottle on a red plain backdrop", image=scene.image, mask_image=scene.background_mask,
                      num_inference_steps=2).images[0]

@@ -69,9 +69,9 @@ def test_words_that_name_no_hue_map_to_nothing():
 
 
 @pytest.mark.slow
-def test_studio_mini_paints_a_sentence_as_the_words_it_knows_and_records_the_reading(tmp_path):
+def test_studio_mini_paints_a_colour_name_as_its_own_colour_and_records_the_reading(tmp_path):
     engine = load_engine(device="cpu")
-    assert engine.closed_vocabulary
+    assert engine.closed_colours and not engine.closed_vocabulary  # the shipped v2
     product = render_product("box", seed=3, size=128)
     settings = CreativeSettings(size=64, steps=4)
 
@@ -80,13 +80,32 @@ def test_studio_mini_paints_a_sentence_as_the_words_it_knows_and_records_the_rea
                                       out_dir=tmp_path, name=name, progress=False)[0]
         return np.asarray(creative.image), read_recipe(creative.path)
 
-    sentence, sentence_recipe = paint("our gift on a crimson marble table in a sunlit kitchen, soft light", "sentence")
-    terse, terse_recipe = paint("on a red marble in a, soft light", "terse")
-    assert np.array_equal(sentence, terse)  # the same text reached the model
-    assert sentence_recipe.prompt_reading == {"prompt_read": "on a red marble in a, soft light",
-                                              "prompt_replaced": {"crimson": "red"},
-                                              "prompt_dropped": ["our", "gift", "table", "sunlit", "kitchen"]}
-    assert terse_recipe.prompt_reading is None  # read as typed
+    named, named_recipe = paint("our gift on a crimson marble table in a sunlit kitchen, soft light", "named")
+    plain, plain_recipe = paint("our gift on a red marble table in a sunlit kitchen, soft light", "plain")
+    assert np.array_equal(named, plain)  # the same text reached the model
+    assert named_recipe.prompt_reading == {"prompt_read": "our gift on a red marble table in a sunlit kitchen, soft light",
+                                           "prompt_replaced": {"crimson": "red"}, "prompt_dropped": []}
+    assert plain_recipe.prompt_reading is None  # read as typed
+    engine.check_prompt("our gift, sunlit kitchen!")  # every word is read: no colour is fine
+
+
+@pytest.mark.slow
+def test_a_closed_vocabulary_model_paints_a_sentence_as_the_words_it_knows(tiny_pipeline_dir, tmp_path):
+    """studio-mini v1's reading (`"vocabulary": "closed"`): unknown words are left out, colour names mapped."""
+    import shutil
+
+    from studio.core.artefact import PIPELINE_CLASS, PIPELINE_FORMAT, write_manifest
+
+    folder = tmp_path / "v1-like"
+    shutil.copytree(tiny_pipeline_dir, folder)
+    write_manifest(folder, PIPELINE_CLASS, PIPELINE_FORMAT, name="studio-mini", vocabulary="closed")
+    engine = load_engine(str(folder), device="cpu")
+    assert engine.closed_vocabulary
+    known = engine.read_prompt("on a red marble table in a, soft light")  # the tiny tokenizer holds these whole
+    reading = engine.read_prompt("our gift on a crimson marble table in a sunlit kitchen, soft light")
+    assert not known.changed and reading.text == known.text
+    assert reading.record() == {"prompt_read": known.text, "prompt_replaced": {"crimson": "red"},
+                                "prompt_dropped": ["our", "gift", "sunlit", "kitchen"]}
     with pytest.raises(InputError, match="no word this model knows"):
         engine.check_prompt("our gift, sunlit kitchen!")
     # a negative prompt may be read as nothing: it is optional

@@ -125,12 +125,13 @@ def test_the_token_counter_counts_as_the_generator_reads_and_knows_its_limit():
     assert counted.text() == f"{counted.count} / {counted.limit} tokens"
     # a marketer's sentence: counted as the model reads it, and the reading shown
     sentence = create.token_count("a crimson marble table in a kitchen, soft light")
-    read = "a red marble in a, soft light"
+    read = "a red marble table in a kitchen, soft light"  # studio-mini v2 keeps every word, maps colour names
     assert sentence == create.TokenCount(len(tokenizer(read).input_ids), tokenizer.model_max_length, read,
-                                         (("crimson", "red"),), ("table", "kitchen"))
-    assert sentence.text().endswith(f"the model reads “{read}” (crimson → red; left out: table, kitchen)")
-    long = create.token_count(" ".join(["marble"] * 60))
-    assert long.count == 62 and "too long by" in long.text()  # 60 words + start and end tokens
+                                         (("crimson", "red"),), ())
+    assert sentence.text().endswith(f"the model reads “{read}” (crimson → red)")
+    assert tokenizer.model_max_length == 77
+    long = create.token_count(" ".join(["marble"] * 80))
+    assert long.count == 82 and "too long by 5" in long.text()  # 80 words + start and end tokens
 
 
 # -- creatives, CTR, cache, zip ---------------------------------------------------------------------------------------
@@ -272,7 +273,7 @@ def test_personalising_for_a_group_passes_its_history_and_scale_into_the_setting
     free = create.creative_settings(**CREATE_ARGS, personal_group="2", history_guidance=2.5, keep_colours=False)
     assert (free.history_projection, free.history_interval) == ("none", 1.0)
     plain = create.creative_settings(**CREATE_ARGS, personal_group="", history_guidance=2.5)
-    assert plain == CreativeSettings(steps=2, scale=0.6)  # no group: the prompt alone, the slider unused
+    assert plain == CreativeSettings(steps=2, guidance=7.5, scale=0.6)  # no group: the prompt alone, the slider unused
     # the category condition: the product's category (a product kind reads as its category) at its own scale
     bottle = create.creative_settings(**CREATE_ARGS, category="bottle", category_guidance=1.5)
     assert (bottle.category, bottle.category_guidance, bottle.history) == ("beverage", 1.5, None)

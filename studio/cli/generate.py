@@ -166,7 +166,8 @@ def run_generate(args: argparse.Namespace) -> int:
         reading = first.prompt_reading
         mapped = "".join(f"; {word!r} read as {colour!r}" for word, colour in reading["prompt_replaced"].items())
         left_out = f"; left out: {', '.join(reading['prompt_dropped'])}" if reading["prompt_dropped"] else ""
-        print(f"studio: note: the model knows a closed vocabulary and read the prompt as {reading['prompt_read']!r}"
+        print(f"studio: note: the model reads only its own colours (and words) and read the prompt as "
+              f"{reading['prompt_read']!r}"
               f"{mapped}{left_out} (docs/generation.md#what-studio-mini-reads)", file=sys.stderr)
     if first.inpaint_method == MASK_BLENDING:
         print("studio: note: a text-to-image model (4-channel UNet): painted with mask blending, which matches the "

@@ -31,10 +31,11 @@ def register(subparsers) -> None:
     train.set_defaults(func=run_train)
 
     mini = subparsers.add_parser(
-        "train-mini", help="train the embedded studio-mini generator from scratch (resumable)",
-        description="Runs or resumes the studio-mini recipe in RUN and exports the best pipeline to --export.")
+        "train-mini", help="train studio-mini v1 from scratch (resumable): the start of the v2 recipe",
+        description="Runs or resumes the studio-mini v1 recipe in RUN and exports the best pipeline to --export. The "
+                    "shipped studio-mini is v2, fine-tuned from a v1 model by python -m studio.training.mini --v2.")
     mini.add_argument("--run", default="runs/studio-mini", help="run folder (default runs/studio-mini)")
-    mini.add_argument("--export", default=None, help="model folder to write (default: studio/models/studio-mini)")
+    mini.add_argument("--export", default=None, help="model folder to write (default: RUN/model)")
     mini.add_argument("--unet-steps", type=int, default=None, help="override the recipe's UNet step budget")
     mini.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     mini.add_argument("--export-best", action="store_true",
@@ -52,7 +53,7 @@ def register(subparsers) -> None:
     gate.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2: the latency goal's cores)")
     gate.add_argument("--v2", action="store_true",
                       help="the independent v2 gate (held-out cut-outs and photos, every aspect ratio, natural prompts "
-                           "and synonyms, ghost and seam, latency and memory) on --model")
+                           "and synonyms, ghost and seam, latency and memory) on --model (default: the shipped v2)")
     gate.add_argument("--heldout", default=None,
                       help="with --v2: the held-out images (python -m studio.training.mini --export-heldout DIR; "
                            "default: the sample images of the installed packages)")
@@ -96,14 +97,15 @@ def run_train(args: argparse.Namespace) -> int:
 def run_train_mini(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from studio.training.mini import MODEL_FOLDER, MiniRecipe, export_model, train_mini
+    from studio.training.mini import MiniRecipe, export_model, train_mini
 
+    export = args.export or Path(args.run) / "model"
     if args.export_best:
-        folder = export_model(Path(args.run) / "best", args.export or MODEL_FOLDER)
+        folder = export_model(Path(args.run) / "best", export)
         emit({"exported": str(folder)}, args.json)
         return 0
     recipe = MiniRecipe() if args.unet_steps is None else MiniRecipe(unet_steps=args.unet_steps)
-    result = train_mini(args.run, export=args.export or MODEL_FOLDER, recipe=recipe, threads=args.threads,
+    result = train_mini(args.run, export=export, recipe=recipe, threads=args.threads,
                         progress=not args.json)
     emit(result, args.json)
     return 0
@@ -115,15 +117,12 @@ def run_eval_mini(args: argparse.Namespace) -> int:
     from studio.training.mini import MODEL_FOLDER, evaluate_mini
 
     if args.v2:
-        if args.model is None:
-            raise InputError("--v2 needs --model, a v2 pipeline folder (python -m studio.training.mini --v2 writes "
-                             "OUT/model); the shipped studio-mini is v1")
         import torch
 
         from studio.training.mini.v2_gate import evaluate_v2
 
         torch.set_num_threads(args.threads)
-        report = evaluate_v2(args.model, steps=args.steps, guidance=args.guidance, quick=args.quick,
+        report = evaluate_v2(args.model or MODEL_FOLDER, steps=args.steps, guidance=args.guidance, quick=args.quick,
                              heldout=args.heldout, progress=not args.json)
         emit(report, args.json)
         return 0

@@ -151,8 +151,8 @@ def suggest(profile: dict, *, title: str, category: str, n: int = 4, seed: int =
 @dataclass(frozen=True)
 class TokenCount:
     count: int  # tokens the text encoder reads, with its start and end tokens
-    limit: int  # the most it reads (77 for Stable Diffusion's CLIP; studio-mini's own encoder reads 32)
-    read_as: str | None = None  # what a closed-vocabulary model reads of the prompt (None: the prompt as typed)
+    limit: int  # the most it reads (77 for CLIP: Stable Diffusion's and studio-mini v2's; v1's encoder reads 32)
+    read_as: str | None = None  # what a closed-vocabulary (or closed-colours) model reads (None: read as typed)
     replaced: tuple[tuple[str, str], ...] = ()  # (colour name, the vocabulary colour it was read as)
     left_out: tuple[str, ...] = ()
 

@@ -1,7 +1,7 @@
-"""`python -m studio.training.mini --v2 --device cuda --minutes 5 --out DIR`: the studio-mini v2 run, one command.
+"""`python -m studio.training.mini --v2 --device cuda --minutes 7 --out DIR`: the studio-mini v2 run, one command.
 
-The v1 recipe stays `studio train-mini`. Prints JSON lines while training and the gate's JSON at the end;
---gate-only MODEL runs the v2 gate on an existing folder (e.g. the shipped v1, as a baseline).
+The v1 recipe, where the shipped v2 started, stays `studio train-mini`. Prints JSON lines while training and the
+gate's JSON at the end; --gate-only MODEL runs the v2 gate on an existing folder (e.g. a v1 one, as a baseline).
 """
 
 from __future__ import annotations
@@ -27,10 +27,11 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--decoder-share", type=float, default=None,
                         help="v2: share of the budget spent first on fine-tuning the VAE decoder (default 0.2; 0: off)")
     parser.add_argument("--decoder-gradient-weight", type=float, default=None,
-                        help="v2: weight of the decoder stage's neighbouring-pixel-difference term (default 3; 0: off)")
+                        help="v2: weight of the decoder stage's neighbouring-pixel-difference term (default 10; 0: off)")
     parser.add_argument("--init-from", default=None,
-                        help="pipeline folder to start from: a v1 one (default: the shipped studio-mini) or a v2 "
-                             "run's model folder, to fine-tune it (its text encoder too)")
+                        help="pipeline folder to start from: a v1 one (studio train-mini writes RUN/model; the shipped "
+                             "v2 started from one) or a v2 one, to fine-tune it, its text encoder too (default: the "
+                             "shipped studio-mini, v2)")
     parser.add_argument("--heldout", default=None, help="held-out image folder from --export-heldout")
     parser.add_argument("--no-select", action="store_true",
                         help="v2: do not choose the model's guidance scale on the selection probe (it paints at 7.5)")

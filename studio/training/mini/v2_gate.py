@@ -3,7 +3,8 @@
 Its product instances use seeds from ``GATE_SEED_BASE`` up (training's stay below), its real cut-outs and photos are
 the held-out set (``v2_heldout``), and its natural sentences and synonyms hold words no training caption holds
 (``GATE_*`` pools, checked against ``v2_captions.training_words`` by a test). The v2 recipe keeps the final EMA
-weights: there is no checkpoint selection to leak into.
+weights (no checkpoint selection) and chooses its guidance scale on ``v2_selection``'s probe, which shares no seed,
+product or word with the gate.
 
 Cases: {renderer products, held-out real cut-outs} x {1:1, 4:5, 16:9, 9:16} x {terse, natural sentence, synonym}
 prompts; colour adherence per group; material adherence (classifier fitted on renders only); a ghost metric (high-pass

@@ -52,9 +52,9 @@ class V2Recipe:
     decoder_lr: float = 3e-4
     decoder_batch_size: int = 32  # the decoder is small: more steps of fewer images learn faster
     # Weight of the L1 between decoded and true neighbouring-pixel differences: it penalises structure the decoder
-    # invents (mottling on a plain sweep), which MSE + L1 barely see (benchmarks/mini_v2_decoder.py). 3, not 10:
-    # at seeds off the gate's, 10 flattened more but cost colour adherence on marketer sentences (docs/training.md).
-    decoder_gradient_weight: float = 3.0
+    # invents (mottling on a plain sweep), which MSE + L1 barely see (benchmarks/mini_v2_decoder.py). 10 flattens
+    # more than 3 and, at the guidance scale the selection probe picks, costs no colour (docs/training.md).
+    decoder_gradient_weight: float = 10.0
 
 
 def build_v2_pipeline(recipe: V2Recipe, tokenizer_folder: Path):
@@ -213,9 +213,10 @@ def train_v2(out: str | os.PathLike, device: str = "cpu", minutes: float = 6.0, 
     say(json.dumps({"stage": "saved", "folder": str(model), "steps": step, "model_mb": report["model_mb"]}),
         flush=True)
     if select:
-        from studio.training.mini.v2_selection import select_guidance
+        from studio.training.mini.v2_selection import GUIDANCE_GRID, QUICK_GRID, select_guidance
 
-        report["guidance_selection"] = select_guidance(model, device=device, progress=progress)
+        report["guidance_selection"] = select_guidance(model, QUICK_GRID if gate_quick else GUIDANCE_GRID,
+                                                       device=device, progress=progress)
         write_file(out / "report.json", lambda tmp: tmp.write_text(json.dumps(report, indent=1) + "\n"))
     if gate:
         from studio.training.mini.v2_gate import evaluate_v2

@@ -42,6 +42,7 @@ from studio.training.mini.v2_gate import (
 
 SELECTION_SEED_BASE = 10**6
 GUIDANCE_GRID: tuple[float, ...] = (1.0, 1.5, 2.0, 3.0, 4.0, 5.0, 7.5)
+QUICK_GRID: tuple[float, ...] = (1.5, 7.5)  # a smoke run's (--gate-quick): two probes, not a search
 # The gate's goals for the measures the probe shares with it (v2_gate.GOALS), applied to the probe's own cases.
 PROBE_GOALS: dict[str, float] = {"colour_adherence_terse": 0.95, "colour_adherence_sentences": 0.90,
                                  "material_adherence": 0.75}
