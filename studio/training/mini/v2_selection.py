@@ -99,16 +99,15 @@ def probe(model: str | os.PathLike, guidance: float | None = None, steps: int = 
 
     say(f"probe {model}: ghost", flush=True)
     spreads, terse_hits = [], []
+    cutouts = [_renderer_cutout(index, SELECTION_SEED_BASE) for index in range(len(colours))]
     for bucket in ("1:1", "9:16", "16:9"):
         width, height = buckets[bucket]
-        staged = [(stage(_renderer_cutout(i, SELECTION_SEED_BASE), width, height), colour)
-                  for i, colour in enumerate(colours)]
+        staged = [stage(cutout, width, height) for cutout in cutouts]
         results = generate([(image, ~product, f"a {colour} plain backdrop, soft light")
-                            for (image, product), colour in staged], width, height)
-        for index, (((_, product), colour), result) in enumerate(zip(staged, results)):
-            cutout = _renderer_cutout(index, SELECTION_SEED_BASE)
-            base = stage(cutout, width, height, render_backdrop(colour, "plain", "soft", "studio", (width, height),
-                                                                SELECTION_SEED_BASE + index))[0]
+                            for (image, product), colour in zip(staged, colours)], width, height)
+        for index, ((_, product), colour, result) in enumerate(zip(staged, colours, results)):
+            base = stage(cutouts[index], width, height, render_backdrop(colour, "plain", "soft", "studio",
+                                                                        (width, height), SELECTION_SEED_BASE + index))[0]
             spreads.append((_high_pass_spread(result, ~product), _high_pass_spread(np.asarray(base), ~product)))
             terse_hits.append(nearest_colour(result[~product].mean(0)) == colour)
     generated, rendered = np.array(spreads).T
