@@ -268,8 +268,8 @@ def test_personalising_for_a_group_passes_its_history_and_scale_into_the_setting
                                         history_adapter=f" {adapter} ")
     assert settings.history_guidance == 2.5 and settings.history_adapter == str(adapter)
     assert settings.history.source == "group:2" and settings.history.digest == history_for_group(2).digest
-    # "Keep the prompt's colours" (on by default): the measured recipe that keeps the colour up to scale 4
-    assert (settings.history_projection, settings.history_interval) == ("perpendicular", 0.35)
+    # "Keep the prompt's colours" (on by default): the measured setting that keeps the colour up to scale 2
+    assert (settings.history_projection, settings.history_interval) == ("perpendicular", 1.0)
     free = create.creative_settings(**CREATE_ARGS, personal_group="2", history_guidance=2.5, keep_colours=False)
     assert (free.history_projection, free.history_interval) == ("none", 1.0)
     plain = create.creative_settings(**CREATE_ARGS, personal_group="", history_guidance=2.5)
