@@ -177,6 +177,19 @@ def test_selection_probe_shares_nothing_with_the_gate():
     assert SELECTION_SEED_BASE + 10**5 < GATE_SEED_BASE  # its products and noise never reach the gate's seeds
 
 
+def test_the_held_out_set_reads_the_same_from_the_packages_and_from_an_export(tmp_path):
+    """The gate pairs its cases with the held-out images by their order: an exported folder and the installed
+    packages must give the same names, in the same order, with the same pixels."""
+    from studio.training.mini.v2_heldout import export_heldout, heldout_photos
+
+    exported = export_heldout(tmp_path / "heldout")
+    for read in (heldout_cutouts, heldout_photos):
+        installed, from_folder = read(), read(exported)
+        assert list(installed) == list(from_folder) and len(installed) >= 4
+        for name in installed:
+            assert np.array_equal(np.asarray(installed[name]), np.asarray(from_folder[name])), name
+
+
 def test_seam_and_ghost_metrics_on_known_images():
     ramp = np.repeat(np.repeat(np.arange(0, 192, 3, dtype=np.uint8)[None, :, None], 64, 0), 3, 2)
     mask = np.zeros((64, 64), bool)

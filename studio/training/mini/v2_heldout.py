@@ -69,7 +69,7 @@ def heldout_cutouts(folder: str | os.PathLike | None = None) -> dict[str, Image.
         path = _package_file(package, relative)
         if path is not None:
             found[name] = _shrink(_cut_out(Image.open(path), how))
-    return found
+    return dict(sorted(found.items()))  # the order an exported folder lists them in: the gate pairs cases by it
 
 
 def heldout_photos(folder: str | os.PathLike | None = None) -> dict[str, Image.Image]:
@@ -82,7 +82,7 @@ def heldout_photos(folder: str | os.PathLike | None = None) -> dict[str, Image.I
         path = _package_file(package, relative)
         if path is not None:
             found[name] = _shrink(Image.open(path).convert("RGB"))
-    return found
+    return dict(sorted(found.items()))
 
 
 def _shrink(image: Image.Image) -> Image.Image:
