@@ -406,11 +406,11 @@ def build_app(out_dir: str | os.PathLike = DEFAULT_OUT, *, cache: str | os.PathL
         rounds, gains = models_ui.loop_rounds(folder.strip())
         return rounds.round(4), gains.round(4)
 
-    @_reports_errors(gr.skip(), gr.skip())
     def follow_model_guidance(chosen: str | None):
-        declared = create_ui.model_guidance_for(chosen)
+        declared = create_ui.model_guidance_for(chosen)  # None (leave the slider) for anything it cannot read
         return gr.update() if declared is None else gr.update(value=declared)
 
+    @_reports_errors(gr.skip(), gr.skip())
     def use_generator(choice: str | None):
         described = models_ui.describe("generator", choice)  # one line when unavailable; no download, no retries
         return choice, pd.DataFrame([described, models_ui.describe("prompt model", None),

@@ -343,6 +343,7 @@ def model_weights_hash(model: str | None = None) -> str | None:
     folder = source if Path(source).is_dir() else _cached_snapshot(model)
     return weights_hash(folder) if folder is not None else None
 
+
 def declared_guidance(manifest: dict) -> float:
     """The guidance scale a model folder's studio.json declares (the scale it was chosen at), else DEFAULT_GUIDANCE."""
     guidance = manifest.get("guidance", DEFAULT_GUIDANCE)
