@@ -16,6 +16,7 @@ studio path, with the product's pixels checked bit for bit, and the gate process
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import time
 from pathlib import Path
@@ -133,9 +134,11 @@ def _high_pass_spread(image: np.ndarray, region: np.ndarray) -> float:
     return float(residual[eroded].std()) if eroded.any() else float("nan")
 
 
+@functools.lru_cache(maxsize=2)
 def _material_classifier(size: int):
     """The renders-only material classifier of v1's gate (scikit-learn); without scikit-learn, a ridge classifier on
-    the same features (named in the report)."""
+    the same features (named in the report). Seeded, so fitted once per size and process (the selection probe asks
+    for it once per guidance scale)."""
     try:
         import sklearn  # noqa: F401
     except ImportError:
