@@ -7,10 +7,9 @@ Each seed runs `studio.jobs.loop.run_loop` with the CLI defaults into OUT/seed-S
 finished `loop.json` is read, not run again, so seeds can run in separate processes and be summarised after). Prints,
 per seed: the true CTR (the simulator's oracle) of the served treatment at round 0 and the last round, the loop's gain
 over round 0 and over the no-loop baseline (the bandit over the fixed round-0 pool, same requests), the
-prompts-only arm against both, the hacking gap per round (the held-out checkers', the same calibrated on logged
-creatives they never saw, and the ranker's own), the DRaFT stage's predicted gains per round (the ranker's it
-ascended, the checkers' it never saw), the least distinct prompts per group, and the wall time; then the medians
-over seeds.
+prompts-only arm against both, the hacking gap per round (the held-out checker's, and the ranker's own), the
+DRaFT stage's predicted gains per round (the ranker's it ascended, the checkers' it never saw), the least distinct
+prompts per group, and the wall time; then the medians over seeds.
 """
 
 from __future__ import annotations
@@ -50,8 +49,6 @@ def row(seed: int, report: dict) -> dict:
         **{name: comparisons[name] for name in ("loop_vs_round_0", "loop_vs_no_loop", "prompts_only_vs_no_loop",
                                                  "loop_vs_prompts_only", "no_loop_vs_round_0")},
         "hacking_gap_points": [r["hacking"]["gap_points"] for r in loop if "hacking" in r],
-        "calibrated_gap_points": [r["hacking"].get("calibrated_gap_points", float("nan")) for r in loop
-                                  if "hacking" in r],
         "selection_gap_points": [r["hacking"].get("selection_gap_points", float("nan")) for r in loop
                                  if "hacking" in r],
         "draft_gains": [(d["ranker_gain"], d["checker_gain"]) for r in loop
@@ -88,8 +85,7 @@ def main() -> None:
         print(f"  loop vs round 0 {gain(r['loop_vs_round_0'])}; loop vs no-loop {gain(r['loop_vs_no_loop'])}; "
               f"prompts-only vs no-loop {gain(r['prompts_only_vs_no_loop'])}; loop vs prompts-only "
               f"{gain(r['loop_vs_prompts_only'])}; no-loop vs its round 0 {gain(r['no_loop_vs_round_0'])}")
-        print(f"  hacking gap (points) {', '.join(f'{g:+.1f}' for g in r['hacking_gap_points'])} (calibrated: "
-              f"{', '.join(f'{g:+.1f}' for g in r['calibrated_gap_points'])}; the ranker's own: "
+        print(f"  hacking gap (points) {', '.join(f'{g:+.1f}' for g in r['hacking_gap_points'])} (the ranker's own: "
               f"{', '.join(f'{g:+.1f}' for g in r['selection_gap_points'])}); distinct prompts "
               f"per group {r['distinct_prompts']}; new-arm share of treatment {r['new_arm_share_last']:.0%}; "
               f"{r['seconds']:.0f} s")

@@ -46,7 +46,7 @@ from studio.learning.policy import CONTROL, TREATMENT, ServingPolicy
 
 ARMS = ("loop", "prompts_only", "no_loop")
 LORA_EXAMPLES = ("selected", "clicked")  # what the generator LoRA learns from
-CHECKERS = 3  # reward models in the held-out check of the predicted gain, cross-fitted: one per fold of creatives
+CHECKERS = 3  # reward models in the held-out check of the predicted gain
 CHECKER_SEED = 500_009  # each checker's seed offset from the ranker's
 REPORT_NAME = "loop.json"
 CATALOGUE_NAME = "catalogue.json"
@@ -759,17 +759,13 @@ def _evolve(world: _World, arm: _Arm, round_index: int, staging: Path) -> dict:
     dataset = _log_dataset(world, arm)
     trainer = _fit_ranker(world, dataset, seed=config.seed + round_index)
     trainer.model_.save_pretrained(staging / "reward")
-    # the held-out check: reward models (other training creatives, other initial weights) that select nothing, so
+    # the held-out check: reward models (other validation creatives, other initial weights) that select nothing, so
     # their predicted gain of the selected arms escapes the winner's curse of the ranker's own; averaged, because
-    # one model's error on creatives it never saw is large. Cross-fitted: checker k never trained on fold k of the
-    # logged creatives, so every logged creative has a prediction made without it (the calibration of the check)
-    folds = _folds(dataset, CHECKERS, seed=config.seed + round_index)
+    # one model's error on creatives it never saw is large
     checkers = []
     with torch.random.fork_rng():  # the check changes nothing the loop does next
         for k in range(CHECKERS):
-            held_out = {c for c, fold in folds.items() if fold == k}
-            checkers.append(_fit_ranker(world, _without(dataset, held_out),
-                                        seed=config.seed + round_index + CHECKER_SEED * (k + 1)).model_)
+            checkers.append(_fit_ranker(world, dataset, seed=config.seed + round_index + CHECKER_SEED * (k + 1)).model_)
             checkers[-1].save_pretrained(staging / f"reward-check-{k}")
     trained = set(trainer.split_.train) | set(trainer.split_.validation)
     seen_rounds = sorted({int(v.rsplit("-", 1)[1]) for v in dataset.impressions["model_version"].unique()})
@@ -794,8 +790,7 @@ def _evolve(world: _World, arm: _Arm, round_index: int, staging: Path) -> dict:
         for g in range(len(world.group_ids)):
             mine = [c for c in ranked if c.product_id == product["product_id"] and c.group == g]
             selected += sorted(mine, key=_rank_key)[: config.top_k]
-    record["hacking"] = _hacking(world, arm, trainer.model_, checkers, dataset, selected,
-                                 _calibration(_out_of_fold(checkers, folds, dataset, clicks)))
+    record["hacking"] = _hacking(world, arm, trainer.model_, checkers, dataset, selected)
     record["diversity"] = _diversity(world, proposals, ranked)
     record["generator_drift"] = _generator_drift(world, arm, proposals, round_index)
     arm.add(selected)
@@ -836,56 +831,6 @@ def _fit_ranker(world: _World, dataset, seed: int):
     epochs = world.config.reward_epochs
     return RewardTrainer(TrainingConfig(max_epochs=epochs, patience=max(10, epochs // 4), validation_fraction=0.2,
                                         test_fraction=0.0, seed=seed, progress=False)).fit(dataset)
-
-
-def _folds(dataset, k: int, seed: int) -> dict[str, int]:
-    """Each logged creative's fold (0..k-1): per product, a seeded shuffle dealt round-robin."""
-    rng = np.random.default_rng(seed)
-    folds = {}
-    for _product, ids in sorted(dataset.creatives.groupby("product_id").groups.items()):
-        folds |= {str(c): i % k for i, c in enumerate(rng.permutation(sorted(str(c) for c in ids)))}
-    return folds
-
-
-def _without(dataset, creative_ids: set[str]):
-    """`dataset` less some creatives (their rows, pixels and impressions)."""
-    from reward.data import RewardDataset
-
-    keep = [c for c in dataset.creatives.index if c not in creative_ids]
-    return RewardDataset(dataset.creatives.loc[keep], dataset.pixels[dataset.creative_rows(keep)],
-                         dataset.group_vectors, dataset.impressions[~dataset.impressions["creative_id"].isin(
-                             creative_ids)])
-
-
-def _out_of_fold(checkers: list, folds: dict[str, int], dataset, clicks):
-    """`clicks` (the smoothed logged CTR per (product, group, creative)) with ``predicted``: each logged creative's
-    predicted CTR by the checker that did not train on it."""
-    from reward.training import predict_pairs
-
-    table = clicks[["product_id", "group_id", "creative_id", "label"]].copy()
-    table["predicted"] = np.nan
-    fold = table["creative_id"].map(folds)
-    for k, model in enumerate(checkers):
-        rows = fold == k
-        if rows.any():
-            table.loc[rows, "predicted"] = predict_pairs(model, dataset, table.loc[rows, ["creative_id", "group_id"]])
-    return table
-
-
-def _calibration(table) -> dict:
-    """How predictions of creatives a model never saw translate into logged CTR, from `_out_of_fold`'s table: per
-    (product, group) list the mean prediction and the mean logged CTR, and over all lists one slope of logged on
-    predicted within lists, clipped to [0, 1] (never spread predictions beyond the models' own; 0 when they rank
-    nothing right). Also each logged (product, group, creative)'s smoothed CTR."""
-    lists = table.groupby(["product_id", "group_id"])
-    means = lists[["predicted", "label"]].transform("mean")
-    dp, dy = table["predicted"] - means["predicted"], table["label"] - means["label"]
-    spread = float((dp * dp).sum())
-    slope = float(np.clip((dp * dy).sum() / spread, 0.0, 1.0)) if spread > 0 else 0.0
-    centres = lists[["predicted", "label"]].mean()
-    return {"slope": slope,
-            "lists": {key: (float(row["predicted"]), float(row["label"])) for key, row in centres.iterrows()},
-            "logged": table.set_index(["product_id", "group_id", "creative_id"])["label"]}
 
 
 def _smoothed_ctr(dataset, prior) -> Any:
@@ -955,15 +900,11 @@ def _propose_and_rank(world: _World, arm: _Arm, ranker, dataset, round_index: in
     return ranked, proposals, caps
 
 
-def _hacking(world: _World, arm: _Arm, ranker, checkers: list, dataset, selected: list[_Creative],
-             calibration: dict) -> dict:
+def _hacking(world: _World, arm: _Arm, ranker, checkers: list, dataset, selected: list[_Creative]) -> dict:
     """Predicted relative gain of the new arms over what the last round served, per group, against the oracle's
     true gain. ``gap_points`` = 100 x (predicted - true) with the held-out checkers' mean predictions (capped to
-    their own trust region); ``calibrated_gap_points`` with those predictions calibrated on logged creatives the
-    checkers never saw (`_calibration`: the list's mean logged CTR + slope x the prediction's distance from the
-    list's mean out-of-fold prediction) against the served mix's logged CTR; ``selection_gap_points`` with the
-    ranker's capped ones (the scores it selected by, so biased up by the selection), ``uncapped_gap_points`` with
-    the ranker's raw ones."""
+    their own trust region); ``selection_gap_points`` with the ranker's capped ones (the scores it selected by, so
+    biased up by the selection), ``uncapped_gap_points`` with the ranker's raw ones."""
     import pandas as pd
 
     from reward.training import predict_pairs
@@ -981,31 +922,25 @@ def _hacking(world: _World, arm: _Arm, ranker, checkers: list, dataset, selected
         pairs = pd.DataFrame({"creative_id": served, "group_id": [group_id] * len(served)})
         checked = np.minimum(np.mean([_predict(m, mine, group_id) for m in checkers], axis=0),
                              _trust_cap(checkers, dataset, product, group_id))
-        centre_predicted, centre_logged = calibration["lists"][(product, group_id)]
-        logged = calibration["logged"].loc[[(product, group_id, c) for c in served]].to_numpy()
         truth = world.group_true_ctr([arm.catalogue[c].sim_index for c in served] + [c.sim_index for c in mine])[g]
         row = {"weight": float(sum(counts.values())),
                "old": float(share @ np.mean([predict_pairs(m, dataset, pairs) for m in checkers], axis=0)),
                "new": float(checked.mean()),
-               "calibrated_old": float(share @ logged),
-               "calibrated_new": centre_logged + calibration["slope"] * (float(checked.mean()) - centre_predicted),
                "selection_old": float(share @ predict_pairs(ranker, dataset, pairs)),
                "selection_new": float(np.mean([c.predicted_ctr for c in mine])),
                "uncapped_new": float(np.mean([c.raw_predicted_ctr for c in mine])),
                "true_old": float(share @ truth[: len(served)]), "true_new": float(truth[len(served):].mean())}
         by_group[f"{product}/{group_id}"] = {
             "predicted_gain": row["new"] / row["old"] - 1,
-            "calibrated_predicted_gain": row["calibrated_new"] / row["calibrated_old"] - 1,
             "selection_predicted_gain": row["selection_new"] / row["selection_old"] - 1,
             "uncapped_predicted_gain": row["uncapped_new"] / row["selection_old"] - 1,
             "true_gain": row["true_new"] / row["true_old"] - 1}
         rows.append(row)
     if not rows:
         nan = float("nan")
-        return {"predicted_gain": nan, "true_gain": nan, "gap_points": nan, "calibrated_predicted_gain": nan,
-                "calibrated_gap_points": nan, "calibration_slope": calibration["slope"],
-                "selection_predicted_gain": nan, "selection_gap_points": nan, "uncapped_predicted_gain": nan,
-                "uncapped_gap_points": nan, "by_group": by_group}
+        return {"predicted_gain": nan, "true_gain": nan, "gap_points": nan, "selection_predicted_gain": nan,
+                "selection_gap_points": nan, "uncapped_predicted_gain": nan, "uncapped_gap_points": nan,
+                "by_group": by_group}
     table = pd.DataFrame(rows)
     w = table["weight"].to_numpy() / table["weight"].sum()
 
@@ -1013,12 +948,9 @@ def _hacking(world: _World, arm: _Arm, ranker, checkers: list, dataset, selected
         return float(w @ table[new] / (w @ table[old]) - 1)
 
     true = gain("true_new", "true_old")
-    out = {"predicted_gain": gain("new", "old"), "calibrated_predicted_gain": gain("calibrated_new", "calibrated_old"),
-           "selection_predicted_gain": gain("selection_new", "selection_old"),
+    out = {"predicted_gain": gain("new", "old"), "selection_predicted_gain": gain("selection_new", "selection_old"),
            "uncapped_predicted_gain": gain("uncapped_new", "selection_old"), "true_gain": true}
     return out | {"gap_points": 100 * (out["predicted_gain"] - true),
-                  "calibrated_gap_points": 100 * (out["calibrated_predicted_gain"] - true),
-                  "calibration_slope": calibration["slope"],
                   "selection_gap_points": 100 * (out["selection_predicted_gain"] - true),
                   "uncapped_gap_points": 100 * (out["uncapped_predicted_gain"] - true), "by_group": by_group}
 
