@@ -31,9 +31,10 @@ def test_rounds_below_one_are_refused(tmp_path, rounds):
     assert not (tmp_path / "out").exists()
 
 
-@pytest.mark.parametrize("settings", [{"draft_steps": -1}, {"draft_steps": 1.5}, {"draft_learning_rate": 0.0}])
-def test_bad_draft_settings_are_refused(tmp_path, settings):
-    with pytest.raises(InputError, match="draft"):
+@pytest.mark.parametrize("settings", [{"draft_steps": -1}, {"draft_steps": 1.5}, {"draft_learning_rate": 0.0},
+                                      {"guidance": -1.0}, {"guidance": float("nan")}, {"guidance": "7.5"}])
+def test_bad_draft_and_guidance_settings_are_refused(tmp_path, settings):
+    with pytest.raises(InputError, match=next(iter(settings)).split("_")[0]):
         run_loop(LoopConfig(rounds=1, **settings), tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
 
@@ -57,8 +58,9 @@ def test_cli_bad_input_is_one_line(tmp_path, capsys):
     assert main(["loop", "--rounds", "1", "--out", str(tmp_path / "f" / "o")]) == 2
     assert main(["loop", "--draft-steps", "-1", "--out", str(tmp_path / "o")]) == 2
     assert main(["loop", "--draft-lr", "0", "--out", str(tmp_path / "o")]) == 2
+    assert main(["loop", "--guidance", "nan", "--out", str(tmp_path / "o")]) == 2
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("studio: error")]
-    assert len(errors) == 4 and all("Traceback" not in e for e in errors)
+    assert len(errors) == 5 and all("Traceback" not in e for e in errors)
     assert not (tmp_path / "o").exists()
 
 
@@ -99,6 +101,13 @@ def test_cli_exit_code_json_and_files(run):
     assert (out / "loop" / "round-1" / "lora" / "pytorch_lora_weights.safetensors").is_file()
     assert not (out / "prompts_only" / "round-1" / "lora").exists()
     assert not list(out.rglob(".studio-staging-*"))
+    # every creative is painted at the loop's guidance, not at the 1.5 the shipped studio-mini declares for itself
+    from studio.imaging.engine import model_guidance
+    from studio.imaging.provenance import read_recipe
+
+    assert model_guidance() == 1.5 != LoopConfig().guidance
+    painted = sorted(out.glob("*/round-*/creatives/*.png")) + sorted((out / "pool-0").rglob("*.png"))
+    assert len(painted) > 10 and {read_recipe(p).guidance for p in painted} == {LoopConfig().guidance}
 
 
 @pytest.mark.slow

@@ -36,6 +36,9 @@ def register(subparsers) -> None:
                       help="round-0 creatives per group (default 3)")
     loop.add_argument("--steps", type=arguments.whole(1, 200), default=15,
                       help="denoising steps per creative (default 15)")
+    loop.add_argument("--guidance", type=arguments.number(0, 50), default=7.5,
+                      help="classifier-free guidance of every creative the loop paints (default 7.5, not studio-mini's "
+                           "own 1.5: at 1.5 the prompts barely steer the backdrop; docs/loop.md)")
     loop.add_argument("--reward-epochs", type=arguments.whole(1, 10_000), default=300,
                       help="epoch cap of each reward-model retrain (default 300)")
     loop.add_argument("--prompt-steps", type=arguments.whole(1, 10_000), default=40,
@@ -84,7 +87,8 @@ def run_loop_command(args: argparse.Namespace) -> int:
         return 0
     config = LoopConfig(rounds=args.rounds, seed=args.seed, impressions=args.impressions, users=args.users,
                         groups=args.groups, candidates_per_group=args.candidates, top_k=args.top_k,
-                        initial_per_group=args.initial, steps=args.steps, reward_epochs=args.reward_epochs,
+                        initial_per_group=args.initial, steps=args.steps, guidance=args.guidance,
+                        reward_epochs=args.reward_epochs,
                         prompt_steps=args.prompt_steps, lora_steps=args.lora_steps,
                         lora_per_group=args.lora_per_group, lora_examples=args.lora_examples,
                         draft_steps=args.draft_steps, draft_learning_rate=args.draft_lr, serve_url=args.serve_url,

@@ -62,9 +62,10 @@ class LoopConfig:
     rounds: rounds after round 0. users, segments, groups (None: chosen by silhouette), products: the world.
     impressions: requests served per round. initial_per_group: round-0 creatives per group. candidates_per_group:
     prompts proposed (and painted) per group each round. top_k: new arms per group each round. keep_per_group: pool
-    creatives kept per group by logged CTR (others retire). steps, guidance: denoising. reward_epochs: cap of each
-    reward retrain. prompt_steps, prompt_learning_rate, anchor_weight: the prompt model's weighted SFT (the anchor is
-    the base model's own prompts at this share of the positive weight). lora_steps, lora_rank,
+    creatives kept per group by logged CTR (others retire). steps, guidance: denoising (7.5, not the generator's own
+    guidance: the loop steers backdrops through prompts, and at studio-mini's 1.5 they barely do). reward_epochs: cap
+    of each reward retrain. prompt_steps, prompt_learning_rate, anchor_weight: the prompt model's weighted SFT (the
+    anchor is the base model's own prompts at this share of the positive weight). lora_steps, lora_rank,
     lora_learning_rate, lora_scale: the generator's LoRA; lora_per_group: one LoRA per audience group, each on its
     group's examples and painting its group's proposals (default: one LoRA on every group's); lora_examples: what the
     LoRA learns from, "selected" (every creative the ranker selected so far) or "clicked" (every logged creative
@@ -139,6 +140,9 @@ class LoopConfig:
             raise InputError(f"arms must be distinct names from {', '.join(ARMS)}, got {self.arms!r}")
         if isinstance(self.draft_steps, bool) or not isinstance(self.draft_steps, int) or self.draft_steps < 0:
             raise InputError(f"draft_steps must be a whole number >= 0, got {self.draft_steps!r}")
+        if isinstance(self.guidance, bool) or not isinstance(self.guidance, (int, float)) or not (
+                0 <= self.guidance <= 50):
+            raise InputError(f"guidance must be a number from 0 to 50, got {self.guidance!r}")
         if not self.draft_learning_rate > 0:
             raise InputError(f"draft_learning_rate must be > 0, got {self.draft_learning_rate!r}")
         if not (self.alpha >= 0 and self.anchor_weight >= 0 and self.prompt_learning_rate > 0
