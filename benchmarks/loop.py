@@ -1,7 +1,7 @@
 """Closed-loop benchmark: `studio loop --rounds 3` on several seeds, against the issue's goals.
 
     python benchmarks/loop.py --seeds 0 1 2 [--out out/bench-loop] [--rounds 3] [--lora-per-group]
-        [--lora-examples clicked] [--lora-steps 20] [--draft-steps 30]
+        [--lora-examples clicked] [--lora-steps 20] [--draft-steps 0]
 
 Each seed runs `studio.jobs.loop.run_loop` with the CLI defaults into OUT/seed-S (a seed whose folder already holds a
 finished `loop.json` is read, not run again, so seeds can run in separate processes and be summarised after). Prints,

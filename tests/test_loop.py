@@ -18,7 +18,7 @@ from studio.jobs.loop import LoopConfig, run_loop
 
 TINY = ["--rounds", "2", "--seed", "3", "--users", "300", "--groups", "2", "--impressions", "2000", "--initial", "2",
         "--candidates", "4", "--top-k", "1", "--steps", "2", "--lora-steps", "2", "--reward-epochs", "20",
-        "--prompt-steps", "3"]
+        "--prompt-steps", "3", "--draft-steps", "0"]  # DRaFT has its own tests
 
 
 # -- bad input: one clear error, nothing written ----------------------------------------------------------------------
@@ -145,7 +145,8 @@ def test_the_held_out_check_is_its_own_models_and_changes_nothing_the_loop_does(
             100 * (hacking["selection_predicted_gain"] - hacking["true_gain"]))
     monkeypatch.setattr(loop, "CHECKERS", 1)
     config = LoopConfig(rounds=2, seed=3, users=300, groups=2, impressions=2000, initial_per_group=2,
-                        candidates_per_group=4, top_k=1, steps=2, lora_steps=2, reward_epochs=20, prompt_steps=3)
+                        candidates_per_group=4, top_k=1, steps=2, lora_steps=2, reward_epochs=20, prompt_steps=3,
+                        draft_steps=0)
     again = run_loop(config, tmp_path / "one-checker", progress=False).to_dict()
     for arm in ("loop", "prompts_only"):
         for mine, theirs in zip(report["rounds"][arm], again["rounds"][arm], strict=True):
@@ -244,7 +245,8 @@ def test_a_killed_run_keeps_every_finished_round_and_resumes_as_if_never_killed(
 
     monkeypatch.setattr(loop, "_serve", killed_in_round_2)
     config = LoopConfig(rounds=2, seed=3, users=300, groups=2, impressions=2000, initial_per_group=2,
-                        candidates_per_group=4, top_k=1, steps=2, lora_steps=2, reward_epochs=20, prompt_steps=3)
+                        candidates_per_group=4, top_k=1, steps=2, lora_steps=2, reward_epochs=20, prompt_steps=3,
+                        draft_steps=0)
     with pytest.raises(KeyboardInterrupt):
         run_loop(config, tmp_path / "run", progress=False)
     report = json.loads((tmp_path / "run" / "loop.json").read_text())
@@ -356,7 +358,7 @@ def test_clicked_loras_learn_from_every_logged_creative_above_its_groups_mean(tm
     monkeypatch.setattr(loop, "_clicked", recording)
     config = LoopConfig(rounds=2, seed=3, users=300, groups=2, impressions=2000, initial_per_group=2,
                         candidates_per_group=4, top_k=1, steps=2, lora_steps=2, reward_epochs=20, prompt_steps=3,
-                        arms=("loop",), lora_examples="clicked")
+                        draft_steps=0, arms=("loop",), lora_examples="clicked")
     report = run_loop(config, tmp_path / "run", progress=False).to_dict()
     log = read_impressions(tmp_path / "run" / "loop" / "events.db")
     assert len(calls) == 2
@@ -381,7 +383,7 @@ def test_draft_tunes_the_lora_through_the_ranker_and_reports_what_the_checkers_s
 
     config = LoopConfig(rounds=1, seed=3, users=300, groups=2, impressions=2000, initial_per_group=2,
                         candidates_per_group=4, top_k=1, steps=2, lora_steps=2, reward_epochs=20, prompt_steps=3,
-                        arms=("loop",))
+                        draft_steps=0, arms=("loop",))
     tuned = run_loop(replace(config, draft_steps=4, draft_learning_rate=1e-2), tmp_path / "tuned",
                      progress=False).to_dict()
     plain = run_loop(config, tmp_path / "plain", progress=False).to_dict()

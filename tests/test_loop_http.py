@@ -28,8 +28,8 @@ from studio.serving.drive import LoopClient
 
 TOKEN = "loop-http-test-token"
 TINY = LoopConfig(rounds=2, seed=3, users=300, groups=2, impressions=1000, initial_per_group=2, candidates_per_group=4,
-                  top_k=1, steps=2, lora_steps=2, reward_epochs=20, prompt_steps=3, arms=("loop", "no_loop"),
-                  serve_seconds=120)
+                  top_k=1, steps=2, lora_steps=2, reward_epochs=20, prompt_steps=3, draft_steps=0,
+                  arms=("loop", "no_loop"), serve_seconds=120)
 
 
 def _free_port() -> int:

@@ -50,9 +50,9 @@ def register(subparsers) -> None:
     loop.add_argument("--lora-examples", choices=("selected", "clicked"), default="selected",
                       help="what the generator LoRA learns from: every creative the ranker selected so far "
                            "(default), or every logged creative with an above-average CTR in a group")
-    loop.add_argument("--draft-steps", type=arguments.whole(0, 10_000), default=0,
+    loop.add_argument("--draft-steps", type=arguments.whole(0, 10_000), default=30,
                       help="after the LoRA fits its examples, DRaFT-1 steps through the ranker's predicted CTR "
-                           "(default 0: none; docs/loop.md)")
+                           "(default 30; 0: none; docs/loop.md)")
     loop.add_argument("--draft-lr", type=arguments.number(1e-7, 1.0), default=3e-4,
                       help="learning rate of the DRaFT steps (default 3e-4)")
     live = loop.add_argument_group("against a live server (docs/loop.md, 'Against a live server')")

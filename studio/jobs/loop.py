@@ -71,7 +71,7 @@ class LoopConfig:
     LoRA learns from, "selected" (every creative the ranker selected so far) or "clicked" (every logged creative
     whose smoothed CTR in a group is above that group's mean). draft_steps, draft_learning_rate: after the LoRA has
     fitted its examples, that many DRaFT-1 steps ascend the ranker's predicted CTR of the examples' prompts painted
-    from fresh noise (`studio.training.reward_tuning`; 0, the default, skips it). alpha: LinUCB exploration. arms:
+    from fresh noise (`studio.training.reward_tuning`; 0 skips it). alpha: LinUCB exploration. arms:
     which arms to run.
     serve_url: the "loop" arm serves through the `studio serve` at this loopback URL (None: in-process), whose folder
     `serve_dir` `prepare_server` wrote (audience/, cache/ the server serves, events.db unless `serve_db` names its
@@ -102,7 +102,7 @@ class LoopConfig:
     lora_scale: float = 1.0
     lora_per_group: bool = False
     lora_examples: str = "selected"
-    draft_steps: int = 0
+    draft_steps: int = 30
     draft_learning_rate: float = 3e-4
     alpha: float = 0.25
     generator: str | None = None
