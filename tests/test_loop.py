@@ -14,7 +14,7 @@ from PIL import Image
 
 from studio.cli import main
 from studio.core.errors import InputError
-from studio.jobs.loop import LoopConfig, run_loop
+from studio.jobs.loop import LoopConfig, resume_loop, run_loop
 
 TINY = ["--rounds", "2", "--seed", "3", "--users", "300", "--groups", "2", "--impressions", "2000", "--initial", "2",
         "--candidates", "4", "--top-k", "1", "--steps", "2", "--lora-steps", "2", "--reward-epochs", "20",
@@ -226,6 +226,34 @@ def test_true_ctr_matches_an_independently_rebuilt_oracle(run):
     assert report["comparisons"]["loop_vs_no_loop"]["gain"] == pytest.approx(gain, rel=1e-9)
     assert report["comparisons"]["loop_vs_round_0"]["gain"] == pytest.approx(
         truth["loop"][2].mean() / truth["loop"][0].mean() - 1, rel=1e-9)
+
+
+@pytest.mark.slow
+def test_a_killed_run_with_draft_resumes_as_if_never_killed(tmp_path, monkeypatch):
+    """DRaFT (on by default) tunes each round's LoRA from seeded noise: a run killed while serving round 2 and
+    resumed from the round-1 checkpoint paints, tunes and serves exactly as the uninterrupted run."""
+    from studio.jobs import loop
+
+    config = LoopConfig(rounds=2, seed=3, users=300, groups=2, impressions=2000, initial_per_group=2,
+                        candidates_per_group=4, top_k=1, steps=2, lora_steps=2, reward_epochs=20, prompt_steps=3,
+                        draft_steps=2, arms=("loop",))
+    uninterrupted = run_loop(config, tmp_path / "whole", progress=False).to_dict()
+    serve = loop._serve
+
+    def killed_in_round_2(world, arm, round_index, traffic):
+        if round_index == 2:
+            raise KeyboardInterrupt
+        return serve(world, arm, round_index, traffic)
+
+    monkeypatch.setattr(loop, "_serve", killed_in_round_2)
+    with pytest.raises(KeyboardInterrupt):
+        run_loop(config, tmp_path / "run", progress=False)
+    monkeypatch.setattr(loop, "_serve", serve)
+    resumed = resume_loop(tmp_path / "run", progress=False).to_dict()
+    assert [r["lora"]["draft"]["steps"] for r in uninterrupted["rounds"]["loop"][1:]] == [2, 2]
+    for mine, theirs in zip(resumed["rounds"]["loop"], uninterrupted["rounds"]["loop"], strict=True):
+        for field in ("true_ctr", "selected", "retired", "hacking", "lora"):
+            assert mine.get(field) == theirs.get(field), (mine["round"], field)
 
 
 @pytest.mark.slow
