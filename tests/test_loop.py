@@ -19,6 +19,8 @@ from studio.jobs.loop import LoopConfig, resume_loop, run_loop
 TINY = ["--rounds", "2", "--seed", "3", "--users", "300", "--groups", "2", "--impressions", "2000", "--initial", "2",
         "--candidates", "4", "--top-k", "1", "--steps", "2", "--lora-steps", "2", "--reward-epochs", "20",
         "--prompt-steps", "3", "--draft-steps", "0"]  # DRaFT has its own tests
+SMALL = LoopConfig(rounds=2, seed=3, users=300, groups=2, impressions=2000, initial_per_group=2, candidates_per_group=4,
+                   top_k=1, steps=2, lora_steps=2, reward_epochs=20, prompt_steps=3, draft_steps=0)  # TINY in Python
 
 
 # -- bad input: one clear error, nothing written ----------------------------------------------------------------------
@@ -144,10 +146,7 @@ def test_the_held_out_check_is_its_own_models_and_changes_nothing_the_loop_does(
         assert hacking["selection_gap_points"] == pytest.approx(
             100 * (hacking["selection_predicted_gain"] - hacking["true_gain"]))
     monkeypatch.setattr(loop, "CHECKERS", 1)
-    config = LoopConfig(rounds=2, seed=3, users=300, groups=2, impressions=2000, initial_per_group=2,
-                        candidates_per_group=4, top_k=1, steps=2, lora_steps=2, reward_epochs=20, prompt_steps=3,
-                        draft_steps=0)
-    again = run_loop(config, tmp_path / "one-checker", progress=False).to_dict()
+    again = run_loop(SMALL, tmp_path / "one-checker", progress=False).to_dict()
     for arm in ("loop", "prompts_only"):
         for mine, theirs in zip(report["rounds"][arm], again["rounds"][arm], strict=True):
             assert mine.get("selected") == theirs.get("selected") and mine["true_ctr"] == theirs["true_ctr"]
@@ -234,9 +233,7 @@ def test_a_killed_run_with_draft_resumes_as_if_never_killed(tmp_path, monkeypatc
     resumed from the round-1 checkpoint paints, tunes and serves exactly as the uninterrupted run."""
     from studio.jobs import loop
 
-    config = LoopConfig(rounds=2, seed=3, users=300, groups=2, impressions=2000, initial_per_group=2,
-                        candidates_per_group=4, top_k=1, steps=2, lora_steps=2, reward_epochs=20, prompt_steps=3,
-                        draft_steps=2, arms=("loop",))
+    config = replace(SMALL, draft_steps=2, arms=("loop",))
     uninterrupted = run_loop(config, tmp_path / "whole", progress=False).to_dict()
     serve = loop._serve
 
@@ -272,11 +269,8 @@ def test_a_killed_run_keeps_every_finished_round_and_resumes_as_if_never_killed(
         return serve(world, arm, round_index, traffic)
 
     monkeypatch.setattr(loop, "_serve", killed_in_round_2)
-    config = LoopConfig(rounds=2, seed=3, users=300, groups=2, impressions=2000, initial_per_group=2,
-                        candidates_per_group=4, top_k=1, steps=2, lora_steps=2, reward_epochs=20, prompt_steps=3,
-                        draft_steps=0)
     with pytest.raises(KeyboardInterrupt):
-        run_loop(config, tmp_path / "run", progress=False)
+        run_loop(SMALL, tmp_path / "run", progress=False)
     report = json.loads((tmp_path / "run" / "loop.json").read_text())
     assert report["finished"] is False
     assert {arm: [r["round"] for r in records] for arm, records in report["rounds"].items()} == {
@@ -349,9 +343,7 @@ def test_per_group_loras_train_on_their_group_and_paint_its_proposals(tmp_path, 
         return paint(self, product, prompt, seed, lora, folder, name)
 
     monkeypatch.setattr(loop._World, "paint", recording)
-    config = LoopConfig(rounds=2, seed=3, users=300, groups=2, impressions=2000, initial_per_group=2,
-                        candidates_per_group=4, top_k=1, steps=2, lora_steps=2, reward_epochs=20, prompt_steps=3,
-                        arms=("loop",), lora_per_group=True, draft_steps=1)  # DRaFT tunes each group's LoRA
+    config = replace(SMALL, arms=("loop",), lora_per_group=True, draft_steps=1)  # DRaFT tunes each group's LoRA
     report = run_loop(config, tmp_path / "run", progress=False).to_dict()
     rounds = report["rounds"]["loop"]
     selected_by_group = {0: 0, 1: 0}
@@ -384,9 +376,7 @@ def test_clicked_loras_learn_from_every_logged_creative_above_its_groups_mean(tm
         return chosen
 
     monkeypatch.setattr(loop, "_clicked", recording)
-    config = LoopConfig(rounds=2, seed=3, users=300, groups=2, impressions=2000, initial_per_group=2,
-                        candidates_per_group=4, top_k=1, steps=2, lora_steps=2, reward_epochs=20, prompt_steps=3,
-                        draft_steps=0, arms=("loop",), lora_examples="clicked")
+    config = replace(SMALL, arms=("loop",), lora_examples="clicked")
     report = run_loop(config, tmp_path / "run", progress=False).to_dict()
     log = read_impressions(tmp_path / "run" / "loop" / "events.db")
     assert len(calls) == 2
@@ -409,9 +399,7 @@ def test_draft_tunes_the_lora_through_the_ranker_and_reports_what_the_checkers_s
     the saved LoRA is the tuned one (it differs from the same run's LoRA without DRaFT)."""
     from safetensors.torch import load_file
 
-    config = LoopConfig(rounds=1, seed=3, users=300, groups=2, impressions=2000, initial_per_group=2,
-                        candidates_per_group=4, top_k=1, steps=2, lora_steps=2, reward_epochs=20, prompt_steps=3,
-                        draft_steps=0, arms=("loop",))
+    config = replace(SMALL, rounds=1, arms=("loop",))
     tuned = run_loop(replace(config, draft_steps=4, draft_learning_rate=1e-2), tmp_path / "tuned",
                      progress=False).to_dict()
     plain = run_loop(config, tmp_path / "plain", progress=False).to_dict()
