@@ -7,7 +7,8 @@ Each seed runs `studio.jobs.loop.run_loop` with the CLI defaults into OUT/seed-S
 finished `loop.json` is read, not run again, so seeds can run in separate processes and be summarised after). Prints,
 per seed: the true CTR (the simulator's oracle) of the served treatment at round 0 and the last round, the loop's gain
 over round 0 and over the no-loop baseline (the bandit over the fixed round-0 pool, same requests), the
-prompts-only arm against both, the hacking gap per round (the held-out checker's, and the ranker's own), the
+prompts-only arm against both, the hacking gap per round (the linear check's, the reward-model checkers', and the
+ranker's own), the
 DRaFT stage's predicted gains per round (the ranker's it ascended, the checkers' it never saw), the least distinct
 prompts per group, and the wall time; then the medians over seeds.
 """
@@ -49,8 +50,8 @@ def row(seed: int, report: dict) -> dict:
         **{name: comparisons[name] for name in ("loop_vs_round_0", "loop_vs_no_loop", "prompts_only_vs_no_loop",
                                                  "loop_vs_prompts_only", "no_loop_vs_round_0")},
         "hacking_gap_points": [r["hacking"]["gap_points"] for r in loop if "hacking" in r],
-        "selection_gap_points": [r["hacking"].get("selection_gap_points", float("nan")) for r in loop
-                                 if "hacking" in r],
+        **{f"{estimate}gap_points": [r["hacking"].get(f"{estimate}gap_points", float("nan")) for r in loop
+                                     if "hacking" in r] for estimate in ("reward_check_", "selection_")},
         "draft_gains": [(d["ranker_gain"], d["checker_gain"]) for r in loop
                         if (d := r.get("lora", {}).get("draft")) is not None],
         "new_arm_share_last": loop[-1]["origin"]["new_arm_share"],
@@ -79,14 +80,18 @@ def main() -> None:
     def gain(value: dict) -> str:
         return f"{value['gain']:+.1%} [{value['ci'][0]:+.1%}, {value['ci'][1]:+.1%}]"
 
+    def points(gaps: list[float]) -> str:
+        return ", ".join(f"{g:+.1f}" for g in gaps)
+
     for r in rows:
         print(f"seed {r['seed']}: true CTR round 0 {r['ctr_round_0']:.4f} -> loop {r['ctr_loop_last']:.4f}, prompts "
               f"only {r['ctr_prompts_only_last']:.4f}, no loop {r['ctr_no_loop_last']:.4f}")
         print(f"  loop vs round 0 {gain(r['loop_vs_round_0'])}; loop vs no-loop {gain(r['loop_vs_no_loop'])}; "
               f"prompts-only vs no-loop {gain(r['prompts_only_vs_no_loop'])}; loop vs prompts-only "
               f"{gain(r['loop_vs_prompts_only'])}; no-loop vs its round 0 {gain(r['no_loop_vs_round_0'])}")
-        print(f"  hacking gap (points) {', '.join(f'{g:+.1f}' for g in r['hacking_gap_points'])} (the ranker's own: "
-              f"{', '.join(f'{g:+.1f}' for g in r['selection_gap_points'])}); distinct prompts "
+        print(f"  hacking gap (points) {points(r['hacking_gap_points'])} (the reward-model checkers: "
+              f"{points(r['reward_check_gap_points'])}; the ranker's own: {points(r['selection_gap_points'])}); "
+              "distinct prompts "
               f"per group {r['distinct_prompts']}; new-arm share of treatment {r['new_arm_share_last']:.0%}; "
               f"{r['seconds']:.0f} s")
         if r["draft_gains"]:
@@ -99,6 +104,13 @@ def main() -> None:
               f"{statistics.median(r['loop_vs_no_loop']['gain'] for r in rows):+.1%}, loop vs prompts-only "
               f"{statistics.median(r['loop_vs_prompts_only']['gain'] for r in rows):+.1%}, wall "
               f"{statistics.median(r['seconds'] for r in rows):.0f} s")
+        for name, key in (("linear check", "hacking_gap_points"), ("reward-model checkers", "reward_check_gap_points"),
+                          ("ranker", "selection_gap_points")):
+            gaps = [g for r in rows for g in r[key]]
+            print(f"hacking gap, {name}: mean {statistics.fmean(gaps):+.1f} points, mean |gap| "
+                  f"{statistics.fmean(abs(g) for g in gaps):.1f}, {sum(abs(g) <= 5 for g in gaps)} of {len(gaps)} "
+                  f"rounds within 5 points, every round within 5 on "
+                  f"{sum(all(abs(g) <= 5 for g in r[key]) for r in rows)} of {len(rows)} seeds")
     print(json.dumps(rows, indent=1))
 
 

@@ -131,27 +131,32 @@ def test_ranker_never_trained_on_the_round_it_ranks(run):
 
 
 @pytest.mark.slow
-def test_the_held_out_check_is_its_own_models_and_changes_nothing_the_loop_does(run, tmp_path, monkeypatch):
-    """The predicted gain is read from CHECKERS reward models fitted beside the ranker on the same rounds; they select
-    nothing, so the same run with one checker selects, serves and fine-tunes exactly the same."""
+def test_the_held_out_checks_are_their_own_models_and_change_nothing_the_loop_does(run, tmp_path, monkeypatch):
+    """The predicted gain is read from a linear check (the hacking gap) and from CHECKERS reward models, all fitted
+    beside the ranker on the same rounds and saved; they select nothing, so the same run with one checker selects,
+    serves, fine-tunes and measures the linear gap exactly the same."""
+    from reward.scene_ridge import SceneRidge
     from studio.jobs import loop
 
     _, report, out = run
     for record in report["rounds"]["loop"][1:]:
         folder = out / "loop" / f"round-{record['round']}"
-        assert sorted(p.name for p in folder.glob("reward-check-*")) == [f"reward-check-{k}"
-                                                                          for k in range(loop.CHECKERS)]
+        assert sorted(p.name for p in folder.glob("reward-check-*")) == [
+            *(f"reward-check-{k}" for k in range(loop.CHECKERS)), "reward-check-linear"]
+        linear = SceneRidge.from_pretrained(folder / "reward-check-linear")
+        assert {key.split("/")[1] for key in linear.groups_} == {"0", "1"}
         hacking = record["hacking"]
-        assert hacking["gap_points"] == pytest.approx(100 * (hacking["predicted_gain"] - hacking["true_gain"]))
-        assert hacking["selection_gap_points"] == pytest.approx(
-            100 * (hacking["selection_predicted_gain"] - hacking["true_gain"]))
+        for estimate in ("", "reward_check_", "selection_", "uncapped_"):
+            assert hacking[f"{estimate}gap_points"] == pytest.approx(
+                100 * (hacking[f"{estimate}predicted_gain"] - hacking["true_gain"]))
     monkeypatch.setattr(loop, "CHECKERS", 1)
     again = run_loop(SMALL, tmp_path / "one-checker", progress=False).to_dict()
     for arm in ("loop", "prompts_only"):
         for mine, theirs in zip(report["rounds"][arm], again["rounds"][arm], strict=True):
             assert mine.get("selected") == theirs.get("selected") and mine["true_ctr"] == theirs["true_ctr"]
             if "hacking" in mine:
-                assert mine["hacking"]["selection_gap_points"] == theirs["hacking"]["selection_gap_points"]
+                for estimate in ("", "selection_"):
+                    assert mine["hacking"][f"{estimate}gap_points"] == theirs["hacking"][f"{estimate}gap_points"]
     assert not (tmp_path / "one-checker" / "loop" / "round-1" / "reward-check-1").exists()
 
 

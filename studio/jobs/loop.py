@@ -756,6 +756,8 @@ def _evolve(world: _World, arm: _Arm, round_index: int, staging: Path) -> dict:
     (and, for the "loop" arm, the generator). Returns this part of the round's record."""
     import torch
 
+    from reward.scene_ridge import SceneRidge
+
     config = world.config
     record: dict[str, Any] = {}
 
@@ -763,14 +765,16 @@ def _evolve(world: _World, arm: _Arm, round_index: int, staging: Path) -> dict:
     dataset = _log_dataset(world, arm)
     trainer = _fit_ranker(world, dataset, seed=config.seed + round_index)
     trainer.model_.save_pretrained(staging / "reward")
-    # the held-out check: reward models (other validation creatives, other initial weights) that select nothing, so
-    # their predicted gain of the selected arms escapes the winner's curse of the ranker's own; averaged, because
-    # one model's error on creatives it never saw is large
+    # the held-out checks select nothing, so their predicted gain of the selected arms escapes the winner's curse of
+    # the ranker's own: reward models with other validation creatives and initial weights (averaged: one model's
+    # error on creatives it never saw is large), and the linear check, the hacking gap (closer on most seeds)
     checkers = []
     with torch.random.fork_rng():  # the check changes nothing the loop does next
         for k in range(CHECKERS):
             checkers.append(_fit_ranker(world, dataset, seed=config.seed + round_index + CHECKER_SEED * (k + 1)).model_)
             checkers[-1].save_pretrained(staging / f"reward-check-{k}")
+    linear = SceneRidge().fit(dataset)
+    linear.save_pretrained(staging / "reward-check-linear")
     trained = set(trainer.split_.train) | set(trainer.split_.validation)
     seen_rounds = sorted({int(v.rsplit("-", 1)[1]) for v in dataset.impressions["model_version"].unique()})
     record["ranker"] = {"trained_creatives": sorted(trained), "trained_rounds": seen_rounds,
@@ -794,7 +798,7 @@ def _evolve(world: _World, arm: _Arm, round_index: int, staging: Path) -> dict:
         for g in range(len(world.group_ids)):
             mine = [c for c in ranked if c.product_id == product["product_id"] and c.group == g]
             selected += sorted(mine, key=_rank_key)[: config.top_k]
-    record["hacking"] = _hacking(world, arm, trainer.model_, checkers, dataset, selected)
+    record["hacking"] = _hacking(world, arm, trainer.model_, checkers, linear, dataset, selected)
     record["diversity"] = _diversity(world, proposals, ranked)
     record["generator_drift"] = _generator_drift(world, arm, proposals, round_index)
     arm.add(selected)
@@ -904,15 +908,18 @@ def _propose_and_rank(world: _World, arm: _Arm, ranker, dataset, round_index: in
     return ranked, proposals, caps
 
 
-def _hacking(world: _World, arm: _Arm, ranker, checkers: list, dataset, selected: list[_Creative]) -> dict:
+def _hacking(world: _World, arm: _Arm, ranker, checkers: list, linear, dataset, selected: list[_Creative]) -> dict:
     """Predicted relative gain of the new arms over what the last round served, per group, against the oracle's
-    true gain. ``gap_points`` = 100 x (predicted - true) with the held-out checkers' mean predictions (capped to
-    their own trust region); ``selection_gap_points`` with the ranker's capped ones (the scores it selected by, so
-    biased up by the selection), ``uncapped_gap_points`` with the ranker's raw ones."""
+    true gain, by four estimates of the new arms' CTR. ``gap_points`` = 100 x (predicted - true) with the linear
+    check (``reward.scene_ridge``; the hacking gap); ``reward_check_gap_points`` with the three held-out reward
+    models' mean predictions (capped to their own trust region); ``selection_gap_points`` with the ranker's capped
+    ones (the scores it selected by, so biased up by the selection); ``uncapped_gap_points`` with the ranker's raw
+    ones."""
     import pandas as pd
 
     from reward.training import predict_pairs
 
+    estimates = ("", "reward_check_", "selection_", "uncapped_")
     last = arm.served_by[-1]
     by_group, rows = {}, []
     for (product, g), counts in sorted(last.items()):
@@ -926,37 +933,32 @@ def _hacking(world: _World, arm: _Arm, ranker, checkers: list, dataset, selected
         pairs = pd.DataFrame({"creative_id": served, "group_id": [group_id] * len(served)})
         checked = np.minimum(np.mean([_predict(m, mine, group_id) for m in checkers], axis=0),
                              _trust_cap(checkers, dataset, product, group_id))
+        linear_new = _linear_ctr(linear, _read_pixels(mine), product, group_id)  # uncapped: it extrapolates mildly
+        linear_old = _linear_ctr(linear, _pixels_of(dataset, served), product, group_id)
+        selection_old = float(share @ predict_pairs(ranker, dataset, pairs))
         truth = world.group_true_ctr([arm.catalogue[c].sim_index for c in served] + [c.sim_index for c in mine])[g]
         row = {"weight": float(sum(counts.values())),
-               "old": float(share @ np.mean([predict_pairs(m, dataset, pairs) for m in checkers], axis=0)),
-               "new": float(checked.mean()),
-               "selection_old": float(share @ predict_pairs(ranker, dataset, pairs)),
-               "selection_new": float(np.mean([c.predicted_ctr for c in mine])),
-               "uncapped_new": float(np.mean([c.raw_predicted_ctr for c in mine])),
-               "true_old": float(share @ truth[: len(served)]), "true_new": float(truth[len(served):].mean())}
-        by_group[f"{product}/{group_id}"] = {
-            "predicted_gain": row["new"] / row["old"] - 1,
-            "selection_predicted_gain": row["selection_new"] / row["selection_old"] - 1,
-            "uncapped_predicted_gain": row["uncapped_new"] / row["selection_old"] - 1,
-            "true_gain": row["true_new"] / row["true_old"] - 1}
+               "new": float(linear_new.mean()), "old": float(share @ linear_old),
+               "reward_check_new": float(checked.mean()),
+               "reward_check_old": float(share @ np.mean([predict_pairs(m, dataset, pairs) for m in checkers], axis=0)),
+               "selection_new": float(np.mean([c.predicted_ctr for c in mine])), "selection_old": selection_old,
+               "uncapped_new": float(np.mean([c.raw_predicted_ctr for c in mine])), "uncapped_old": selection_old,
+               "true_new": float(truth[len(served):].mean()), "true_old": float(share @ truth[: len(served)])}
+        by_group[f"{product}/{group_id}"] = {f"{e}predicted_gain": row[f"{e}new"] / row[f"{e}old"] - 1
+                                             for e in estimates} | {"true_gain": row["true_new"] / row["true_old"] - 1}
         rows.append(row)
     if not rows:
         nan = float("nan")
-        return {"predicted_gain": nan, "true_gain": nan, "gap_points": nan, "selection_predicted_gain": nan,
-                "selection_gap_points": nan, "uncapped_predicted_gain": nan, "uncapped_gap_points": nan,
-                "by_group": by_group}
+        return {f"{e}{k}": nan for e in estimates for k in ("predicted_gain", "gap_points")} | {
+            "true_gain": nan, "by_group": by_group}
     table = pd.DataFrame(rows)
     w = table["weight"].to_numpy() / table["weight"].sum()
-
-    def gain(new: str, old: str) -> float:  # impression-weighted over groups
-        return float(w @ table[new] / (w @ table[old]) - 1)
-
-    true = gain("true_new", "true_old")
-    out = {"predicted_gain": gain("new", "old"), "selection_predicted_gain": gain("selection_new", "selection_old"),
-           "uncapped_predicted_gain": gain("uncapped_new", "selection_old"), "true_gain": true}
-    return out | {"gap_points": 100 * (out["predicted_gain"] - true),
-                  "selection_gap_points": 100 * (out["selection_predicted_gain"] - true),
-                  "uncapped_gap_points": 100 * (out["uncapped_predicted_gain"] - true), "by_group": by_group}
+    true = float(w @ table["true_new"] / (w @ table["true_old"]) - 1)  # impression-weighted over groups
+    out: dict[str, Any] = {"true_gain": true}
+    for e in estimates:
+        out[f"{e}predicted_gain"] = float(w @ table[f"{e}new"] / (w @ table[f"{e}old"]) - 1)
+        out[f"{e}gap_points"] = 100 * (out[f"{e}predicted_gain"] - true)
+    return out | {"by_group": by_group}
 
 
 def _trust_cap(models: list, dataset, product_id: str, group_id: str) -> float:
@@ -973,13 +975,27 @@ def _trust_cap(models: list, dataset, product_id: str, group_id: str) -> float:
     return float(np.mean([predict_pairs(model, dataset, pairs) for model in models], axis=0).max())
 
 
-def _predict(model, creatives: list[_Creative], group_id: str) -> np.ndarray:
-    """`model`'s predicted CTR of `creatives` (read from their PNGs) for one group."""
+def _linear_ctr(linear, pixels, product_id: str, group_id: str) -> np.ndarray:
+    """The linear check's predicted CTR of `pixels` (N creatives of one product) for one group."""
+    return linear.predict_ctr(pixels, [product_id] * len(pixels), [group_id] * len(pixels))
+
+
+def _pixels_of(dataset, creative_ids) -> Any:
+    """The logged creatives' pixels, as the reward dataset holds them."""
+    return dataset.pixels[dataset.creative_rows(list(creative_ids))]
+
+
+def _read_pixels(creatives: list[_Creative], size: int = 64) -> Any:
+    """`creatives` read from their PNGs (by default at the size the reward datasets hold)."""
     from reward.data import load_pixels
 
-    pixels, _ = load_pixels([c.image for c in creatives], model.config.image_size)
-    return np.asarray(model.predict_ctr(pixels, [c.prompt for c in creatives], [group_id] * len(creatives),
-                                        [c.category for c in creatives]), dtype=float)
+    return load_pixels([c.image for c in creatives], size)[0]
+
+
+def _predict(model, creatives: list[_Creative], group_id: str) -> np.ndarray:
+    """`model`'s predicted CTR of `creatives` (read from their PNGs) for one group."""
+    return np.asarray(model.predict_ctr(_read_pixels(creatives, model.config.image_size), [c.prompt for c in creatives],
+                                        [group_id] * len(creatives), [c.category for c in creatives]), dtype=float)
 
 
 def _diversity(world: _World, proposals: dict, ranked: list[_Creative] | None) -> dict:
