@@ -55,9 +55,14 @@ class SceneRidge:
 
     def predict_ctr(self, pixels: torch.Tensor, product_ids: list[str], group_ids: list[str]) -> np.ndarray:
         """Predicted CTR of creatives (pixels (N, 3, H, W) in [0, 1]) for their (product, group) rows."""
+        if not hasattr(self, "groups_"):
+            raise InputError("this SceneRidge is not fitted yet: call fit(dataset) or load one with from_pretrained")
+        if pixels.ndim != 4 or pixels.shape[1] != 3 or not len(pixels) == len(product_ids) == len(group_ids):
+            raise InputError(f"expected pixels (N, 3, H, W) with one product id and one group id each; got pixels "
+                             f"{tuple(pixels.shape)}, {len(product_ids)} product ids, {len(group_ids)} group ids")
         z = (self._statistics(pixels) - self.feature_mean_) / self.feature_scale_
         out = np.empty(len(z))
-        for i, key in enumerate(f"{p}/{g}" for p, g in zip(product_ids, group_ids, strict=True)):
+        for i, key in enumerate(f"{p}/{g}" for p, g in zip(product_ids, group_ids)):
             if key not in self.groups_:
                 raise InputError(f"the scene ridge was fitted on no impression of {key!r} (product/group)")
             fit = self.groups_[key]

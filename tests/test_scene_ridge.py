@@ -88,6 +88,10 @@ def test_its_folder_predicts_the_same_and_bad_calls_are_clear_errors(tmp_path):
                           model.predict_ctr(pixels, ["p"] * N_CREATIVES, ["0"] * N_CREATIVES))
     with pytest.raises(InputError, match="no impression of 'p/9'"):
         model.predict_ctr(pixels[:1], ["p"], ["9"])
+    with pytest.raises(InputError, match=r"expected pixels \(N, 3, H, W\).*got pixels \(2, 3, 64, 64\), 1 product"):
+        model.predict_ctr(pixels[:2], ["p"], ["0", "0"])
+    with pytest.raises(InputError, match="not fitted yet"):
+        SceneRidge().predict_ctr(pixels[:1], ["p"], ["0"])
     from reward.model import RewardConfig, RewardModel
 
     RewardModel(RewardConfig(group_ids=["0"])).save_pretrained(tmp_path / "neural")
