@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from reward.data import RewardDataset, aggregate, fit_beta_prior, label
-from reward.encoders import SCENE_STATISTICS, scene_statistics
+from reward.encoders import scene_statistics
 from studio.core.artefact import load_artefact, save_artefact
 from studio.core.errors import InputError
 
@@ -47,7 +47,7 @@ class SceneRidge:
         z = dict(zip(dataset.creatives.index, (features - self.feature_mean_) / self.feature_scale_))
         self.pooled_, self.groups_ = {}, {}
         for product, rows in table.groupby("product_id", sort=True):
-            pooled = self._fit_rows(rows, z, np.zeros(SCENE_STATISTICS))
+            pooled = self._fit_rows(rows, z, np.zeros(features.shape[1]))
             self.pooled_[product] = pooled
             for group, mine in rows.groupby("group_id", sort=True):
                 self.groups_[f"{product}/{group}"] = self._fit_rows(mine, z, pooled["slopes"])
