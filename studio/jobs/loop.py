@@ -14,8 +14,9 @@ Round 0 serves a pool the base prompt model wrote and studio-mini painted. Every
 
 Three arms share the world, the traffic and the round-0 pool: "loop", "prompts_only" (no generator fine-tuning) and
 "no_loop" (the bandit over the fixed round-0 pool). The simulator's oracle -- never shown to the loop -- gives the true
-CTR of what was served, the true gain against the reward model's predicted gain (the hacking gap), and the diversity
-of what the prompt model proposes. Each finished round is a staged folder and `loop.json` is rewritten after it, so
+CTR of what was served, the true gain of the new arms against the predicted gain of a linear check fitted beside the
+ranker (the hacking gap; the ranker's and three held-out reward models' predictions are reported too), and the
+diversity of what the prompt model proposes. Each finished round is a staged folder and `loop.json` is rewritten after it, so
 a killed run keeps every finished round.
 
 Against a live server (`serve_url`): the "loop" arm's round-0 pool and new arms go into the cache a running
