@@ -12,7 +12,6 @@ hyper-parameters, known groups) + ``model.safetensors``. Transformers encoders a
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,7 @@ from torch import nn
 
 from reward.encoders import EMBEDDED, SCENE_STATISTICS, build_image_encoder, build_text_encoder, scene_statistics
 from studio.core import hub, vocabulary
-from studio.core.artefact import CONFIG_NAME, ArtefactError, load_artefact, save_artefact
+from studio.core.artefact import ArtefactError, check_replaceable, load_artefact, save_artefact
 from studio.core.errors import InputError, StudioError
 
 # Bump when the meaning of config.json or the weight names change; folders of a newer version are refused.
@@ -230,7 +229,7 @@ class RewardModel(nn.Module):
         The whole folder is replaced, so a folder that holds anything but a reward model (a run with its event log)
         is refused.
         """
-        _check_replaceable(Path(folder))
+        check_replaceable(folder, RewardModel, "a reward model")
         external = self._external_encoders()
         config = dataclasses.asdict(self.config)
         for name in external:
@@ -285,18 +284,6 @@ class RewardModel(nn.Module):
             )
         model.eval()
         return model
-
-
-def _check_replaceable(folder: Path) -> None:
-    if not folder.is_dir() or not any(folder.iterdir()):
-        return
-    try:
-        owner = json.loads((folder / CONFIG_NAME).read_text()).get("class_name")
-    except (OSError, ValueError, AttributeError):
-        owner = None
-    if owner != RewardModel.__name__:
-        raise InputError(f"{folder} holds something other than a reward model and saving replaces the whole folder; "
-                         "save to a new folder")
 
 
 def resolve_model_folder(name_or_path: str | os.PathLike) -> Path:

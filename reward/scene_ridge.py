@@ -19,7 +19,7 @@ import torch
 
 from reward.data import RewardDataset, aggregate, fit_beta_prior, label
 from reward.encoders import scene_statistics
-from studio.core.artefact import load_artefact, save_artefact
+from studio.core.artefact import ArtefactError, check_replaceable, load_artefact, save_artefact
 from studio.core.errors import InputError
 
 FORMAT_VERSION = 1
@@ -72,6 +72,9 @@ class SceneRidge:
     # ---- artefact -----------------------------------------------------------------------------------------------
 
     def save_pretrained(self, folder: str | os.PathLike) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` atomically; a folder holding anything else is refused."""
+        check_replaceable(folder, type(self), "a scene ridge")
+
         def table(fits: dict) -> dict:
             return {key: {"intercept": fit["intercept"], "penalty": fit["penalty"]} for key, fit in fits.items()}
 
@@ -85,10 +88,13 @@ class SceneRidge:
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> SceneRidge:
         config, tensors = load_artefact(folder, cls, FORMAT_VERSION, hint=HINT)
-        model = cls(tuple(config["penalties"]), config["image_size"])
-        model.feature_mean_, model.feature_scale_ = tensors["feature_mean"], tensors["feature_scale"]
-        model.pooled_ = {key: {**fit, "slopes": tensors[f"pooled/{key}"]} for key, fit in config["pooled"].items()}
-        model.groups_ = {key: {**fit, "slopes": tensors[f"group/{key}"]} for key, fit in config["groups"].items()}
+        try:
+            model = cls(tuple(config["penalties"]), config["image_size"])
+            model.feature_mean_, model.feature_scale_ = tensors["feature_mean"], tensors["feature_scale"]
+            model.pooled_ = {key: {**fit, "slopes": tensors[f"pooled/{key}"]} for key, fit in config["pooled"].items()}
+            model.groups_ = {key: {**fit, "slopes": tensors[f"group/{key}"]} for key, fit in config["groups"].items()}
+        except (KeyError, TypeError, AttributeError) as error:
+            raise ArtefactError(f"{folder} is damaged (missing or malformed {error}); {HINT}") from None
         return model
 
     # ---- fitting --------------------------------------------------------------------------------------------------

@@ -1,5 +1,7 @@
 """The linear check (reward.scene_ridge): against a known linear truth, a baseline, and its own saved folder."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -97,3 +99,14 @@ def test_its_folder_predicts_the_same_and_bad_calls_are_clear_errors(tmp_path):
     RewardModel(RewardConfig(group_ids=["0"])).save_pretrained(tmp_path / "neural")
     with pytest.raises(ArtefactError, match="SceneRidge"):
         SceneRidge.from_pretrained(tmp_path / "neural")
+    # saving replaces the whole folder, so a folder holding anything else is refused and keeps what it held
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "events.db").write_bytes(b"a log")
+    with pytest.raises(InputError, match="holds something other than a scene ridge"):
+        model.save_pretrained(tmp_path / "run")
+    assert (tmp_path / "run" / "events.db").read_bytes() == b"a log"
+    config = json.loads((folder / "config.json").read_text())
+    del config["groups"]
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ArtefactError, match="is damaged .*'groups'"):
+        SceneRidge.from_pretrained(folder)

@@ -62,6 +62,21 @@ def save_artefact(
     return Path(folder)
 
 
+def check_replaceable(folder: str | os.PathLike, owner: type | str, what: str) -> None:
+    """Refuse to save over a non-empty `folder` that holds anything but an artefact of `owner` (`what`: its name in
+    words): saving replaces the whole folder, so nothing else in it may be lost."""
+    folder = Path(folder)
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return
+    try:
+        found = json.loads((folder / CONFIG_NAME).read_text()).get("class_name")
+    except (OSError, ValueError, AttributeError):
+        found = None
+    if found != class_name(owner):
+        raise InputError(f"{folder} holds something other than {what} and saving replaces the whole folder; "
+                         "save to a new folder")
+
+
 def read_config(folder: str | os.PathLike, owner: type | str, format_version: int, *, hint: str = "") -> dict:
     """The checked ``config.json`` of an artefact folder written by `owner` in a format up to `format_version`.
 

@@ -49,6 +49,7 @@ ARMS = ("loop", "prompts_only", "no_loop")
 LORA_EXAMPLES = ("selected", "clicked")  # what the generator LoRA learns from
 CHECKERS = 3  # reward models in the held-out check of the predicted gain
 CHECKER_SEED = 500_009  # each checker's seed offset from the ranker's
+LOG_PIXELS = 64  # side of the pixels a round's reward dataset holds, and of new creatives scored beside them
 REPORT_NAME = "loop.json"
 CATALOGUE_NAME = "catalogue.json"
 PLACEMENT = "1:1"
@@ -827,7 +828,7 @@ def _log_dataset(world: _World, arm: _Arm):
     creatives = pd.DataFrame([{"creative_id": c, "product_id": arm.catalogue[c].product_id,
                                "category": arm.catalogue[c].category, "prompt": arm.catalogue[c].prompt}
                               for c in ids]).set_index("creative_id")
-    pixels, errors = load_pixels([arm.catalogue[c].image for c in ids], 64)
+    pixels, errors = load_pixels([arm.catalogue[c].image for c in ids], LOG_PIXELS)
     if any(errors):
         raise InputError(f"a served creative cannot be read: {next(e for e in errors if e)}")
     return RewardDataset(creatives, pixels, world.group_vectors, impressions)
@@ -986,7 +987,7 @@ def _pixels_of(dataset, creative_ids) -> Any:
     return dataset.pixels[dataset.creative_rows(list(creative_ids))]
 
 
-def _read_pixels(creatives: list[_Creative], size: int = 64) -> Any:
+def _read_pixels(creatives: list[_Creative], size: int = LOG_PIXELS) -> Any:
     """`creatives` read from their PNGs (by default at the size the reward datasets hold)."""
     from reward.data import load_pixels
 
