@@ -10,13 +10,15 @@ over round 0 and over the no-loop baseline (the bandit over the fixed round-0 po
 prompts-only arm against both, the hacking gap per round (the linear check's, the reward-model checkers', and the
 ranker's own), the
 DRaFT stage's predicted gains per round (the ranker's it ascended, the checkers' it never saw), the least distinct
-prompts per group, and the wall time; then the medians over seeds.
+prompts per group, and the wall time; then the medians over seeds, and each hacking gap's summaries: over all
+rounds, and per round as a mean over seeds with a 95 % t-interval (a bias, if any, shows there).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import statistics
 import sys
@@ -59,6 +61,16 @@ def row(seed: int, report: dict) -> dict:
         "goals": report["goals"],
         "seconds": report["seconds"],
     }
+
+
+def mean_over_seeds(values) -> tuple[float, float, float]:
+    """Mean of one figure over seeds (each seed another world) with its 95 % Student t interval."""
+    from scipy import stats
+
+    values = [v for v in values if not math.isnan(v)]  # a round without a gap has nothing to average
+    mean = statistics.fmean(values)
+    half = stats.t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / len(values) ** 0.5
+    return mean, mean - half, mean + half
 
 
 def main() -> None:
@@ -111,6 +123,9 @@ def main() -> None:
                   f"{statistics.fmean(abs(g) for g in gaps):.1f}, {sum(abs(g) <= 5 for g in gaps)} of {len(gaps)} "
                   f"rounds within 5 points, every round within 5 on "
                   f"{sum(all(abs(g) <= 5 for g in r[key]) for r in rows)} of {len(rows)} seeds")
+            print("  by round, mean over seeds [95 % t-interval over seeds]: " + "; ".join(
+                f"round {i} {mean:+.1f} [{low:+.1f}, {high:+.1f}]"
+                for i, (mean, low, high) in enumerate(map(mean_over_seeds, zip(*(r[key] for r in rows))), start=1)))
     print(json.dumps(rows, indent=1))
 
 
