@@ -1,7 +1,7 @@
 """Closed-loop benchmark: `studio loop --rounds 3` on several seeds, against the issue's goals.
 
     python benchmarks/loop.py --seeds 0 1 2 [--out out/bench-loop] [--rounds 3] [--lora-per-group]
-        [--lora-examples clicked] [--lora-steps 20] [--draft-steps 0]
+        [--lora-examples clicked] [--lora-steps 20] [--draft-steps 0] [--refresh-arm]
 
 Each seed runs `studio.jobs.loop.run_loop` with the CLI defaults into OUT/seed-S (a seed whose folder already holds a
 finished `loop.json` is read, not run again, so seeds can run in separate processes and be summarised after). Prints,
@@ -10,7 +10,8 @@ over round 0 and over the no-loop baseline (the bandit over the fixed round-0 po
 prompts-only arm against both, the hacking gap per round (the linear check's, the reward-model checkers', and the
 ranker's own), the
 DRaFT stage's predicted gains per round (the ranker's it ascended, the checkers' it never saw), the least distinct
-prompts per group, and the wall time; then the medians over seeds, and each hacking gap's summaries: over all
+prompts per group, and the wall time (with --refresh-arm also the arm that gets new arms without learning, against
+the others); then the medians over seeds, and each hacking gap's summaries: over all
 rounds, and per round as a mean over seeds with a 95 % t-interval (a bias, if any, shows there).
 """
 
@@ -58,9 +59,14 @@ def row(seed: int, report: dict) -> dict:
                         if (d := r.get("lora", {}).get("draft")) is not None],
         "new_arm_share_last": loop[-1]["origin"]["new_arm_share"],
         "distinct_prompts": [r["diversity"]["mean_distinct_prompts"] for r in loop],
+        **({"ctr_refresh_last": rounds["refresh"][-1]["true_ctr"]["mean"]} | {
+            name: comparisons[name] for name in REFRESH_COMPARISONS} if "refresh" in rounds else {}),
         "goals": report["goals"],
         "seconds": report["seconds"],
     }
+
+
+REFRESH_COMPARISONS = ("loop_vs_refresh", "prompts_only_vs_refresh", "refresh_vs_no_loop", "refresh_vs_round_0")
 
 
 def mean_over_seeds(values) -> tuple[float, float, float]:
@@ -83,11 +89,15 @@ def main() -> None:
                         help="what the generator LoRA learns from")
     parser.add_argument("--lora-steps", type=int, default=None, help="LoRA steps a round (default: the loop's)")
     parser.add_argument("--draft-steps", type=int, default=None, help="DRaFT steps a round (default: the loop's)")
+    parser.add_argument("--refresh-arm", action="store_true", help="also run the arm with new arms but no learning")
     args = parser.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    from studio.jobs.loop import DEFAULT_ARMS
+
     rows = [row(seed, run_seed(Path(args.out) / f"seed-{seed}", seed, args.rounds, lora_per_group=args.lora_per_group,
                                lora_examples=args.lora_examples, lora_steps=args.lora_steps,
-                               draft_steps=args.draft_steps)) for seed in args.seeds]
+                               draft_steps=args.draft_steps,
+                               arms=DEFAULT_ARMS + ("refresh",) if args.refresh_arm else None)) for seed in args.seeds]
 
     def gain(value: dict) -> str:
         return f"{value['gain']:+.1%} [{value['ci'][0]:+.1%}, {value['ci'][1]:+.1%}]"
@@ -109,6 +119,9 @@ def main() -> None:
         if r["draft_gains"]:
             print("  DRaFT predicted gain per round, ranker / checkers: " + ", ".join(
                 f"{ranker:+.1%} / {checker:+.1%}" for ranker, checker in r["draft_gains"]))
+        if "loop_vs_refresh" in r:
+            print(f"  refresh arm: true CTR {r['ctr_refresh_last']:.4f}; " + "; ".join(
+                f"{name.replace('_', ' ')} {gain(r[name])}" for name in REFRESH_COMPARISONS))
         print(f"  goals: {r['goals']}")
     if len(rows) > 1:
         print(f"median over {len(rows)} seeds: loop vs round 0 "
@@ -116,6 +129,10 @@ def main() -> None:
               f"{statistics.median(r['loop_vs_no_loop']['gain'] for r in rows):+.1%}, loop vs prompts-only "
               f"{statistics.median(r['loop_vs_prompts_only']['gain'] for r in rows):+.1%}, wall "
               f"{statistics.median(r['seconds'] for r in rows):.0f} s")
+        if all("loop_vs_refresh" in r for r in rows):
+            print("medians, refresh arm: " + ", ".join(
+                f"{name.replace('_', ' ')} {statistics.median(r[name]['gain'] for r in rows):+.1%} (above 0 on "
+                f"{sum(r[name]['gain'] > 0 for r in rows)} of {len(rows)})" for name in REFRESH_COMPARISONS))
         for name, key in (("linear check", "hacking_gap_points"), ("reward-model checkers", "reward_check_gap_points"),
                           ("ranker", "selection_gap_points")):
             gaps = [g for r in rows for g in r[key]]

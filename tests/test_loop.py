@@ -198,6 +198,47 @@ def test_no_loop_pool_stays_the_round_zero_pool(run):
 
 
 @pytest.mark.slow
+def test_the_refresh_arm_gets_new_arms_learns_nothing_and_changes_no_other_arm(run, tmp_path):
+    """--refresh-arm: each round the refresh arm retires losers and adds top-k of the base model's proposals drawn at
+    random (in round 1 the very proposals the loop arms rank), with no reward model, LoRA or prompt-model update;
+    every other arm serves exactly what it serves without it (the arms share only the traffic)."""
+    import contextlib
+    import io
+
+    _, plain, _ = run
+    out = tmp_path / "with-refresh"
+    with contextlib.redirect_stdout(io.StringIO()) as stdout:
+        assert main(["loop", *TINY, "--refresh-arm", "--out", str(out), "--json"]) == 0
+    report = json.loads(stdout.getvalue())
+    for arm in ("loop", "prompts_only", "no_loop"):
+        assert [(r["true_ctr"], r["added"]) for r in report["rounds"][arm]] == [
+            (r["true_ctr"], r["added"]) for r in plain["rounds"][arm]]
+    log = _log(out, "refresh")
+    pool = set(log.loc[log["round"] == 0, "creative_id"])
+    for record in report["rounds"]["refresh"][1:]:
+        r = record["round"]
+        assert len(record["selected"]) == 2 and all(c.startswith(f"r{r}/") for c in record["selected"])  # top-1 x 2
+        assert sorted(record["added"]) == sorted(record["selected"])
+        assert sorted(record["removed"]) == sorted(record["retired"]) and record["retired"]
+        pool = (pool - set(record["retired"])) | set(record["selected"])
+        assert set(log.loc[log["round"] == r, "creative_id"]) == pool
+        assert not {"ranker", "hacking", "lora", "prompt_model"} & record.keys()
+        assert not (out / "refresh" / f"round-{r}" / "reward").exists()
+    ranked = set(report["rounds"]["prompts_only"][1]["ranker"]["ranked_creatives"])
+    for creative_id in report["rounds"]["refresh"][1]["selected"]:
+        assert creative_id in ranked  # the same proposal, painted with the same seed: the same PNG
+        name = creative_id.split("/")[-1]
+        [mine] = (out / "refresh" / "round-1" / "creatives").glob(f"r1-{name}-*.png")
+        [theirs] = (out / "prompts_only" / "round-1" / "creatives").glob(f"r1-{name}-*.png")
+        assert mine.read_bytes() == theirs.read_bytes()
+    assert not (out / "refresh" / "prompt-model").exists()
+    last = {arm: [r["true_ctr"]["mean"] for r in records] for arm, records in report["rounds"].items()}
+    for new, old, base in (("loop", "refresh", last["refresh"][-1]), ("prompts_only", "refresh", last["refresh"][-1]),
+                           ("refresh", "no_loop", last["no_loop"][-1]), ("refresh", "round_0", last["refresh"][0])):
+        assert report["comparisons"][f"{new}_vs_{old}"]["gain"] == pytest.approx(last[new][-1] / base - 1)
+
+
+@pytest.mark.slow
 def test_true_ctr_matches_an_independently_rebuilt_oracle(run):
     from studio.sim.simulator import AudienceSimulator
 

@@ -17,7 +17,7 @@ def register(subparsers) -> None:
                     "round so far, let the prompt model propose and studio-mini paint new creatives per audience "
                     "group, rank them with the reward model, fine-tune the prompt model (weighted SFT) and the "
                     "generator (LoRA) on the best, and give the bandit the new arms. Reports the simulator's true "
-                    "CTR per round against two baselines run on the same traffic.",
+                    "CTR per round against two baselines run on the same traffic (three with --refresh-arm).",
     )
     loop.add_argument("--rounds", type=arguments.whole(1, 20), default=3, help="rounds after round 0 (default 3)")
     loop.add_argument("--seed", type=arguments.seed, default=0)
@@ -55,6 +55,9 @@ def register(subparsers) -> None:
                            "(default 30; 0: none; docs/loop.md)")
     loop.add_argument("--draft-lr", type=arguments.number(1e-7, 1.0), default=3e-4,
                       help="learning rate of the DRaFT steps (default 3e-4)")
+    loop.add_argument("--refresh-arm", action="store_true",
+                      help="also run the 'refresh' ablation: new arms each round drawn at random from the base prompt "
+                           "model's proposals, nothing learned (separates what learning adds from new arms as such)")
     live = loop.add_argument_group("against a live server (docs/loop.md, 'Against a live server')")
     live.add_argument("--prepare-server", metavar="DIR", default=None,
                       help="write DIR (audience/, an empty cache/, server.json) for a studio serve of this world, print "
@@ -79,7 +82,7 @@ def register(subparsers) -> None:
 def run_loop_command(args: argparse.Namespace) -> int:
     import os
 
-    from studio.jobs.loop import LoopConfig, prepare_server, resume_loop, run_loop
+    from studio.jobs.loop import DEFAULT_ARMS, LoopConfig, prepare_server, resume_loop, run_loop
 
     if args.resume:
         report = resume_loop(args.resume, progress=not args.json)
@@ -93,7 +96,8 @@ def run_loop_command(args: argparse.Namespace) -> int:
                         lora_per_group=args.lora_per_group, lora_examples=args.lora_examples,
                         draft_steps=args.draft_steps, draft_learning_rate=args.draft_lr, serve_url=args.serve_url,
                         serve_dir=args.serve_dir, serve_db=args.serve_db, serve_seconds=args.serve_seconds,
-                        serve_concurrency=args.concurrency)
+                        serve_concurrency=args.concurrency,
+                        arms=DEFAULT_ARMS + ("refresh",) if args.refresh_arm else DEFAULT_ARMS)
     if args.prepare_server:
         summary = prepare_server(config, args.prepare_server)
         written = f"server folder written to {args.prepare_server} ({summary['groups']} audience groups)"

@@ -13,11 +13,14 @@ Round 0 serves a pool the base prompt model wrote and studio-mini painted. Every
    round r+1.
 
 Three arms share the world, the traffic and the round-0 pool: "loop", "prompts_only" (no generator fine-tuning) and
-"no_loop" (the bandit over the fixed round-0 pool). The simulator's oracle -- never shown to the loop -- gives the true
-CTR of what was served, the true gain of the new arms against the predicted gain of a linear check fitted beside the
-ranker (the hacking gap; the ranker's and three held-out reward models' predictions are reported too), and the
-diversity of what the prompt model proposes. Each finished round is a staged folder and `loop.json` is rewritten after it, so
-a killed run keeps every finished round.
+"no_loop" (the bandit over the fixed round-0 pool). A fourth, "refresh", is optional: it retires losers and gets new
+arms each round like the loop arms, but learns nothing (its new arms are drawn at random from the base prompt model's
+proposals and painted by the base generator), which separates what the reward model and the fine-tuning add from new
+arms as such. The simulator's oracle -- never shown to the loop -- gives the true CTR of what was served, the true
+gain of the new arms against the predicted gain of a linear check fitted beside the ranker (the hacking gap; the
+ranker's and three held-out reward models' predictions are reported too), and the diversity of what the prompt
+model proposes. Each finished round is a staged folder and `loop.json` is rewritten after it, so a killed run keeps
+every finished round.
 
 Against a live server (`serve_url`): the "loop" arm's round-0 pool and new arms go into the cache a running
 `studio serve` serves, its traffic goes through the server over HTTP (the simulator still decides the clicks), and its
@@ -45,7 +48,8 @@ from studio.imaging.descriptors import backdrop_features
 from studio.jobs import loop_checkpoint, loop_report
 from studio.learning.policy import CONTROL, TREATMENT, ServingPolicy
 
-ARMS = ("loop", "prompts_only", "no_loop")
+ARMS = ("loop", "prompts_only", "no_loop", "refresh")  # every arm a run can have
+DEFAULT_ARMS = ARMS[:3]  # "refresh" is the optional ablation: new arms, but nothing learned
 LORA_EXAMPLES = ("selected", "clicked")  # what the generator LoRA learns from
 CHECKERS = 3  # reward models in the held-out check of the predicted gain
 CHECKER_SEED = 500_009  # each checker's seed offset from the ranker's
@@ -74,7 +78,7 @@ class LoopConfig:
     whose smoothed CTR in a group is above that group's mean). draft_steps, draft_learning_rate: after the LoRA has
     fitted its examples, that many DRaFT-1 steps ascend the ranker's predicted CTR of the examples' prompts painted
     from fresh noise (`studio.training.reward_tuning`; 0 skips it). alpha: LinUCB exploration. arms:
-    which arms to run.
+    which arms to run (from `ARMS`; add "refresh" for the ablation without learning).
     serve_url: the "loop" arm serves through the `studio serve` at this loopback URL (None: in-process), whose folder
     `serve_dir` `prepare_server` wrote (audience/, cache/ the server serves, events.db unless `serve_db` names its
     event log: a SQLite file or a postgresql:// URL); serve_seconds bounds each round's HTTP traffic, serve_concurrency
@@ -109,7 +113,7 @@ class LoopConfig:
     alpha: float = 0.25
     generator: str | None = None
     prompt_model: str | None = None
-    arms: tuple[str, ...] = ARMS
+    arms: tuple[str, ...] = DEFAULT_ARMS
     batch_size: int = 256
     serve_url: str | None = None
     serve_dir: str | None = None
@@ -355,7 +359,8 @@ class _Arm:
         self.payloads: list[dict] | None = None  # each user's request features (live arm)
         self.catalogue: dict[str, _Creative] = {}
         self.pool: dict[str, list[str]] = {p["product_id"]: [] for p in world.products}
-        self.writer = load_prompt_model(config.prompt_model) if name != "no_loop" else None
+        # the arms that fine-tune a prompt model own one; "refresh" proposes with the world's base model
+        self.writer = load_prompt_model(config.prompt_model) if name in ("loop", "prompts_only") else None
         self.loras: dict[int | None, str] = {}  # group -> its LoRA; None -> the one LoRA of every group
         self.lora_examples: list[_Creative] = []
         self.cache_ids: dict[str, str] = {}  # loop creative id -> cache id (the PNG's SHA-256)
@@ -517,6 +522,8 @@ def _run_round(world: _World, arm: _Arm, round_index: int, traffic: dict, base_p
     with staged_folder(final) as staging:
         if round_index == 0:
             record["diversity"] = _diversity(world, base_proposals, None)
+        elif arm.name == "refresh":
+            record.update(_refresh(world, arm, round_index, staging))
         elif arm.name != "no_loop":
             record.update(_evolve(world, arm, round_index, staging))
         added, removed = [], []
@@ -815,6 +822,35 @@ def _evolve(world: _World, arm: _Arm, round_index: int, staging: Path) -> dict:
                              else _clicked(world, arm, clicks))
         record["lora"] = _fine_tune_generator(world, arm, round_index, staging, trainer.model_, checkers)
     return record
+
+
+def _refresh(world: _World, arm: _Arm, round_index: int, staging: Path) -> dict:
+    """The "refresh" arm's round: retire losers as the loop arms do, then add `top_k` of each group's base-model
+    proposals drawn at random, painted by the base generator (in round 1 the loop arms rank the same proposals)."""
+    from reward.data import aggregate, fit_beta_prior, label
+
+    config = world.config
+    table = aggregate(_read_log(arm))
+    prior = fit_beta_prior(table["clicks"].to_numpy(), table["impressions"].to_numpy())
+    retired = _retire(arm, label(table, prior), prior, config.keep_per_group, len(world.group_ids))
+    rng = np.random.default_rng([config.seed, 2000 + round_index])  # its own stream: the other arms see no change
+    proposals, selected = {}, []
+    for product in world.products:
+        for g in range(len(world.group_ids)):
+            prompts = world.propose(world.base_writer, product, g, config.candidates_per_group,
+                                    seed=_seed(config, round_index, g, 1))
+            proposals[(product["product_id"], g)] = prompts
+            picks = rng.choice(len(prompts), size=min(config.top_k, len(prompts)), replace=False)
+            for i in sorted(int(i) for i in picks):
+                path, index = world.paint(product, prompts[i], _seed(config, round_index, g, 100 + i), None,
+                                          staging / "creatives", f"r{round_index}-g{g}-{i}")
+                selected.append(_Creative(f"r{round_index}/{product['product_id']}/g{g}-{i}", product["product_id"],
+                                          product["category"], g, round_index, prompts[i].positive,
+                                          prompts[i].negative, str(path), index))
+    arm.add(selected)
+    _cache(arm, selected, retired, round_index, staging)
+    return {"selected": [c.creative_id for c in selected], "retired": retired,
+            "diversity": _diversity(world, proposals, selected)}
 
 
 def _log_dataset(world: _World, arm: _Arm):
@@ -1239,7 +1275,8 @@ def _compare(arms: list[_Arm], report: LoopReport, config: LoopConfig) -> tuple[
         if last > 0:
             comparisons[f"{arm.name}_vs_round_0"] = loop_report.relative_gain(arm.served[last], arm.served[0])
     by_name = {arm.name: arm for arm in arms}
-    for new, old in (("loop", "no_loop"), ("prompts_only", "no_loop"), ("loop", "prompts_only")):
+    for new, old in (("loop", "no_loop"), ("prompts_only", "no_loop"), ("loop", "prompts_only"), ("refresh", "no_loop"),
+                     ("loop", "refresh"), ("prompts_only", "refresh")):
         if new in by_name and old in by_name and last > 0:
             comparisons[f"{new}_vs_{old}"] = loop_report.relative_gain(by_name[new].served[last],
                                                                        by_name[old].served[last], paired=True)

@@ -57,7 +57,7 @@ def plot(path: Path, rounds: dict[str, list[dict]]) -> bool:
     import matplotlib.pyplot as plt
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
-    styles = {"loop": "-", "prompts_only": "--", "no_loop": ":"}
+    styles = {"loop": "-", "prompts_only": "--", "no_loop": ":", "refresh": "-."}
     for arm, records in rounds.items():
         x = [r["round"] for r in records]
         mean = np.array([r["true_ctr"]["mean"] for r in records])
