@@ -14,7 +14,7 @@ from PIL import Image
 
 from studio.cli import main
 from studio.core.errors import InputError
-from studio.jobs.loop import LoopConfig, resume_loop, run_loop
+from studio.jobs.loop import DEFAULT_ARMS, LoopConfig, resume_loop, run_loop
 
 TINY = ["--rounds", "2", "--seed", "3", "--users", "300", "--groups", "2", "--impressions", "2000", "--initial", "2",
         "--candidates", "4", "--top-k", "1", "--steps", "2", "--lora-steps", "2", "--reward-epochs", "20",
@@ -197,19 +197,25 @@ def test_no_loop_pool_stays_the_round_zero_pool(run):
     assert {c["creative_id"] for c in json.loads((out / "no_loop" / "catalogue.json").read_text())} == pool
 
 
-@pytest.mark.slow
-def test_the_refresh_arm_gets_new_arms_learns_nothing_and_changes_no_other_arm(run, tmp_path):
-    """--refresh-arm: each round the refresh arm retires losers and adds top-k of the base model's proposals drawn at
-    random (in round 1 the very proposals the loop arms rank), with no reward model, LoRA or prompt-model update;
-    every other arm serves exactly what it serves without it (the arms share only the traffic)."""
+@pytest.fixture(scope="module")
+def refreshed(tmp_path_factory):
+    """The `run` fixture's run with --refresh-arm: (report, run folder)."""
     import contextlib
     import io
 
-    _, plain, _ = run
-    out = tmp_path / "with-refresh"
+    out = tmp_path_factory.mktemp("loop") / "with-refresh"
     with contextlib.redirect_stdout(io.StringIO()) as stdout:
         assert main(["loop", *TINY, "--refresh-arm", "--out", str(out), "--json"]) == 0
-    report = json.loads(stdout.getvalue())
+    return json.loads(stdout.getvalue()), out
+
+
+@pytest.mark.slow
+def test_the_refresh_arm_gets_new_arms_learns_nothing_and_changes_no_other_arm(run, refreshed):
+    """--refresh-arm: each round the refresh arm retires losers and adds top-k of the base model's proposals drawn at
+    random (in round 1 the very proposals the loop arms rank), with no reward model, LoRA or prompt-model update;
+    every other arm serves exactly what it serves without it (the arms share only the traffic)."""
+    _, plain, _ = run
+    report, out = refreshed
     for arm in ("loop", "prompts_only", "no_loop"):
         assert [(r["true_ctr"], r["added"]) for r in report["rounds"][arm]] == [
             (r["true_ctr"], r["added"]) for r in plain["rounds"][arm]]
@@ -236,6 +242,33 @@ def test_the_refresh_arm_gets_new_arms_learns_nothing_and_changes_no_other_arm(r
     for new, old, base in (("loop", "refresh", last["refresh"][-1]), ("prompts_only", "refresh", last["refresh"][-1]),
                            ("refresh", "no_loop", last["no_loop"][-1]), ("refresh", "round_0", last["refresh"][0])):
         assert report["comparisons"][f"{new}_vs_{old}"]["gain"] == pytest.approx(last[new][-1] / base - 1)
+
+
+@pytest.mark.slow
+def test_a_killed_run_with_the_refresh_arm_resumes_as_if_never_killed(refreshed, tmp_path, monkeypatch):
+    """Killed while the refresh arm serves round 2, then resumed: every round of every arm, the refresh arm's random
+    picks included, equals the uninterrupted run's."""
+    from studio.jobs import loop
+
+    uninterrupted, _ = refreshed
+    serve = loop._serve
+
+    def killed_in_round_2(world, arm, round_index, traffic):
+        if round_index == 2 and arm.name == "refresh":
+            raise KeyboardInterrupt
+        return serve(world, arm, round_index, traffic)
+
+    monkeypatch.setattr(loop, "_serve", killed_in_round_2)
+    with pytest.raises(KeyboardInterrupt):
+        run_loop(replace(SMALL, arms=DEFAULT_ARMS + ("refresh",)), tmp_path / "run", progress=False)
+    monkeypatch.setattr(loop, "_serve", serve)
+    resumed = resume_loop(tmp_path / "run", progress=False).to_dict()
+    for arm, records in uninterrupted["rounds"].items():
+        assert len(resumed["rounds"][arm]) == len(records) == 3
+        for mine, theirs in zip(resumed["rounds"][arm], records, strict=True):
+            for field in ("true_ctr", "selected", "retired", "added", "removed", "pool_size", "hacking"):
+                assert mine.get(field) == theirs.get(field), (arm, mine["round"], field)
+    assert _log(tmp_path / "run", "refresh").groupby("round").size().to_dict() == {0: 2000, 1: 2000, 2: 2000}
 
 
 @pytest.mark.slow
