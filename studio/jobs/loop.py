@@ -792,7 +792,7 @@ def _evolve(world: _World, arm: _Arm, round_index: int, staging: Path) -> dict:
                         "log_rows": len(dataset.impressions)}
 
     # 2. retire losers by logged CTR (smoothed with the ranker's Beta prior)
-    clicks = _smoothed_ctr(dataset, trainer.prior_)  # read by retiring, the SFT and the clicked LoRA examples
+    clicks = _smoothed_ctr(dataset.impressions, trainer.prior_)  # read by retiring, the SFT and the clicked LoRA examples
     retired = _retire(arm, clicks, trainer.prior_, config.keep_per_group, len(world.group_ids))
 
     # 3. propose, paint, rank; the top-k per group join the pool
@@ -827,12 +827,13 @@ def _evolve(world: _World, arm: _Arm, round_index: int, staging: Path) -> dict:
 def _refresh(world: _World, arm: _Arm, round_index: int, staging: Path) -> dict:
     """The "refresh" arm's round: retire losers as the loop arms do, then add `top_k` of each group's base-model
     proposals drawn at random, painted by the base generator (in round 1 the loop arms rank the same proposals)."""
-    from reward.data import aggregate, fit_beta_prior, label
+    from reward.data import aggregate, fit_beta_prior
 
     config = world.config
-    table = aggregate(_read_log(arm))
-    prior = fit_beta_prior(table["clicks"].to_numpy(), table["impressions"].to_numpy())
-    retired = _retire(arm, label(table, prior), prior, config.keep_per_group, len(world.group_ids))
+    impressions = _read_log(arm)
+    counts = aggregate(impressions)
+    prior = fit_beta_prior(counts["clicks"].to_numpy(), counts["impressions"].to_numpy())
+    retired = _retire(arm, _smoothed_ctr(impressions, prior), prior, config.keep_per_group, len(world.group_ids))
     rng = np.random.default_rng([config.seed, 2000 + round_index])  # its own stream: the other arms see no change
     proposals, selected = {}, []
     for product in world.products:
@@ -841,12 +842,8 @@ def _refresh(world: _World, arm: _Arm, round_index: int, staging: Path) -> dict:
                                     seed=_seed(config, round_index, g, 1))
             proposals[(product["product_id"], g)] = prompts
             picks = rng.choice(len(prompts), size=min(config.top_k, len(prompts)), replace=False)
-            for i in sorted(int(i) for i in picks):
-                path, index = world.paint(product, prompts[i], _seed(config, round_index, g, 100 + i), None,
-                                          staging / "creatives", f"r{round_index}-g{g}-{i}")
-                selected.append(_Creative(f"r{round_index}/{product['product_id']}/g{g}-{i}", product["product_id"],
-                                          product["category"], g, round_index, prompts[i].positive,
-                                          prompts[i].negative, str(path), index))
+            selected += [_paint_proposal(world, product, g, round_index, i, prompts[i], None, staging)
+                         for i in sorted(int(i) for i in picks)]
     arm.add(selected)
     _cache(arm, selected, retired, round_index, staging)
     return {"selected": [c.creative_id for c in selected], "retired": retired,
@@ -879,11 +876,11 @@ def _fit_ranker(world: _World, dataset, seed: int):
                                         test_fraction=0.0, seed=seed, progress=False)).fit(dataset)
 
 
-def _smoothed_ctr(dataset, prior) -> Any:
-    """Beta-smoothed CTR per (product, group, creative) over the whole log."""
+def _smoothed_ctr(impressions, prior) -> Any:
+    """Beta-smoothed CTR per (product, group, creative) over the whole log (`impressions`, one row each)."""
     from reward.data import aggregate, label
 
-    return label(aggregate(dataset.impressions), prior)
+    return label(aggregate(impressions), prior)
 
 
 def _clicked(world: _World, arm: _Arm, table) -> list[_Creative]:
@@ -911,6 +908,16 @@ def _retire(arm: _Arm, table, prior, keep: int, n_groups: int) -> list[str]:
     return retired
 
 
+def _paint_proposal(world: _World, product: dict, group: int, round_index: int, i: int, prompt, lora: str | None,
+                    staging: Path) -> _Creative:
+    """Proposal `i` of `group` in a round, painted into the round's staged creatives/ at its own seed (so arms that
+    share a proposal share the PNG)."""
+    path, index = world.paint(product, prompt, _seed(world.config, round_index, group, 100 + i), lora,
+                              staging / "creatives", f"r{round_index}-g{group}-{i}")
+    return _Creative(f"r{round_index}/{product['product_id']}/g{group}-{i}", product["product_id"], product["category"],
+                     group, round_index, prompt.positive, prompt.negative, str(path), index)
+
+
 def _rank_key(creative: _Creative) -> tuple[float, float]:
     """Best first: by the capped prediction, ties (candidates at the cap) by the uncapped one."""
     return -creative.predicted_ctr, -creative.raw_predicted_ctr
@@ -930,13 +937,8 @@ def _propose_and_rank(world: _World, arm: _Arm, ranker, dataset, round_index: in
             prompts = world.propose(arm.writer, product, g, config.candidates_per_group,
                                     seed=_seed(config, round_index, g, 1))
             proposals[(product["product_id"], g)] = prompts
-            batch = []
-            for i, prompt in enumerate(prompts):
-                path, index = world.paint(product, prompt, _seed(config, round_index, g, 100 + i), arm.lora(g),
-                                          staging / "creatives", f"r{round_index}-g{g}-{i}")
-                batch.append(_Creative(f"r{round_index}/{product['product_id']}/g{g}-{i}", product["product_id"],
-                                       product["category"], g, round_index, prompt.positive, prompt.negative,
-                                       str(path), index))
+            batch = [_paint_proposal(world, product, g, round_index, i, prompt, arm.lora(g), staging)
+                     for i, prompt in enumerate(prompts)]
             if not batch:
                 continue
             for creative, value in zip(batch, _predict(ranker, batch, world.group_ids[g])):
